@@ -1,0 +1,417 @@
+"""Typed run configuration: one JSON file per run, validated before anything heavy starts.
+
+Every section is a dataclass whose defaults are the single visible source of defaults.
+`load_config(path, overrides)` reads the JSON, rejects unknown keys and wrong types with a
+message naming the dotted key, applies `--override a.b.c=value` strings, then checks the
+shapes (ranks, blocks, heads, tensor-parallel size) so an impossible model never reaches a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the dotted key and the offending value."""
+
+
+FFN_KINDS = ("dense", "lowrank", "blockdense", "blockshuffle")
+
+
+@dataclass
+class FFNConfig:
+    kind: str = "dense"
+    rank: Optional[int] = None          # lowrank, blockdense
+    blocks: Optional[int] = None        # blockdense, blockshuffle
+    first_layer_dense: bool = True      # the paper keeps layer 0's FFN dense
+    init: str = "paper"                 # "paper": SVD / per-block orthogonal init; "normal": N(0, std)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: Optional[int] = None  # None = num_heads (no GQA)
+    head_dim: Optional[int] = None      # None = hidden_size // num_heads
+    ffn_hidden_size: int = 3072
+    seq_length: int = 1024
+    norm: str = "layernorm"             # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    activation: str = "gelu"            # gelu | swiglu
+    bias: bool = True
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+    ffn: FFNConfig = field(default_factory=FFNConfig)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass
+class SelfGuidedConfig:
+    enabled: bool = False
+    schedule: str = "cosine"            # cosine | linear: how the guide weight a falls 1 -> 0
+    guided_fraction: float = 0.5        # guided phase length as a fraction of train steps
+    reduce_flop: bool = True            # compute the guide only with probability a
+    same_flops: bool = False            # repeat the guided-phase data at the end, structured only
+    flops_budget: Union[str, float] = "dense"  # same_flops budget: "dense" or total training FLOPs
+
+
+@dataclass
+class DataConfig:
+    paths: List[str] = field(default_factory=lambda: ["embedded"])  # prefixes; "embedded" = bundled corpus
+    weights: Optional[List[float]] = None
+    split: str = "969,30,1"
+    tokenizer_model: str = "embedded"
+    cache_dir: Optional[str] = None     # where sample indexes are cached; None = beside the data
+    num_workers: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1           # cosine floor as a fraction of lr
+    warmup_fraction: float = 0.1        # of train steps; warmup_steps wins when set
+    warmup_steps: Optional[int] = None
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    train_steps: Optional[int] = None   # stop by steps ...
+    train_tokens: Optional[int] = None  # ... or by tokens (one of the two)
+    micro_batch_size: int = 8
+    global_batch_size: int = 512
+    seed: int = 1234
+    precision: str = "bf16"             # bf16 | fp16 | fp32
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_iters: int = 20
+    save_interval: int = 1000
+    keep_last: int = 3
+    exit_duration_minutes: Optional[float] = None
+    max_nonfinite_steps: int = 5        # consecutive non-finite steps before the run stops
+    activation_checkpointing: bool = False
+    checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+    zero_stage: int = 1
+    partition_method: str = "parameters"
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = "runs/default"
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    self_guided: SelfGuidedConfig = field(default_factory=SelfGuidedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed keys, merged last
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        names = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"config key '{key}' must be {names}, got {value!r}")
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = args
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be an object, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be an object, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def _build(cls, data: Dict[str, Any], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{dotted}' (known: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str):
+    if "=" not in text:
+        raise ConfigError(f"--override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # bare strings need no quotes: --override data.split=98,1,1
+    return key, value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    """Set `a.b.c=value` entries in the raw dict; unknown keys are caught later by _build."""
+    for text in overrides or []:
+        key, value = _parse_override(text)
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--override {key}: '{'.'.join(parts[:i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: Dict[str, Any], overrides: Optional[List[str]] = None,
+                     world_size: Optional[int] = None) -> Config:
+    data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
+    cfg = _build(Config, data)
+    validate(cfg, world_size)
+    return cfg
+
+
+def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None,
+                world_size: Optional[int] = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return config_from_dict(data, overrides, world_size)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _choice(value, choices, key):
+    _require(value in choices, f"config key '{key}' = {value!r} must be one of {', '.join(map(str, choices))}")
+
+
+def _positive(value, key):
+    _require(value is not None and value > 0, f"config key '{key}' = {value!r} must be positive")
+
+
+def _divides(divisor: int, total: int, dkey: str, tkey: str) -> None:
+    _require(total % divisor == 0,
+             f"config key '{dkey}' = {divisor} must divide '{tkey}' = {total}")
+
+
+def validate_ffn(m: ModelConfig, tp: int) -> None:
+    f = m.ffn
+    _choice(f.kind, FFN_KINDS, "model.ffn.kind")
+    _choice(f.init, ("paper", "normal"), "model.ffn.init")
+    d, h = m.hidden_size, m.ffn_hidden_size
+    if f.kind in ("lowrank", "blockdense"):
+        _require(f.rank is not None, f"config key 'model.ffn.rank' is required for ffn kind '{f.kind}'")
+        _positive(f.rank, "model.ffn.rank")
+        if f.kind == "lowrank":
+            _require(f.rank < min(d, h), f"config key 'model.ffn.rank' = {f.rank} must be below "
+                                         f"min(hidden_size, ffn_hidden_size) = {min(d, h)}")
+    if f.kind in ("blockdense", "blockshuffle"):
+        _require(f.blocks is not None, f"config key 'model.ffn.blocks' is required for ffn kind '{f.kind}'")
+        _positive(f.blocks, "model.ffn.blocks")
+        _divides(f.blocks, d, "model.ffn.blocks", "model.hidden_size")
+        _divides(f.blocks, h, "model.ffn.blocks", "model.ffn_hidden_size")
+    if f.kind == "blockdense":
+        _divides(f.blocks, f.rank, "model.ffn.blocks", "model.ffn.rank")
+        if tp > 1:
+            _divides(tp, f.blocks, "parallel.tensor", "model.ffn.blocks")
+    if f.kind == "blockshuffle":
+        if tp > 1:
+            _divides(tp, f.blocks, "parallel.tensor", "model.ffn.blocks")
+    if f.kind == "dense":
+        _require(f.rank is None and f.blocks is None,
+                 "config keys 'model.ffn.rank'/'model.ffn.blocks' only apply to structured ffn kinds, "
+                 "not 'dense'")
+
+
+def validate_model(m: ModelConfig, tp: int) -> None:
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_hidden_size", "seq_length"):
+        _positive(getattr(m, key), f"model.{key}")
+    _choice(m.norm, ("layernorm", "rmsnorm"), "model.norm")
+    _choice(m.activation, ("gelu", "swiglu"), "model.activation")
+    _positive(m.rope_base, "model.rope_base")
+    _positive(m.init_std, "model.init_std")
+    if m.head_dim is None:
+        _divides(m.num_heads, m.hidden_size, "model.num_heads", "model.hidden_size")
+    else:
+        _positive(m.head_dim, "model.head_dim")
+    _require(m.attn_head_dim % 2 == 0, f"head dim {m.attn_head_dim} must be even for RoPE "
+                                       f"(model.hidden_size / model.num_heads or model.head_dim)")
+    if m.num_kv_heads is not None:
+        _positive(m.num_kv_heads, "model.num_kv_heads")
+        _divides(m.num_kv_heads, m.num_heads, "model.num_kv_heads", "model.num_heads")
+    _divides(tp, m.num_heads, "parallel.tensor", "model.num_heads")
+    _divides(tp, m.kv_heads, "parallel.tensor", "model.num_kv_heads")
+    _divides(tp, m.ffn_hidden_size, "parallel.tensor", "model.ffn_hidden_size")
+    _divides(tp, m.vocab_size, "parallel.tensor", "model.vocab_size")
+    validate_ffn(m, tp)
+
+
+def validate(cfg: Config, world_size: Optional[int] = None) -> None:
+    """Cheap checks only: everything here runs before any process group or tensor exists."""
+    p, t, s = cfg.parallel, cfg.training, cfg.self_guided
+    _positive(p.tensor, "parallel.tensor")
+    _positive(p.pipeline, "parallel.pipeline")
+    _choice(p.zero_stage, (0, 1, 2, 3), "parallel.zero_stage")
+    _choice(p.partition_method, ("parameters", "uniform", "type:TransformerBlock"), "parallel.partition_method")
+    validate_model(cfg.model, p.tensor)
+    _require(p.pipeline <= cfg.model.num_layers,
+             f"config key 'parallel.pipeline' = {p.pipeline} exceeds 'model.num_layers' = "
+             f"{cfg.model.num_layers}: a pipeline stage needs at least one block")
+    _require(not (p.pipeline > 1 and p.zero_stage > 1),
+             f"config key 'parallel.zero_stage' = {p.zero_stage} is not supported with pipeline "
+             f"parallelism (parallel.pipeline = {p.pipeline}); DeepSpeed allows ZeRO stage 0 or 1 there")
+    _choice(s.schedule, ("cosine", "linear"), "self_guided.schedule")
+    _require(0.0 < s.guided_fraction <= 1.0,
+             f"config key 'self_guided.guided_fraction' = {s.guided_fraction} must be in (0, 1]")
+    if isinstance(s.flops_budget, str):
+        _choice(s.flops_budget, ("dense",), "self_guided.flops_budget")
+    else:
+        _positive(s.flops_budget, "self_guided.flops_budget")
+    if s.enabled:
+        _require(cfg.model.ffn.kind != "dense",
+                 "config key 'self_guided.enabled' = true needs a structured 'model.ffn.kind', got 'dense'")
+    _choice(t.precision, ("bf16", "fp16", "fp32"), "training.precision")
+    for key in ("micro_batch_size", "global_batch_size", "log_interval", "eval_interval",
+                "eval_iters", "save_interval", "keep_last", "max_nonfinite_steps", "checkpoint_interval"):
+        _positive(getattr(t, key), f"training.{key}")
+    _require((t.train_steps is None) != (t.train_tokens is None),
+             "set exactly one of 'training.train_steps' and 'training.train_tokens'"
+             f" (got {t.train_steps!r} and {t.train_tokens!r})")
+    if t.train_steps is not None:
+        _positive(t.train_steps, "training.train_steps")
+    if t.train_tokens is not None:
+        _positive(t.train_tokens, "training.train_tokens")
+    o = cfg.optimizer
+    _positive(o.lr, "optimizer.lr")
+    _require(0.0 <= o.min_lr_ratio <= 1.0, f"config key 'optimizer.min_lr_ratio' = {o.min_lr_ratio} must be in [0, 1]")
+    _require(0.0 <= o.warmup_fraction < 1.0, f"config key 'optimizer.warmup_fraction' = {o.warmup_fraction} must be in [0, 1)")
+    _require(o.grad_clip >= 0.0, f"config key 'optimizer.grad_clip' = {o.grad_clip} must be >= 0")
+    d = cfg.data
+    _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
+    if d.weights is not None:
+        _require(len(d.weights) == len(d.paths),
+                 f"config key 'data.weights' has {len(d.weights)} entries but 'data.paths' has {len(d.paths)}")
+        _require(all(w > 0 for w in d.weights), f"config key 'data.weights' = {d.weights} must be positive")
+    parts = d.split.split(",")
+    _require(len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts)
+             and sum(float(x) for x in parts) > 0,
+             f"config key 'data.split' = {d.split!r} must be three numbers like '969,30,1'")
+    _require(not any(k in cfg.deepspeed for k in _DEEPSPEED_OWNED),
+             f"config key 'deepspeed' may not set {sorted(set(cfg.deepspeed) & set(_DEEPSPEED_OWNED))}: "
+             "they are derived from training/parallel/optimizer")
+    if world_size is not None:
+        check_layout(cfg, world_size)
+
+
+# DeepSpeed keys derived from our own sections; setting them twice would let them disagree.
+_DEEPSPEED_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                    "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+
+
+def check_layout(cfg: Config, world_size: int) -> int:
+    """Return the data-parallel size for `world_size` ranks, or raise naming the mismatch."""
+    p, t = cfg.parallel, cfg.training
+    model_parallel = p.tensor * p.pipeline
+    _require(world_size % model_parallel == 0,
+             f"world size {world_size} is not a multiple of parallel.tensor x parallel.pipeline = "
+             f"{p.tensor} x {p.pipeline} = {model_parallel}")
+    dp = world_size // model_parallel
+    _require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+             f"config key 'training.global_batch_size' = {t.global_batch_size} must be a multiple of "
+             f"training.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+    return dp
+
+
+def train_steps(cfg: Config) -> int:
+    """Optimizer steps the run plans before any same-FLOPs repeat phase."""
+    t = cfg.training
+    if t.train_steps is not None:
+        return t.train_steps
+    tokens_per_step = t.global_batch_size * cfg.model.seq_length
+    return max(1, math.ceil(t.train_tokens / tokens_per_step))

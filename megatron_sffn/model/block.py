@@ -1,0 +1,68 @@
+"""Pre-norm transformer block: x + attn(norm(x)), then + ffn(norm(.)).
+
+The FFN's two (or, with SwiGLU, three) linears are ParallelLinears of the configured
+structure: fc1 (and gate) column-parallel, fc2 row-parallel, as in Megatron's MLP.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..parallel.mappings import TensorParallel
+from ..structured.guide import GuideState
+from ..structured.linear import ParallelLinear
+from .attention import Attention, KVCache
+from .layers import Norm
+
+# reduce_flop draws are keyed by layer_id = block * SLOTS + slot
+SLOTS = 4
+FC1, FC2, GATE = 0, 1, 2
+
+
+def ffn_kind_for_layer(cfg: ModelConfig, layer: int) -> str:
+    return "dense" if (layer == 0 and cfg.ffn.first_layer_dense) else cfg.ffn.kind
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TensorParallel, guided: bool,
+                 guide_state: Optional[GuideState]):
+        super().__init__()
+        kind = ffn_kind_for_layer(cfg, layer)
+        guided = guided and kind != "dense"
+        common = dict(kind=kind, rank=cfg.ffn.rank, blocks=cfg.ffn.blocks, bias=cfg.bias,
+                      guided=guided, guide_state=guide_state)
+        d, f = cfg.hidden_size, cfg.ffn_hidden_size
+        self.swiglu = cfg.activation == "swiglu"
+        self.fc1 = ParallelLinear(d, f, "column", tp, layer_id=layer * SLOTS + FC1, **common)
+        self.gate = (ParallelLinear(d, f, "column", tp, layer_id=layer * SLOTS + GATE, **common)
+                     if self.swiglu else None)
+        self.fc2 = ParallelLinear(f, d, "row", tp, layer_id=layer * SLOTS + FC2, **common)
+
+    def forward(self, x):
+        if self.swiglu:
+            h = F.silu(self.gate(x)) * self.fc1(x)
+        else:
+            h = F.gelu(self.fc1(x))
+        return self.fc2(h)
+
+    def linears(self):
+        return [m for m in (self.fc1, self.gate, self.fc2) if m is not None]
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TensorParallel, guided: bool = False,
+                 guide_state: Optional[GuideState] = None):
+        super().__init__()
+        self.layer = layer
+        self.norm1 = Norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.bias)
+        self.attn = Attention(cfg, tp)
+        self.norm2 = Norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.bias)
+        self.ffn = FeedForward(cfg, layer, tp, guided, guide_state)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cache)
+        return x + self.ffn(self.norm2(x))

@@ -1,0 +1,141 @@
+"""The protocol every FFN linear map follows, whether dense or structured, sharded or not.
+
+A map is `column` (input replicated, output split over tensor ranks) or `row` (input split,
+output replicated after one reduction). Instead of hiding its collective, a map exposes
+the tensors that cross the region boundary, so a caller can fuse several maps' traffic
+into one collective (the self-guided layer reduces structured and guide partials at once):
+
+  column: region_inputs(x) -> tensors that enter the region (identity fwd, all-reduce bwd)
+          region_outputs(tensors) -> this rank's output slice
+  row:    partials(x_local) -> tensors to all-reduce
+          combine(reduced) -> the full output
+
+Every parameter carries `tp_split_dim`: None when replicated on every tensor rank, else the
+dimension along which the tensor ranks' shards concatenate (in rank order) to the full
+tensor. Initialisation builds full tensors from the seed and slices them, so every layout
+starts from the same model; checkpoint tools gather and re-slice with the same attribute.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..parallel.mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
+
+MODES = ("column", "row")
+
+
+def sharded_parameter(full_shape: Tuple[int, ...], split_dim: Optional[int], tp: TensorParallel) -> nn.Parameter:
+    """An uninitialised parameter holding this rank's shard of a tensor of `full_shape`."""
+    shape = list(full_shape)
+    if split_dim is not None and tp.size > 1:
+        if shape[split_dim] % tp.size:
+            raise ValueError(f"dimension {split_dim} of shape {tuple(full_shape)} is not divisible by "
+                             f"tensor-parallel size {tp.size}")
+        shape[split_dim] //= tp.size
+    param = nn.Parameter(torch.empty(shape))
+    param.tp_split_dim = split_dim
+    param.full_shape = tuple(full_shape)
+    return param
+
+
+def shard_of(full: torch.Tensor, param: nn.Parameter, tp: TensorParallel) -> torch.Tensor:
+    """This rank's slice of `full` for `param` (the whole tensor when replicated)."""
+    dim = getattr(param, "tp_split_dim", None)
+    if dim is None or tp.size == 1:
+        return full
+    return full.chunk(tp.size, dim=dim)[tp.rank]
+
+
+@torch.no_grad()
+def load_full_tensors(module: nn.Module, full: Dict[str, torch.Tensor], tp: TensorParallel) -> None:
+    """Copy this rank's shard of each full tensor in `full` (keyed by parameter name) into `module`."""
+    for name, param in module.named_parameters():
+        if name not in full:
+            raise KeyError(f"no value for parameter '{name}'")
+        value = full[name]
+        expected = getattr(param, "full_shape", tuple(param.shape))
+        if tuple(value.shape) != tuple(expected):
+            raise ValueError(f"parameter '{name}': expected full shape {tuple(expected)}, got {tuple(value.shape)}")
+        param.copy_(shard_of(value, param, tp).to(device=param.device, dtype=param.dtype))
+
+
+class LinearMap(nn.Module):
+    """Base class: a bias-free linear map in_features -> out_features (full sizes)."""
+
+    kind = "abstract"
+
+    def __init__(self, in_features: int, out_features: int, mode: str, tp: TensorParallel):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.in_features, self.out_features, self.mode, self.tp = in_features, out_features, mode, tp
+
+    # -- the math, each subclass ------------------------------------------------------
+    def region_inputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        raise NotImplementedError
+
+    def region_outputs(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def partials(self, x: torch.Tensor) -> List[torch.Tensor]:
+        raise NotImplementedError
+
+    def combine(self, reduced: List[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_full(self, gen: torch.Generator, std: float, init: str, device) -> Dict[str, torch.Tensor]:
+        """Full-size initial values of every parameter, drawn from `gen` (layout independent)."""
+        raise NotImplementedError
+
+    # -- shared machinery ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "column":
+            inside = copy_to_tensor_region(self.tp, *self.region_inputs(x))
+            return self.region_outputs(list(inside) if isinstance(inside, tuple) else [inside])
+        reduced = reduce_from_tensor_region(self.tp, *self.partials(x))
+        return self.combine(list(reduced) if isinstance(reduced, tuple) else [reduced])
+
+    def load_full(self, full: Dict[str, torch.Tensor]) -> None:
+        load_full_tensors(self, full, self.tp)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The dense matrix this rank's shard applies: (out_local, in) for column, (out, in_local) for row.
+
+        Structured maps are linear with no nonlinearity inside, so pushing the identity
+        through the local math (no collective) recovers their exact dense equivalent.
+        """
+        param = next(self.parameters())
+        if self.mode == "column":
+            eye = torch.eye(self.in_features, device=param.device, dtype=param.dtype)
+            return self.region_outputs(self.region_inputs(eye)).t().contiguous()
+        in_local = self.in_features // self.tp.size
+        eye = torch.eye(in_local, device=param.device, dtype=param.dtype)
+        return self.combine(self.partials(eye)).t().contiguous()
+
+    def extra_repr(self) -> str:
+        shards = ", ".join(f"{n}={tuple(p.shape)}" for n, p in self.named_parameters(recurse=False))
+        return f"{self.in_features}->{self.out_features}, mode={self.mode}, tp={self.tp.size}, {shards}"
+
+
+def pad_to_full(local: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """Place this rank's slice of the last dim into zeros of the full width.
+
+    Summing the padded slices across ranks is an all-gather written as an all-reduce, so
+    it can share one collective with true partial sums (the guide's, in self-guided training).
+    """
+    if tp.size == 1:
+        return local
+    width = local.shape[-1]
+    pieces = [torch.zeros_like(local) if r != tp.rank else local for r in range(tp.size)]
+    return torch.cat(pieces, dim=-1) if width else local
+
+
+def orthogonalize_(blocks: torch.Tensor) -> torch.Tensor:
+    """Replace each matrix in the last two dims by U Vh of its SVD (the paper's block init)."""
+    u, _, vh = torch.linalg.svd(blocks, full_matrices=False)
+    blocks.copy_(u @ vh)
+    return blocks

@@ -1,0 +1,111 @@
+"""A tensor-parallel linear layer: a (structured) map, an optional bias, an optional guide.
+
+Attention projections use it with kind "dense" (Megatron's column/row-parallel linear); FFN
+layers with any structure, plus the self-guided dense branch while it is active.
+
+The guided forward puts the guide's traffic in the same collective as the structure's:
+column mode copies [structure's region inputs..., x] into the region at once (one
+all-reduce in backward), row mode reduces [structure's partials..., guide partial] at once.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..parallel.mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
+from .base import LinearMap, sharded_parameter
+from .blockdense import BlockDenseMap
+from .blockshuffle import BlockShuffleMap
+from .dense import DenseMap
+from .guide import GuideState
+from .lowrank import LowRankMap
+
+
+def make_map(kind: str, in_features: int, out_features: int, mode: str, tp: TensorParallel,
+             rank: Optional[int] = None, blocks: Optional[int] = None) -> LinearMap:
+    if kind == "dense":
+        return DenseMap(in_features, out_features, mode, tp)
+    if kind == "lowrank":
+        return LowRankMap(in_features, out_features, mode, tp, rank=rank)
+    if kind == "blockdense":
+        return BlockDenseMap(in_features, out_features, mode, tp, rank=rank, blocks=blocks)
+    if kind == "blockshuffle":
+        return BlockShuffleMap(in_features, out_features, mode, tp, blocks=blocks)
+    raise ValueError(f"unknown ffn kind {kind!r}")
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, tuple) else [x]
+
+
+class ParallelLinear(nn.Module):
+    """y = [a * W x + (1 - a) *] S(x) + b, sharded as `mode` over the tensor-parallel group.
+
+    `layer_id` identifies this linear in the reduce_flop draw; `init_key` names it in the
+    seed derivation so its initial values do not depend on the parallel layout.
+    """
+
+    def __init__(self, in_features: int, out_features: int, mode: str, tp: TensorParallel, *,
+                 kind: str = "dense", rank: Optional[int] = None, blocks: Optional[int] = None,
+                 bias: bool = True, guided: bool = False, guide_state: Optional[GuideState] = None,
+                 layer_id: int = 0):
+        super().__init__()
+        self.mode, self.tp, self.layer_id = mode, tp, layer_id
+        self.structure = make_map(kind, in_features, out_features, mode, tp, rank=rank, blocks=blocks)
+        self.guide = DenseMap(in_features, out_features, mode, tp) if guided and kind != "dense" else None
+        self.guide_state = guide_state
+        self.bias = sharded_parameter((out_features,), 0 if mode == "column" else None, tp) if bias else None
+
+    @property
+    def kind(self) -> str:
+        return self.structure.kind
+
+    def uses_guide_now(self) -> bool:
+        return self.guide is not None and self.guide_state is not None and self.guide_state.use_guide(self.layer_id)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_guide_now():
+            y = self._guided_forward(x, self.guide_state.alpha)
+        else:
+            y = self.structure(x)
+        return y + self.bias if self.bias is not None else y
+
+    def _guided_forward(self, x, alpha: float):
+        s, g = self.structure, self.guide
+        if self.mode == "column":
+            inputs = s.region_inputs(x)
+            inside = _as_list(copy_to_tensor_region(self.tp, *inputs, x))
+            ys, yg = s.region_outputs(inside[:-1]), g.region_outputs(inside[-1:])
+        else:
+            partials = s.partials(x)
+            reduced = _as_list(reduce_from_tensor_region(self.tp, *partials, *g.partials(x)))
+            ys, yg = s.combine(reduced[: len(partials)]), g.combine(reduced[len(partials):])
+        return alpha * yg + (1.0 - alpha) * ys
+
+    def drop_guide(self) -> None:
+        """Remove the guide so its parameters (and, once the optimizer is rebuilt, its state) are freed."""
+        self.guide = None
+
+    @torch.no_grad()
+    def init_full(self, gen: torch.Generator, std: float, init: str, device) -> Dict[str, torch.Tensor]:
+        """Full initial values of every parameter under this module, keyed by relative name."""
+        full = {f"structure.{k}": v for k, v in self.structure.init_full(gen, std, init, device).items()}
+        if self.guide is not None:
+            full["guide.weight"] = merged_full(self.structure, {k.split(".", 1)[1]: v for k, v in full.items()})
+        if self.bias is not None:
+            full["bias"] = torch.zeros(self.bias.full_shape, device=device)
+        return full
+
+
+@torch.no_grad()
+def merged_full(structure: LinearMap, full: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The full dense (out x in) matrix of `structure`'s class with full parameter values `full`."""
+    kwargs = {k: getattr(structure, k) for k in ("rank", "blocks") if hasattr(structure, k)}
+    single = make_map(structure.kind, structure.in_features, structure.out_features, "column",
+                      TensorParallel.single(), **kwargs)
+    device = next(iter(full.values())).device
+    single.to(device)
+    single.load_full(full)
+    return single.merged_weight()

@@ -1,0 +1,119 @@
+"""Every config error stops with one message naming the key and the value."""
+import json
+
+import pytest
+
+from megatron_sffn.config import Config, ConfigError, check_layout, config_from_dict, load_config, train_steps
+
+
+def base(**sections):
+    data = {"model": {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
+                      "ffn_hidden_size": 256, "seq_length": 32, "ffn": {"kind": "lowrank", "rank": 16}},
+            "training": {"train_steps": 10, "micro_batch_size": 2, "global_batch_size": 8}}
+    for name, value in sections.items():
+        data.setdefault(name, {}).update(value)
+    return data
+
+
+def model_with(**fields):
+    data = base()
+    data["model"].update(fields)
+    return data
+
+
+def error_of(data, overrides=None, world_size=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, overrides, world_size)
+    return str(info.value)
+
+
+def test_valid_config_loads_typed():
+    cfg = config_from_dict(base())
+    assert isinstance(cfg, Config)
+    assert cfg.model.ffn.rank == 16 and cfg.model.kv_heads == 4 and train_steps(cfg) == 10
+
+
+def test_unknown_keys_are_named():
+    assert "'model.ffn.rnak'" in error_of(model_with(ffn={"kind": "lowrank", "rnak": 3}))
+    assert "'trainning'" in error_of({**base(), "trainning": {}})
+
+
+def test_wrong_types_are_named():
+    msg = error_of(model_with(hidden_size="64"))
+    assert "'model.hidden_size'" in msg and "'64'" in msg
+    assert "'model.bias'" in error_of(model_with(bias=1))
+    assert "'data.paths'" in error_of(base(data={"paths": "x"}))
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"ffn": {"kind": "blockdense", "rank": 16, "blocks": 3}}, "model.ffn.blocks"),        # blocks vs width
+    ({"ffn": {"kind": "blockshuffle", "blocks": 5}}, "model.ffn.blocks"),
+    ({"ffn_hidden_size": 250, "ffn": {"kind": "blockshuffle", "blocks": 4}}, "model.ffn_hidden_size"),
+    ({"ffn": {"kind": "blockdense", "rank": 18, "blocks": 4}}, "model.ffn.rank"),           # blocks vs rank
+    ({"ffn": {"kind": "lowrank", "rank": 64}}, "model.ffn.rank"),                          # rank too large
+    ({"ffn": {"kind": "lowrank"}}, "model.ffn.rank"),                                      # rank missing
+    ({"ffn": {"kind": "sparse"}}, "model.ffn.kind"),
+    ({"num_heads": 5}, "model.num_heads"),                                                 # heads vs width
+    ({"num_kv_heads": 3}, "model.num_kv_heads"),                                          # kv vs heads
+    ({"norm": "batchnorm"}, "model.norm"),
+])
+def test_impossible_shapes_are_named(fields, key):
+    msg = error_of(model_with(**fields))
+    assert key in msg
+
+
+@pytest.mark.parametrize("tp, fields, key", [
+    (3, {}, "model.num_heads"),
+    (4, {"num_kv_heads": 2}, "model.num_kv_heads"),
+    (8, {"num_heads": 8, "ffn_hidden_size": 260, "ffn": {"kind": "lowrank", "rank": 16}}, "model.ffn_hidden_size"),
+    (8, {"num_heads": 8, "ffn": {"kind": "blockdense", "rank": 16, "blocks": 4}}, "model.ffn.blocks"),
+])
+def test_tensor_parallel_must_divide(tp, fields, key):
+    data = model_with(**fields)
+    data["parallel"] = {"tensor": tp}
+    msg = error_of(data)
+    assert "parallel.tensor" in msg and key in msg and str(tp) in msg
+
+
+def test_layout_errors():
+    assert "world size 6" in error_of(base(parallel={"tensor": 2, "pipeline": 2}), world_size=6)
+    assert "parallel.pipeline" in error_of(base(parallel={"pipeline": 3}))  # more stages than blocks
+    assert "parallel.zero_stage" in error_of(base(parallel={"pipeline": 2, "zero_stage": 2}))
+    assert "global_batch_size" in error_of(base(training={"global_batch_size": 6}), world_size=2)
+    assert check_layout(config_from_dict(base(parallel={"tensor": 2})), 8) == 4
+
+
+def test_stop_condition_must_be_unique():
+    data = base(training={"train_tokens": 1000})
+    assert "train_steps" in error_of(data)
+    data["training"].pop("train_steps")
+    cfg = config_from_dict(data)
+    assert train_steps(cfg) == 4  # ceil(1000 / (8 * 32))
+
+
+def test_overrides_apply_and_are_validated():
+    cfg = config_from_dict(base(), ["model.ffn.rank=8", "data.split=98,1,1", "self_guided.enabled=true",
+                                    "data.paths=[\"a\", \"b\"]"])
+    assert cfg.model.ffn.rank == 8 and cfg.data.split == "98,1,1" and cfg.self_guided.enabled
+    assert cfg.data.paths == ["a", "b"]
+    assert "'model.ffn.rnk'" in error_of(base(), ["model.ffn.rnk=8"])
+    assert "'model.ffn.rank'" in error_of(base(), ["model.ffn.rank=fast"])
+    assert "key.path=value" in error_of(base(), ["model.ffn.rank"])
+
+
+def test_deepspeed_section_cannot_shadow_owned_keys():
+    assert "train_batch_size" in error_of(base(deepspeed={"train_batch_size": 4}))
+    cfg = config_from_dict(base(deepspeed={"zero_optimization": {"reduce_bucket_size": 1000}}))
+    assert cfg.deepspeed["zero_optimization"]["reduce_bucket_size"] == 1000
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        load_config(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(base()))
+    assert load_config(good, ["model.num_layers=3"]).model.num_layers == 3
