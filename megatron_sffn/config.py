@@ -110,6 +110,7 @@ class TrainingConfig:
     max_nonfinite_steps: int = 5        # consecutive non-finite steps before the run stops
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
+    peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak
 
 
 @dataclass

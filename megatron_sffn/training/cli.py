@@ -1,0 +1,81 @@
+"""Command line of launchers/pretrain.py: --config plus Megatron-style shortcut flags.
+
+Each shortcut is sugar for one `--override`, applied after the explicit overrides, so
+`--train-steps 100` and `--override training.train_steps=100` are the same thing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import List, Optional
+
+# flag -> (config key, type)
+SHORTCUTS = {
+    "--run-dir": ("output.run_dir", str),
+    "--train-steps": ("training.train_steps", int),
+    "--train-tokens": ("training.train_tokens", int),
+    "--save-interval": ("training.save_interval", int),
+    "--eval-interval": ("training.eval_interval", int),
+    "--log-interval": ("training.log_interval", int),
+    "--tensor-parallel": ("parallel.tensor", int),
+    "--pipeline-parallel": ("parallel.pipeline", int),
+    "--zero-stage": ("parallel.zero_stage", int),
+    "--micro-batch-size": ("training.micro_batch_size", int),
+    "--global-batch-size": ("training.global_batch_size", int),
+    "--seed": ("training.seed", int),
+    "--exit-duration-minutes": ("training.exit_duration_minutes", float),
+    "--lr": ("optimizer.lr", float),
+    "--precision": ("training.precision", str),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pretrain.py",
+        description="Pretrain a GPT with structured FFNs through DeepSpeed. "
+                    "Launch with `deepspeed [--num_gpus N] launchers/pretrain.py --config C.json`, "
+                    "torchrun, or mpirun.")
+    p.add_argument("--config", required=True, help="run config JSON (see configs/)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --override model.ffn.rank=384 (repeatable)")
+    for flag, (key, tp) in SHORTCUTS.items():
+        p.add_argument(flag, type=tp, default=None, help=f"sets {key}")
+    p.add_argument("--data-path", nargs="+", default=None, metavar="PREFIX",
+                   help="dataset prefixes, optionally weighted Megatron-style: 0.7 A 0.3 B (sets data.paths/weights)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def data_path_overrides(values: List[str]) -> List[str]:
+    """`A B` -> paths; `0.7 A 0.3 B` -> paths + weights."""
+    def is_number(s):
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+    if len(values) % 2 == 0 and all(is_number(v) for v in values[0::2]) and values:
+        weights = [float(v) for v in values[0::2]]
+        paths = values[1::2]
+        return [f"data.paths={json.dumps(paths)}", f"data.weights={json.dumps(weights)}"]
+    return [f"data.paths={json.dumps(values)}", "data.weights=null"]
+
+
+def overrides_from_args(args: argparse.Namespace) -> List[str]:
+    overrides = list(args.override)
+    for flag, (key, _) in SHORTCUTS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            if key == "training.train_steps":
+                overrides.append("training.train_tokens=null")
+            if key == "training.train_tokens":
+                overrides.append("training.train_steps=null")
+            overrides.append(f"{key}={json.dumps(value)}")
+    if args.data_path:
+        overrides += data_path_overrides(args.data_path)
+    return overrides
+
+
+def parse(argv: Optional[List[str]] = None):
+    args = build_parser().parse_args(argv)
+    return args, overrides_from_args(args)

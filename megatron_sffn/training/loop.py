@@ -1,0 +1,311 @@
+"""The training run: config -> distributed state -> data -> DeepSpeed engine -> loop of steps.
+
+The loop itself is short and calls named steps (train step, guide phase, log, evaluate,
+checkpoint, stop checks); each lives in its own module. Everything a step depends on (LR,
+guide weight, reduce_flop draw, data samples) is a pure function of the step number, so a
+resumed run repeats the uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError
+from ..model.accounting import model_stats, train_flops_per_token
+from ..model.paper import describe_ffn
+from ..structured.guide import GuideState
+from .checkpointing import CheckpointError, CheckpointManager
+from .data_feed import DataFeed
+from .faults import NonFiniteGuard, StopRequests
+from .lr_schedule import learning_rate
+from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, memory_gb
+from .phases import RunPhases
+
+INJECT_ENV = "MEGATRON_SFFN_INJECT_NONFINITE_STEPS"  # testing aid: "3,4" makes steps 3 and 4 non-finite
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on an unrecoverable condition (e.g. too many non-finite steps)."""
+
+
+@dataclass
+class LoopState:
+    step: int = 0                 # optimizer steps done
+    consumed_tokens: int = 0
+    guides_dropped: bool = False
+
+
+@dataclass
+class RunResult:
+    steps: int
+    consumed_tokens: int
+    final_val_loss: Optional[float]
+    stopped_early: Optional[str]
+    train_losses: Dict[int, float]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _inject_steps() -> set:
+    raw = os.environ.get(INJECT_ENV, "")
+    return {int(s) for s in raw.split(",") if s.strip()}
+
+
+class Trainer:
+    """Holds the run's components; `run()` is the loop."""
+
+    def __init__(self, cfg: Config):
+        from ..parallel.topology import build_parallel_state, init_distributed
+        from .engine import TrainEngine
+
+        self.cfg = cfg
+        init_distributed()
+        self.state = build_parallel_state(cfg)  # layout errors stop here, before any tensors
+        seed_everything(cfg.training.seed)
+        self.phases = RunPhases.from_config(cfg)
+        run_dir = cfg.output.run_dir
+        self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard)
+        self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), cfg.training.keep_last, self.state.rank)
+        tag = self.ckpt.latest_tag()
+        meta = self.ckpt.read_meta(tag) if tag else None
+        if meta is not None:
+            _check_resumable(cfg, meta, os.path.join(self.ckpt.directory, tag))
+        self.feed = DataFeed(cfg, self.state, self.phases, show_progress=self.state.is_logging_rank)
+        sg = cfg.self_guided
+        guided = sg.enabled and not (meta and meta["loop"]["guides_dropped"])
+        self.guide_state = GuideState(active=guided, seed=cfg.training.seed, reduce_flop=sg.reduce_flop)
+        self.engine = TrainEngine.build(cfg, self.state, self.guide_state, guided=guided)
+        self.loop = LoopState()
+        self.guard = NonFiniteGuard(cfg.training.max_nonfinite_steps)
+        self.resumed_from = None
+        if tag is not None:
+            client = self.ckpt.load(self.engine, tag)
+            self.loop = LoopState(**client["loop"])
+            self.guard.load_state_dict(client["nonfinite"])
+            self.resumed_from = tag
+        self.stats = model_stats(cfg.model)
+        self.peak_tflops = detect_peak_tflops(cfg.training.peak_tflops_per_gpu)
+        self.device = _device()
+        self.train_losses: Dict[int, float] = {}
+
+    # -- named steps ---------------------------------------------------------------------
+    def banner(self) -> None:
+        cfg, st, plan = self.cfg, self.state, self.phases.plan
+        m = cfg.model
+        tokens_per_step = cfg.training.global_batch_size * m.seq_length
+        lines = [
+            "=" * 100,
+            f"megatron_sffn run '{cfg.name}' -> {cfg.output.run_dir}",
+            f"model      {self.stats.total_params / 1e6:,.1f}M params ({self.stats.non_embedding_params / 1e6:,.1f}M "
+            f"non-embedding, FFN {self.stats.ffn_params / 1e6:,.1f}M) | width {m.hidden_size} x {m.num_layers} layers, "
+            f"{m.num_heads} heads ({m.kv_heads} kv), ffn {m.ffn_hidden_size}, seq {m.seq_length}",
+            f"ffn        {describe_ffn(m.ffn)} (first layer {'dense' if m.ffn.first_layer_dense else 'structured'})"
+            + (f" | self-guided: {plan.guided_steps} guided steps ({cfg.self_guided.schedule}), "
+               f"{plan.repeat_steps} repeat steps, reduce_flop={cfg.self_guided.reduce_flop}"
+               if cfg.self_guided.enabled else ""),
+            f"layout     world {st.world_size} = tensor {st.tensor_size} x pipeline {st.pipe_size} x data "
+            f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision}",
+            f"batch      global {cfg.training.global_batch_size} x {m.seq_length} = {tokens_per_step:,} tokens/step, "
+            f"micro {cfg.training.micro_batch_size}, grad accumulation "
+            f"{cfg.training.global_batch_size // (cfg.training.micro_batch_size * st.data_size)}",
+            f"plan       {plan.total_steps:,} steps, {plan.total_steps * tokens_per_step:,} tokens, "
+            f"{plan.total_flops:.3e} FLOPs" + (f" (budget {plan.budget_flops:.3e})" if plan.budget_flops else ""),
+        ]
+        if self.resumed_from:
+            lines.append(f"resume     from {self.resumed_from} at step {self.loop.step}, "
+                         f"{self.loop.consumed_tokens:,} tokens")
+        lines.append("=" * 100)
+        self.logger.print("\n".join(lines))
+        self.logger.config(cfg.to_dict())
+
+    def maybe_drop_guides(self) -> None:
+        if self.loop.guides_dropped or not self.cfg.self_guided.enabled:
+            return
+        if self.loop.step < self.phases.guides_end_at():
+            return
+        info = self.engine.drop_guides_and_rebuild()
+        self.loop.guides_dropped = True
+        self.logger.print(f"[step {self.loop.step}] guide weight reached 0: guides dropped, optimizer rebuilt | "
+                          + ", ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v:,}"
+                                      for k, v in info.items()))
+        self.logger.scalars({f"mem/{k}": v for k, v in info.items() if "gb" in k}, self.loop.step,
+                            self.loop.consumed_tokens)
+
+    def train_step(self) -> Dict:
+        step = self.loop.step
+        alpha = self.phases.alpha(step) if not self.loop.guides_dropped else 0.0
+        self.guide_state.set_step(step, self.phases.guided_steps, self.phases.schedule)
+        lr = learning_rate(step, self.cfg.optimizer, self.phases.total_steps)
+        self.engine.set_lr(lr)
+        batches = self.feed.train_micro_batches(self.phases.data_step(step))
+        hook = self._nonfinite_hook() if step in _inject_steps() else None
+        try:
+            loss = self.engine.train_batch(batches)
+        finally:
+            if hook is not None:
+                hook.remove()
+        skipped = bool(self.engine.last_step_skipped) or not math.isfinite(loss)
+        self.guard.record(skipped)
+        self.loop.step += 1
+        self.loop.consumed_tokens += self.cfg.training.global_batch_size * self.cfg.model.seq_length
+        guide_fraction = 0.0
+        if self.guide_state.active and alpha > 0:
+            guide_fraction = alpha if self.cfg.self_guided.reduce_flop else 1.0
+        return {"loss": loss, "lr": lr, "alpha": alpha if self.cfg.self_guided.enabled else None,
+                "skipped": skipped, "guide_fraction": guide_fraction}
+
+    def _nonfinite_hook(self):
+        first = next(m for m in self.engine.module.modules() if hasattr(m, "weight"))
+        return first.register_forward_hook(lambda mod, inp, out: out * float("nan"))
+
+    def log_step(self, out: Dict, window: Dict) -> None:
+        cfg = self.cfg
+        tokens = cfg.training.global_batch_size * cfg.model.seq_length
+        step_time = window["time"] / max(1, window["steps"])
+        flops_per_token = train_flops_per_token(self.stats, window["guide_fraction"] / max(1, window["steps"]))
+        tflops = flops_per_token * tokens / step_time / self.state.world_size / 1e12
+        metrics = {
+            "step": self.loop.step, "consumed_tokens": self.loop.consumed_tokens, "lr": out["lr"],
+            "loss": window["loss"] / max(1, window["finite"]) if window["finite"] else float("nan"),
+            "grad_norm": float(self.engine.grad_norm or 0.0), "guide_alpha": out["alpha"],
+            "loss_scale": self.engine.loss_scale if cfg.training.precision == "fp16" else None,
+            "tokens_per_s": tokens / step_time, "tflops_per_gpu": tflops,
+            "mfu": tflops / self.peak_tflops if self.peak_tflops else None,
+            "step_time_s": step_time, "skipped_steps": self.guard.total, **memory_gb(),
+        }
+        self.logger.print(format_train_line(metrics, self.phases.total_steps))
+        self.logger.scalars({
+            "train/loss": metrics["loss"], "train/lr": metrics["lr"], "train/grad_norm": metrics["grad_norm"],
+            "train/guide_alpha": metrics["guide_alpha"], "train/loss_scale": metrics["loss_scale"],
+            "train/consumed_tokens": float(metrics["consumed_tokens"]), "train/skipped_steps": float(self.guard.total),
+            "perf/tokens_per_s": metrics["tokens_per_s"], "perf/tflops_per_gpu": tflops, "perf/mfu": metrics["mfu"],
+            "perf/step_time_s": step_time, "mem/max_allocated_gb": metrics["max_allocated_gb"],
+            "mem/allocated_gb": metrics.get("allocated_gb"),
+        }, self.loop.step, self.loop.consumed_tokens)
+
+    def evaluate(self) -> float:
+        losses = []
+        for batch_iter in self.feed.valid_global_batches(desc=f"eval @ step {self.loop.step}"):
+            losses.append(self.engine.eval_batch(batch_iter))
+        loss = float(sum(losses) / len(losses))
+        ppl = math.exp(min(loss, 50.0))
+        self.logger.print(f"[step {self.loop.step}] validation loss {loss:.4f} | perplexity {ppl:.3f} "
+                          f"({len(losses)} batches of {self.cfg.training.global_batch_size})")
+        self.logger.scalars({"val/loss": loss, "val/ppl": ppl}, self.loop.step, self.loop.consumed_tokens)
+        self.logger.flush()
+        return loss
+
+    def save(self, reason: str) -> None:
+        meta = {"step": self.loop.step, "loop": dataclasses.asdict(self.loop), "reason": reason,
+                "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict(),
+                "layout": {"tensor": self.state.tensor_size, "pipeline": self.state.pipe_size,
+                           "data": self.state.data_size, "zero_stage": self.cfg.parallel.zero_stage}}
+        client = {"loop": dataclasses.asdict(self.loop), "nonfinite": self.guard.state_dict(),
+                  "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict()}
+        tag = self.ckpt.save(self.engine, self.loop.step, meta, client)
+        self.logger.print(f"[step {self.loop.step}] saved checkpoint {os.path.join(self.ckpt.directory, tag)} ({reason})")
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        t = self.cfg.training
+        self.banner()
+        stop = StopRequests(t.exit_duration_minutes).install()
+        timer, window = StepTimer(), _new_window()
+        stopped, final_val = None, None
+        try:
+            while self.loop.step < self.phases.total_steps:
+                self.maybe_drop_guides()
+                out = self.train_step()
+                window["time"] += timer.lap()
+                _accumulate(window, out)
+                if not out["skipped"]:
+                    self.train_losses[self.loop.step] = out["loss"]
+                else:
+                    self.logger.print(f"[step {self.loop.step}] non-finite loss or gradient: step skipped "
+                                      f"({self.guard.in_a_row} in a row, {self.guard.total} in total)")
+                if self.guard.should_stop:
+                    raise TrainingStopped(f"{self.guard.in_a_row} non-finite steps in a row (limit "
+                                          f"training.max_nonfinite_steps = {t.max_nonfinite_steps}); the run is "
+                                          f"diverging. Last good checkpoint: {self.ckpt.latest_tag()}")
+                if self.loop.step % t.log_interval == 0:
+                    self.log_step(out, window)
+                    window = _new_window()
+                if self.loop.step % t.eval_interval == 0 and self.loop.step < self.phases.total_steps:
+                    self.evaluate()
+                    timer.lap()
+                saved = False
+                if self.loop.step % t.save_interval == 0 and self.loop.step < self.phases.total_steps:
+                    self.save("interval")
+                    saved = True
+                    timer.lap()
+                reason = stop.agreed_reason(self.device)
+                if reason is not None and self.loop.step < self.phases.total_steps:
+                    stopped = reason
+                    if not saved:
+                        self.save(f"stop: {reason}")
+                    self.logger.print(f"[step {self.loop.step}] stopping: {reason}. Resume with the same command.")
+                    break
+            if stopped is None:
+                final_val = self.evaluate()
+                if self.ckpt.latest_tag() != f"step{self.loop.step:08d}":
+                    self.save("end of training")
+                self.logger.print(f"done: {self.loop.step} steps, {self.loop.consumed_tokens:,} tokens, "
+                                  f"final validation loss {final_val:.4f}, perplexity {math.exp(min(final_val, 50)):.3f}")
+        finally:
+            stop.uninstall()
+            self.logger.close()
+        return RunResult(self.loop.step, self.loop.consumed_tokens, final_val, stopped, self.train_losses)
+
+
+def _new_window() -> Dict:
+    return {"time": 0.0, "steps": 0, "loss": 0.0, "finite": 0, "guide_fraction": 0.0}
+
+
+def _accumulate(window: Dict, out: Dict) -> None:
+    window["steps"] += 1
+    window["guide_fraction"] += out["guide_fraction"]
+    if not out["skipped"]:
+        window["loss"] += out["loss"]
+        window["finite"] += 1
+
+
+def _device():
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _check_resumable(cfg: Config, meta: Dict, path: str) -> None:
+    """A checkpoint resumes only into the same model, structure and self-guided plan."""
+    saved = meta.get("config", {})
+    for section in ("model", "self_guided"):
+        if saved.get(section) != dataclasses.asdict(getattr(cfg, section)):
+            diff = _first_difference(saved.get(section, {}), dataclasses.asdict(getattr(cfg, section)), section)
+            raise CheckpointError(f"checkpoint {path} was written with a different '{section}' config "
+                                  f"({diff}); use a new --run-dir or the config it was trained with")
+
+
+def _first_difference(a, b, prefix: str) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}.{key}")
+    return f"{prefix}: saved {a!r}, now {b!r}"
+
+
+def run(cfg: Config) -> RunResult:
+    """Train as configured; the entry point of launchers/pretrain.py."""
+    return Trainer(cfg).run()
