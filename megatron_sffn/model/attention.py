@@ -19,12 +19,46 @@ from .layers import Rotary
 
 
 class KVCache:
-    """Per-layer key/value buffers for incremental decoding: (B, kv_heads_local, max_len, head_dim)."""
+    """Keys/values of every layer for incremental decoding, with per-row positions.
 
-    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
-        self.k = torch.empty(batch, kv_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
-        self.length = 0
+    Rows of a batch may hold prompts of different lengths (left-padded): `valid` marks real
+    tokens, each row's positions count only its valid tokens, and attention never looks at
+    padding. k[i], v[i]: (B, kv_heads_local, max_len, head_dim) for layer i.
+    """
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
+        self.k = [torch.zeros(batch, kv_heads, max_len, head_dim, device=device, dtype=dtype)
+                  for _ in range(num_layers)]
+        self.v = [torch.zeros_like(t) for t in self.k]
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.max_len = max_len
+        self.length = 0                      # columns filled so far
+        self.positions = None                # (B, S) positions of the tokens of the current call
+
+    def begin(self, new_valid: torch.Tensor) -> None:
+        """Register the (B, S) validity of the tokens about to be processed."""
+        seq = new_valid.shape[1]
+        if self.length + seq > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.length + seq} requested")
+        before = self.valid[:, : self.length].sum(dim=1, keepdim=True)
+        self.positions = before + new_valid.long().cumsum(dim=1) - 1
+        self.positions.clamp_(min=0)
+        self.valid[:, self.length: self.length + seq] = new_valid
+
+    def end(self, seq: int) -> None:
+        self.length += seq
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def mask(self, seq: int) -> torch.Tensor:
+        """(B, 1, S, L) boolean: causal over cache columns and no padding."""
+        end = self.length + seq
+        causal = torch.ones(seq, end, dtype=torch.bool, device=self.valid.device).tril(diagonal=self.length)
+        return (causal[None] & self.valid[:, None, :end]).unsqueeze(1)
 
 
 class Attention(nn.Module):
@@ -40,31 +74,22 @@ class Attention(nn.Module):
         self.proj = ParallelLinear(attn_width, cfg.hidden_size, "row", tp, bias=cfg.bias)
         self.rotary = Rotary(self.head_dim, cfg.rope_base)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         batch, seq, _ = x.shape
         qkv = self.qkv(x).view(batch, seq, self.groups, self.q_per_group + 2, self.head_dim)
         q = qkv[:, :, :, : self.q_per_group].reshape(batch, seq, -1, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.q_per_group].transpose(1, 2)
         v = qkv[:, :, :, self.q_per_group + 1].transpose(1, 2)
-        start = cache.length if cache is not None else 0
-        cos, sin = self.rotary.cos_sin(start, seq, x.device, q.dtype)
-        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
-        if cache is not None:
-            k, v = self._append(cache, k, v)
         gqa = self.q_per_group > 1
-        if cache is None or start == 0:
+        if cache is None:
+            cos, sin = self.rotary.cos_sin(0, seq, x.device, q.dtype)
+            q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            # decoding: the new queries attend to every cached position and causally among themselves
-            mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
+            cos, sin = self.rotary.at_positions(cache.positions, q.dtype)  # (B, 1, S, head_dim)
+            q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+            mask = cache.mask(seq)
+            k, v = cache.store(layer, k, v)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
         return self.proj(out)
-
-    @staticmethod
-    def _append(cache: KVCache, k, v) -> Tuple[torch.Tensor, torch.Tensor]:
-        end = cache.length + k.shape[2]
-        cache.k[:, :, cache.length:end] = k
-        cache.v[:, :, cache.length:end] = v
-        cache.length = end
-        return cache.k[:, :, :end], cache.v[:, :, :end]

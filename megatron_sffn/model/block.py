@@ -64,5 +64,5 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(cfg, layer, tp, guided, guide_state)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cache)
+        x = x + self.attn(self.norm1(x), cache, self.layer)
         return x + self.ffn(self.norm2(x))

@@ -45,13 +45,27 @@ class GPTModel(nn.Module):
             initialize_piece(self.head, "head", seed, std, ffn_init, device)
         return self
 
-    def forward(self, ids: torch.Tensor, caches: Optional[List[KVCache]] = None) -> torch.Tensor:
-        """Token ids (B, S) -> logits (B, S, V / tp) for this rank's vocab slice."""
+    def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token ids (B, S) -> logits (B, S, V / tp) for this rank's vocab slice.
+
+        With a KV cache the call continues the cached sequences; `valid` (B, S) marks real
+        tokens when prompts are left-padded (default: all valid).
+        """
+        if cache is not None:
+            cache.begin(valid if valid is not None else torch.ones_like(ids, dtype=torch.bool))
         x = self.embedding(ids)
-        for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches is not None else None)
+        for block in self.blocks:
+            x = block(x, cache)
         x = self.final_norm(x)
+        if cache is not None:
+            cache.end(ids.shape[1])
         return self.head(x) if self.head is not None else self.embedding.logits(x)
+
+    def new_cache(self, batch: int, max_len: int, device=None, dtype=None) -> KVCache:
+        param = next(self.parameters())
+        return KVCache(self.cfg.num_layers, batch, self.cfg.kv_heads // self.tp.size, max_len,
+                       self.cfg.attn_head_dim, device or param.device, dtype or param.dtype)
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy over the batch."""

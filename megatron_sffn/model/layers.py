@@ -54,6 +54,14 @@ class Rotary(nn.Module):
             self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
         return self._cache[key]
 
+    def at_positions(self, positions: torch.Tensor, dtype):
+        """cos/sin for explicit (B, S) positions, shaped (B, 1, S, head_dim)."""
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, device=positions.device,
+                                                     dtype=torch.float32) / self.head_dim))
+        angles = positions.float()[..., None] * inv_freq
+        angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
     @staticmethod
     def apply(x, cos, sin):
         """x: (B, heads, S, head_dim); cos/sin: (S, head_dim)."""

@@ -8,7 +8,6 @@ import torch
 from megatron_sffn.config import Config, SelfGuidedConfig, TrainingConfig
 from megatron_sffn.model import GPTModel
 from megatron_sffn.model.accounting import model_stats, plan_self_guided, dense_equivalent
-from megatron_sffn.model.attention import KVCache
 from megatron_sffn.model.paper import PAPER_XL_PARAMS_M, paper_model
 
 from .helpers import KINDS, tiny_model
@@ -88,12 +87,29 @@ def test_kv_cache_decoding_matches_full_forward(kind):
     model = GPTModel(cfg).initialize(seed=0).double()
     ids = _ids(cfg)[:, :12]
     full = model(ids)
-    caches = [KVCache(2, cfg.kv_heads, 12, cfg.attn_head_dim, "cpu", torch.float64) for _ in range(cfg.num_layers)]
-    steps = [model(ids[:, :5], caches)]  # prefill 5, then 3 + 1 x 4
-    steps.append(model(ids[:, 5:8], caches))
+    cache = model.new_cache(batch=2, max_len=12)
+    steps = [model(ids[:, :5], cache)]  # prefill 5, then 3 + 1 x 4
+    steps.append(model(ids[:, 5:8], cache))
     for t in range(8, 12):
-        steps.append(model(ids[:, t:t + 1], caches))
+        steps.append(model(ids[:, t:t + 1], cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+def test_left_padded_batch_decodes_like_each_prompt_alone():
+    cfg = tiny_model("lowrank", num_kv_heads=2)
+    model = GPTModel(cfg).initialize(seed=0).double()
+    ids = _ids(cfg)[:, :10]
+    short = ids[1, 3:]  # row 1 has 3 fewer prompt tokens: left-pad it
+    padded = torch.stack([ids[0], torch.cat([torch.zeros(3, dtype=ids.dtype), short])])
+    valid = torch.ones_like(padded, dtype=torch.bool)
+    valid[1, :3] = False
+    cache = model.new_cache(batch=2, max_len=12)
+    logits = model(padded, cache, valid)
+    torch.testing.assert_close(logits[0], model(ids[:1])[0])
+    torch.testing.assert_close(logits[1, 3:], model(short[None])[0])
+    nxt = torch.tensor([[5], [7]])
+    step = model(nxt, cache)
+    torch.testing.assert_close(step[1, 0], model(torch.cat([short, nxt[1]])[None])[0, -1])
 
 
 def test_drop_guides_frees_parameters():

@@ -1,0 +1,1 @@
+"""Inference: KV-cache generation and pre-merge dispatch of structured FFN maps."""

@@ -1,0 +1,78 @@
+"""Text generation with a KV cache: greedy, temperature, top-k and top-p sampling, batches.
+
+Prompts of different lengths are left-padded; the cache's validity mask keeps padding out
+of attention and positions, so each row decodes as if it were alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from ..model.gpt import GPTModel
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0      # 0 = greedy
+    top_k: int = 0                # 0 = off
+    top_p: float = 1.0            # 1 = off
+    seed: int = 0
+    stop_token: Optional[int] = None
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits outside the top-k set and outside the smallest nucleus of mass top_p."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
+    if sampling.temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: GPTModel, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+             pad_id: int = 0) -> List[List[int]]:
+    """Continue every prompt by up to max_new_tokens; returns only the new tokens per prompt."""
+    if model.tp.size != 1:
+        raise ValueError("generate() runs a single-rank model; consolidate the checkpoint first")
+    device = next(model.parameters()).device
+    batch, longest = len(prompts), max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("every prompt needs at least one token")
+    ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros(batch, longest, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt):] = torch.tensor(list(prompt), device=device)
+        valid[row, longest - len(prompt):] = True
+    cache = model.new_cache(batch, longest + sampling.max_new_tokens)
+    gen = torch.Generator(device=device).manual_seed(sampling.seed)
+    logits = model(ids, cache, valid)[:, -1]
+    out = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(sampling.max_new_tokens):
+        token = next_tokens(logits, sampling, gen)
+        for row in range(batch):
+            if not done[row]:
+                out[row].append(int(token[row]))
+        if sampling.stop_token is not None:
+            done |= token == sampling.stop_token
+            if bool(done.all()):
+                break
+        logits = model(token[:, None], cache)[:, -1]
+    return out

@@ -1,0 +1,63 @@
+"""Generation and pre-merge: same tokens with pre-merge on and off; dispatch by tokens in flight."""
+import pytest
+import torch
+
+from megatron_sffn.inference.generation import SamplingConfig, filter_logits, generate
+from megatron_sffn.inference.premerge import PreMergedMap, apply_premerge, calibrate, load_thresholds, save_calibration
+from megatron_sffn.model import GPTModel
+
+from .helpers import tiny_model
+
+
+def _model(kind="lowrank"):
+    return GPTModel(tiny_model(kind, num_kv_heads=2)).initialize(seed=1)
+
+
+def test_greedy_generation_matches_full_forward_argmax():
+    model = _model().double()
+    prompt = [3, 17, 42, 9]
+    new = generate(model, [prompt], SamplingConfig(max_new_tokens=6, temperature=0.0))[0]
+    seq = list(prompt)
+    for _ in range(6):
+        seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert new == seq[len(prompt):]
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "blockdense", "blockshuffle"])
+def test_premerge_on_off_give_identical_tokens(kind):
+    model = _model(kind)
+    prompts = [[1, 2, 3, 4, 5], [9, 8]]
+    sampling = SamplingConfig(max_new_tokens=8, temperature=0.8, top_k=20, top_p=0.9, seed=3)
+    apply_premerge(model, "off")
+    off = generate(model, prompts, sampling)
+    apply_premerge(model, "on")
+    on = generate(model, prompts, sampling)
+    assert on == off
+    maps = [m for m in model.modules() if isinstance(m, PreMergedMap)]
+    assert maps and all(m.calls["merged"] > 0 and m.calls["structured"] == 0 for m in maps)
+
+
+def test_auto_dispatch_uses_threshold_by_tokens_in_flight():
+    model = _model()
+    apply_premerge(model, "auto", default_threshold=4)
+    maps = [m for m in model.modules() if isinstance(m, PreMergedMap)]
+    model(torch.tensor([[1, 2, 3, 4, 5, 6]]))       # 6 tokens in flight: structured
+    model(torch.tensor([[1, 2, 3]]))                # 3 tokens: merged
+    assert all(m.calls == {"merged": 1, "structured": 1} for m in maps)
+
+
+def test_calibration_round_trip(tmp_path):
+    model = _model()
+    results = calibrate(model, tokens=(1, 8), repeats=2)
+    assert results and all("threshold" in v and len(v["timings"]) == 2 for v in results.values())
+    path = str(tmp_path / "cal.json")
+    save_calibration(path, "cpu", results)
+    assert load_thresholds(path, "cpu") == {k: v["threshold"] for k, v in results.items()}
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    assert torch.isinf(filter_logits(logits, 2, 1.0)[0, :2]).all()
+    # softmax = [0.03, 0.09, 0.24, 0.64]: a nucleus of 0.5 is the top token; of 0.7, the top two
+    assert (~torch.isinf(filter_logits(logits, 0, 0.5)))[0].tolist() == [False, False, False, True]
+    assert (~torch.isinf(filter_logits(logits, 0, 0.7)))[0].tolist() == [False, False, True, True]
