@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LinearMap, orthogonalize_, pad_to_full, sharded_parameter
-from .ops import block_diag_matmul
+from .ops import apply_product, block_diag_matmul
 
 
 class BlockDenseMap(LinearMap):
@@ -30,10 +30,22 @@ class BlockDenseMap(LinearMap):
         return [block_diag_matmul(x, self.blocks_v)]
 
     def region_outputs(self, tensors):
-        return F.linear(tensors[0], self.weight_u)
+        return apply_product(*self.output_operands(tensors))
 
     def partials(self, x):
-        return [pad_to_full(block_diag_matmul(x, self.blocks_v), self.tp)]
+        return self.partials_after_input(apply_product(x, self.input_weight()))
+
+    # split form (kernels/ffn.py fuses bias + GELU into the products next to it):
+    # region_outputs(t) = apply_product(*output_operands(t)),
+    # partials(x) = partials_after_input(apply_product(x, input_weight()))
+    def output_operands(self, tensors):
+        return tensors[0], self.weight_u
+
+    def input_weight(self):
+        return self.blocks_v
+
+    def partials_after_input(self, z):
+        return [pad_to_full(z, self.tp)]
 
     def combine(self, reduced):
         return F.linear(reduced[0], self.weight_u)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .base import LinearMap, orthogonalize_, pad_to_full, sharded_parameter
-from .ops import block_diag_matmul, block_shuffle
+from .ops import apply_product, block_diag_matmul, block_shuffle
 
 
 class BlockShuffleMap(LinearMap):
@@ -41,10 +41,22 @@ class BlockShuffleMap(LinearMap):
         return [block_diag_matmul(x, self.blocks_v)]
 
     def region_outputs(self, tensors):
-        return block_diag_matmul(self._local_shuffled(tensors[0]), self.blocks_u)
+        return apply_product(*self.output_operands(tensors))
 
     def partials(self, x):
-        return [pad_to_full(block_diag_matmul(x, self.blocks_v), self.tp)]
+        return self.partials_after_input(apply_product(x, self.input_weight()))
+
+    # split form (kernels/ffn.py fuses bias + GELU into the products next to it):
+    # region_outputs(t) = apply_product(*output_operands(t)),
+    # partials(x) = partials_after_input(apply_product(x, input_weight()))
+    def output_operands(self, tensors):
+        return self._local_shuffled(tensors[0]), self.blocks_u
+
+    def input_weight(self):
+        return self.blocks_v
+
+    def partials_after_input(self, z):
+        return [pad_to_full(z, self.tp)]
 
     def combine(self, reduced):
         return block_diag_matmul(block_shuffle(reduced[0], self.blocks), self.blocks_u)

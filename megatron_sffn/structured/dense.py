@@ -6,9 +6,9 @@ guides, initialised to that map's merged product.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import LinearMap, sharded_parameter
+from .ops import apply_product
 
 
 class DenseMap(LinearMap):
@@ -22,10 +22,22 @@ class DenseMap(LinearMap):
         return [x]
 
     def region_outputs(self, tensors):
-        return F.linear(tensors[0], self.weight)
+        return apply_product(*self.output_operands(tensors))
 
     def partials(self, x):
-        return [F.linear(x, self.weight)]
+        return self.partials_after_input(apply_product(x, self.input_weight()))
+
+    # split form (kernels/ffn.py fuses bias + GELU into the products next to it):
+    # region_outputs(t) = apply_product(*output_operands(t)),
+    # partials(x) = partials_after_input(apply_product(x, input_weight()))
+    def output_operands(self, tensors):
+        return tensors[0], self.weight
+
+    def input_weight(self):
+        return self.weight
+
+    def partials_after_input(self, z):
+        return [z]
 
     def combine(self, reduced):
         return reduced[0]

@@ -66,11 +66,38 @@ class ParallelLinear(nn.Module):
         return self.guide is not None and self.guide_state is not None and self.guide_state.use_guide(self.layer_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_bias(self.forward_unbiased(x))
+
+    def forward_unbiased(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_guide_now():
-            y = self._guided_forward(x, self.guide_state.alpha)
-        else:
-            y = self.structure(x)
-        return y + self.bias if self.bias is not None else y
+            return self._guided_forward(x, self.guide_state.alpha)
+        return self.structure(x)
+
+    def add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        # bias in y's dtype, as autocast's linear does: an fp32 bias would promote a bf16 y
+        # (and everything after it) to fp32
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    # -- split form, for kernels that fuse the bias + activation into adjacent products --
+    def splittable(self) -> bool:
+        """The structure exposes its outer factor (column: last, row: first) and no guide runs now."""
+        needed = "output_operands" if self.mode == "column" else "input_weight"
+        return hasattr(self.structure, needed) and not self.uses_guide_now()
+
+    def last_product_operands(self, x: torch.Tensor):
+        """Column mode: (input, factor) of the last product; forward = add_bias(apply_product(...))."""
+        inside = copy_to_tensor_region(self.tp, *self.structure.region_inputs(x))
+        return self.structure.output_operands(_as_list(inside))
+
+    def first_product_weight(self) -> torch.Tensor:
+        """Row mode: the factor applied first to this rank's input."""
+        return self.structure.input_weight()
+
+    def finish_from_first_product(self, p: torch.Tensor) -> torch.Tensor:
+        """Row mode: the layer's output given p = apply_product(x, first_product_weight())."""
+        s = self.structure
+        reduced = reduce_from_tensor_region(self.tp, *s.partials_after_input(p))
+        return self.add_bias(s.combine(_as_list(reduced)))
 
     def _guided_forward(self, x, alpha: float):
         s, g = self.structure, self.guide

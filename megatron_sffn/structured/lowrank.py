@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LinearMap, sharded_parameter
+from .ops import apply_product
 
 
 class LowRankMap(LinearMap):
@@ -30,10 +31,22 @@ class LowRankMap(LinearMap):
         return [F.linear(x, self.weight_v)]
 
     def region_outputs(self, tensors):
-        return F.linear(tensors[0], self.weight_u)
+        return apply_product(*self.output_operands(tensors))
 
     def partials(self, x):
-        return [F.linear(x, self.weight_v)]
+        return self.partials_after_input(apply_product(x, self.input_weight()))
+
+    # split form (kernels/ffn.py fuses bias + GELU into the products next to it):
+    # region_outputs(t) = apply_product(*output_operands(t)),
+    # partials(x) = partials_after_input(apply_product(x, input_weight()))
+    def output_operands(self, tensors):
+        return tensors[0], self.weight_u
+
+    def input_weight(self):
+        return self.weight_v
+
+    def partials_after_input(self, z):
+        return [z]
 
     def combine(self, reduced):
         return F.linear(reduced[0], self.weight_u)

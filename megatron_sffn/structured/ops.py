@@ -68,3 +68,10 @@ def block_shuffle(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
     k = x.shape[-1]
     lead = x.shape[:-1]
     return x.reshape(*lead, k // n_blocks, n_blocks).transpose(-1, -2).reshape(*lead, k)
+
+
+def apply_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One factor of a map: dense (out, in) as x @ W^T, or block-diagonal (B, q, p)."""
+    if weight.dim() == 2:
+        return torch.nn.functional.linear(x, weight)
+    return block_diag_matmul(x, weight)
