@@ -42,7 +42,7 @@ DEFAULT_TILE = TileConfig(128, 256, 64, 8, 8, 3)
 def _gemm_kernel(a_ptr, b_ptr, c_ptr, aux_ptr, bias_ptr, part_ptr,
                  M, N, K,
                  s_ag, s_am, s_ak, s_bg, s_bk, s_bn, s_cg, s_cm, s_cn,
-                 EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                 EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     g = tl.program_id(1)
@@ -58,9 +58,14 @@ def _gemm_kernel(a_ptr, b_ptr, c_ptr, aux_ptr, bias_ptr, part_ptr,
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    # clamp out-of-range rows/columns onto valid ones for the loads; stores are masked
+    # clamp out-of-range rows/columns onto valid ones for the loads (stores are masked);
+    # with no partial column tile, say the columns are contiguous so an N-major B operand
+    # still loads in 16-byte vectors (which software pipelining needs)
     rm_load = tl.where(rm < M, rm, 0)
-    rn_load = tl.where(rn < N, rn, 0)
+    if EVEN_N:
+        rn_load = tl.max_contiguous(tl.multiple_of(rn, BLOCK_N), BLOCK_N)
+    else:
+        rn_load = tl.where(rn < N, rn, 0)
     a_ptrs = a_ptr + g.to(tl.int64) * s_ag + rm_load.to(tl.int64)[:, None] * s_am + rk[None, :] * s_ak
     b_ptrs = b_ptr + g.to(tl.int64) * s_bg + rk[:, None] * s_bk + rn_load[None, :] * s_bn
 
@@ -121,6 +126,7 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, epilo
                            partial if partial is not None else dummy, m, n, k,
                            *a.stride(), *b.stride(), *out.stride(),
                            EPILOGUE=epilogue, HAS_BIAS=bias is not None, EVEN_K=k % tile.block_k == 0,
+                           EVEN_N=n % tile.block_n == 0,
                            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
                            GROUP_M=tile.group_m, num_warps=tile.num_warps, num_stages=tile.num_stages)
     if partial is not None:
