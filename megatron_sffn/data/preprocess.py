@@ -125,7 +125,7 @@ def split_assignment(source_index: int, record_numbers: np.ndarray, bounds: Sequ
     """Which split (0 train, 1 valid, 2 test) each record goes to: a hash of its position in
     the input, so the assignment does not depend on batching or on the number of workers."""
     x = (np.uint64(source_index) << np.uint64(40)) | record_numbers.astype(np.uint64)
-    x = x + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    x = x + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
