@@ -131,30 +131,51 @@ def extract_dictd(name: str) -> Callable[[str], Iterator[Document]]:
 
 
 class _HTMLText(html.parser.HTMLParser):
-    """Visible prose of an HTML page: drops scripts, styles, navigation and code blocks."""
-    SKIP = {"script", "style", "pre", "code", "nav", "head", "title", "table"}
+    """Visible prose of an HTML (or Mallard XML) page: drops scripts, styles, code blocks,
+    tables and navigation (nav elements, role="navigation", Sphinx/DocBook nav bars)."""
+    SKIP = {"script", "style", "pre", "nav", "head", "title", "table", "header", "footer",
+            "screen", "code:block", "synopsis"}
+    NAV_CLASSES = {"related", "sphinxsidebar", "footer", "navheader", "navfooter", "sidebar",
+                   "top-nav", "subNavList", "sub-title", "header", "menu"}
     BLOCK = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "br", "dt", "dd", "tr",
-             "blockquote", "section", "article", "ul", "ol", "dl"}
+             "blockquote", "section", "article", "ul", "ol", "dl", "title", "item", "note"}
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.parts: List[str] = []
-        self.skip = 0
+        self.skip_tag, self.skip_depth = None, 0
+
+    def _is_nav(self, tag, attrs) -> bool:
+        attrs = dict(attrs)
+        classes = set((attrs.get("class") or "").split())
+        return tag in self.SKIP or attrs.get("role") == "navigation" or bool(classes & self.NAV_CLASSES)
 
     def handle_starttag(self, tag, attrs):
-        if tag in self.SKIP:
-            self.skip += 1
+        if self.skip_tag is not None:
+            if tag == self.skip_tag:
+                self.skip_depth += 1
+            return
+        if self._is_nav(tag, attrs):
+            self.skip_tag, self.skip_depth = tag, 1
         elif tag in self.BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_startendtag(self, tag, attrs):
+        if self.skip_tag is None and tag in self.BLOCK:
             self.parts.append("\n\n")
 
     def handle_endtag(self, tag):
-        if tag in self.SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag in self.BLOCK:
+        if self.skip_tag is not None:
+            if tag == self.skip_tag:
+                self.skip_depth -= 1
+                if self.skip_depth == 0:
+                    self.skip_tag = None
+            return
+        if tag in self.BLOCK:
             self.parts.append("\n\n")
 
     def handle_data(self, data):
-        if not self.skip:
+        if self.skip_tag is None:
             self.parts.append(data)
 
     def text(self) -> str:
@@ -175,19 +196,29 @@ def _prose_ratio(text: str) -> float:
     return letters / max(1, len(text))
 
 
-def extract_html_tree(subdir: str, min_chars: int = 500) -> Callable[[str], Iterator[Document]]:
-    """Every .html page under root/subdir (gzipped too) as one document of visible prose."""
-    def extract(root: str) -> Iterator[Document]:
+def _files(root: str, subdirs, pattern: str, exclude=()) -> List[Tuple[str, str]]:
+    found = []
+    for subdir in subdirs:
         base = os.path.join(root, subdir)
-        pages = sorted(p for p in glob.glob(os.path.join(base, "**", "*.htm*"), recursive=True)
-                       if os.path.isfile(p) and not os.path.islink(p))
-        for page in pages:
+        for path in sorted(glob.glob(os.path.join(base, "**", pattern), recursive=True)):
+            rel = os.path.relpath(path, root)
+            if os.path.isfile(path) and not os.path.islink(path) and not any(x in rel for x in exclude):
+                found.append((rel, path))
+    return found
+
+
+def extract_html_tree(*subdirs: str, pattern: str = "*.htm*", exclude=(), min_chars: int = 500
+                      ) -> Callable[[str], Iterator[Document]]:
+    """Every page under root/<subdir> (gzipped too) as one document of visible prose;
+    pages that are mostly symbols (API listings, tables of contents) are left out."""
+    def extract(root: str) -> Iterator[Document]:
+        for rel, page in _files(root, subdirs, pattern, exclude):
             opener = gzip.open if page.endswith(".gz") else open
             with opener(page, "rb") as stream:
                 markup = stream.read().decode("utf-8", errors="replace")
             text = html_to_text(markup)
             if len(text) >= min_chars and _prose_ratio(text) > 0.85:
-                yield os.path.relpath(page, base), text
+                yield rel, text
     return extract
 
 
@@ -209,10 +240,25 @@ def extract_text_tree(subdir: str, pattern: str, min_chars: int = 500
 
 
 def _drop_indented_code(text: str) -> str:
-    """Remove literal blocks (lines after '::' or indented 4+ spaces) from plain text."""
-    kept = [line for line in text.replace("\t", "    ").split("\n")
-            if not line.startswith("    ")]
+    """Keep the prose of plain text / reStructuredText: drop literal blocks (indented 4+),
+    directives and comments ('.. '), and heading underlines."""
+    kept = []
+    for line in text.replace("\t", "    ").split("\n"):
+        stripped = line.strip()
+        if line.startswith("    ") or stripped.startswith(".. ") or stripped.startswith(":"):
+            continue
+        if stripped and len(set(stripped)) == 1 and stripped[0] in "=-~^*#+`'\"":
+            continue
+        kept.append(line)
     return _paragraphs("\n".join(kept))
+
+
+def _pod_markup(text: str) -> str:
+    """C<code>, L<link|target>, B<bold> ... -> their text."""
+    text = re.sub(r"[A-Z]<<+\s*(.*?)\s*>>+", r"\1", text, flags=re.S)
+    for _ in range(3):
+        text = re.sub(r"[A-Z]<([^<>]*)>", lambda m: m.group(1).split("|")[0], text)
+    return text
 
 
 def extract_pod_tree(subdir: str, min_chars: int = 500) -> Callable[[str], Iterator[Document]]:
@@ -229,12 +275,9 @@ def extract_pod_tree(subdir: str, min_chars: int = 500) -> Callable[[str], Itera
                 if para.startswith("="):
                     heading = re.match(r"=head\d\s+(.*)", para)
                     if heading:
-                        paras.append(heading.group(1).strip())
+                        paras.append(_pod_markup(heading.group(1).strip()))
                     continue
-                para = re.sub(r"[A-Z]<<+\s*(.*?)\s*>>+", r"\1", para, flags=re.S)
-                for _ in range(3):
-                    para = re.sub(r"[A-Z]<([^<>]*)>", lambda m: m.group(1).split("|")[0], para)
-                paras.append(re.sub(r"\s+", " ", para).strip())
+                paras.append(re.sub(r"\s+", " ", _pod_markup(para)).strip())
             text = "\n\n".join(paras)
             if len(text) >= min_chars and _prose_ratio(text) > 0.85:
                 yield os.path.relpath(path, base), text
@@ -257,7 +300,7 @@ SOURCES: Dict[str, CorpusSource] = {s.name: s for s in [
                  "one document per entry", extract_dictd("gcide")),
     CorpusSource("python-docs", ["python3.11-doc"], "PSF-2.0",
                  "The Python 3.11 documentation, prose of each page (code blocks dropped)",
-                 extract_html_tree("usr/share/doc/python3.11/html")),
+                 extract_html_tree("usr/share/doc/python3.11/html", exclude=("_sources/",))),
     CorpusSource("perl-docs", ["perl-doc"], "Artistic or GPL-1+",
                  "Perl's manual pages (perlfaq, perltoc, ...), prose only",
                  extract_pod_tree("usr/share/perl")),
@@ -266,16 +309,52 @@ SOURCES: Dict[str, CorpusSource] = {s.name: s for s in [
                  extract_html_tree("usr/share/doc/debian-handbook/html/en-US")),
     CorpusSource("debian-reference", ["debian-reference-en", "debian-reference-common"], "GPL-2+",
                  "Debian Reference (English)",
-                 extract_html_tree("usr/share/debian-reference")),
+                 extract_html_tree("usr/share/debian-reference", pattern="*.en.html")),
     CorpusSource("postgresql-docs", ["postgresql-doc-15"], "PostgreSQL licence",
                  "The PostgreSQL 15 manual, prose of each page",
                  extract_html_tree("usr/share/doc/postgresql-doc-15/html")),
+    CorpusSource("linux-docs", ["linux-doc-6.1"], "GPL-2.0",
+                 "The Linux kernel's documentation (6.1), prose of each .rst file",
+                 extract_text_tree("usr/share/doc/linux-doc-6.1/Documentation", "*.rst.gz")),
+    CorpusSource("java-docs", ["openjdk-17-doc"], "GPL-2 with Classpath exception",
+                 "OpenJDK 17 API documentation, prose of each class page",
+                 extract_html_tree("usr/share/doc/openjdk-17-jre-headless/api",
+                                   exclude=("class-use/", "-summary.html", "-tree.html", "index-files/"))),
+    CorpusSource("rust-docs", ["rust-doc"], "MIT or Apache-2.0",
+                 "The Rust book, reference, nomicon, Rust by Example and standard library docs",
+                 extract_html_tree(*[f"usr/share/doc/rust-doc/html/{d}" for d in
+                                     ("book", "reference", "nomicon", "edition-guide", "rust-by-example",
+                                      "embedded-book", "rustc", "rustdoc", "unstable-book", "std")],
+                                   exclude=("/print.html",))),
+    CorpusSource("erlang-docs", ["erlang-doc"], "Apache-2.0",
+                 "Erlang/OTP documentation: user guides and reference manuals",
+                 extract_html_tree("usr/share/doc/erlang-doc", exclude=("/java/",))),
+    CorpusSource("django-docs", ["python-django-doc"], "BSD-3-Clause",
+                 "The Django documentation", extract_html_tree("usr/share/doc/python-django-doc/html",
+                                                               exclude=("_modules/", "_sources/"))),
+    CorpusSource("apache-docs", ["apache2-doc"], "Apache-2.0",
+                 "The Apache HTTP Server manual (English pages)",
+                 extract_html_tree("usr/share/doc/apache2-doc/manual", pattern="*.html.en")),
+    CorpusSource("sqlite-docs", ["sqlite3-doc"], "public domain",
+                 "The SQLite documentation", extract_html_tree("usr/share/doc/sqlite3")),
+    CorpusSource("gnome-help", ["gnome-user-docs"], "CC-BY-SA-3.0",
+                 "The GNOME desktop help (English, Mallard pages)",
+                 extract_html_tree("usr/share/help/C", pattern="*.page", min_chars=300)),
+    CorpusSource("git-docs", ["git-doc"], "GPL-2",
+                 "Git's manual pages, user manual and guides (HTML)",
+                 extract_html_tree("usr/share/doc/git-doc")),
+    CorpusSource("vim-docs", ["vim-doc"], "Vim licence",
+                 "Vim's help files (HTML)", extract_html_tree("usr/share/doc/vim/html")),
+    CorpusSource("octave-docs", ["octave-doc"], "GPL-3+",
+                 "The GNU Octave manual (HTML)", extract_html_tree("usr/share/doc/octave")),
 ]}
 
 PRESETS = {
     "embedded": ["kjv", "devil", "jargon"],
     "large": ["kjv", "devil", "jargon", "gcide", "python-docs", "perl-docs", "debian-handbook",
-              "debian-reference", "postgresql-docs"],
+              "debian-reference", "postgresql-docs", "linux-docs", "java-docs", "rust-docs",
+              "erlang-docs", "django-docs", "apache-docs", "sqlite-docs", "gnome-help", "git-docs",
+              "vim-docs", "octave-docs"],
 }
 
 
