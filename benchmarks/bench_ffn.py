@@ -141,6 +141,25 @@ class Timer:
             times.append((time.perf_counter() - start) * 1e3)
         return sorted(times)[1]
 
+    def loop(self, fn, calls=50, trials=5) -> float:
+        """Median ms per call over back-to-back calls, no cache flush: an eager caller's
+        steady state (launch-bound when the GPU work is shorter than the Python + launches)."""
+        for _ in range(5):
+            fn()
+        if not self.cuda:
+            return self(fn)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(trials):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+        return sorted(times)[len(times) // 2]
+
     def graph(self, fn, rep_ms=50) -> float:
         if not self.cuda:
             return float("nan")
@@ -157,6 +176,7 @@ class Bench:
         self.results = {"sections": {}, "errors": {}}
         os.makedirs(args.out, exist_ok=True)
         self.json_path = os.path.join(args.out, "bench_ffn.json")
+        self.started = time.time()
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype)
@@ -232,6 +252,8 @@ class Bench:
             y64.backward(gy.double())
             refs = [y64, x64.grad] + [p.grad for p in ref.parameters()]
             for path in PATH_NAMES:
+                if path == "fused" and kind not in self.args.check_fused_kinds:
+                    continue
                 ffn.zero_grad()
                 xi = x.clone().requires_grad_()
                 with force_path(path), self.autocast():
@@ -244,7 +266,21 @@ class Bench:
                 status = "ok" if max(errs) < 1e-2 else "FAIL"
                 self.log(f"check {kind:13s} {path:11s} (ran {taken:11s}) max rel err {max(errs):.2e} {status}")
         out["gemm_epilogues"] = self.check_gemm_poisoned()
+        out["block_shuffle_exact"] = self.check_shuffle()
         return out
+
+    def check_shuffle(self):
+        from megatron_sffn.structured.ops import block_shuffle
+        ok = True
+        for k, n in ((2048, 4), (8192, 4), (4096, 2), (96, 3)):
+            x = torch.randn(1000, k, device=self.device, dtype=self.dtype, requires_grad=True)
+            ref = x.reshape(1000, k // n, n).transpose(-1, -2).reshape(1000, k)
+            y = block_shuffle(x, n)
+            g = torch.randn_like(y)
+            same = torch.equal(y, ref) and torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+            ok = ok and same
+        self.log(f"check block_shuffle kernel exact: {ok}")
+        return ok
 
     def check_gemm_poisoned(self):
         from megatron_sffn.structured.kernels import gemm
@@ -343,18 +379,57 @@ class Bench:
                 self.log(f"paths {kind:13s} {path:11s} fwd+bwd {tb:7.3f} ms (again {tb2:7.3f}) fwd {tf:7.3f} ms"
                          f" {6 * tokens * macs / tb / 1e9:6.0f} TF/s")
             del ffn
+        out.update(self.original_and_compiled(d, tokens))
         for name, rank in (("plain_dense", None), ("plain_lowrank32", d // 4), ("plain_lowrank63", d // 2)):
             mlp = PlainMLP(d, rank).to(self.device)
             tb = self.time(self.train_step(mlp, tokens, d))
             tf = self.time(self.fwd_step(mlp, tokens, d))
             out[name] = {"fwd_bwd_ms": tb, "fwd_ms": tf}
             self.log(f"paths {name:25s} fwd+bwd {tb:7.3f} ms fwd {tf:7.3f} ms")
-        base = out["dense/fused"]["fwd_bwd_ms"]
+        base = out["dense/elementwise"]["fwd_bwd_ms"]
         plain = out["plain_dense"]["fwd_bwd_ms"]
         for kind in KINDS[1:]:
-            t = out[f"{kind}/fused"]["fwd_bwd_ms"]
-            self.log(f"speed-up fwd+bwd {kind:13s} vs our dense {base / t:.2f}x, vs plain dense {plain / t:.2f}x, "
-                     f"reference-path ratio {out['dense/reference']['fwd_bwd_ms'] / out[f'{kind}/reference']['fwd_bwd_ms']:.2f}x")
+            t = out[f"{kind}/elementwise"]["fwd_bwd_ms"]
+            self.log(f"speed-up fwd+bwd {kind:13s} (auto path) vs our dense {base / t:.2f}x, vs plain dense"
+                     f" {plain / t:.2f}x; original code {out['dense/original']['fwd_bwd_ms'] / out[f'{kind}/original']['fwd_bwd_ms']:.2f}x")
+        return out
+
+    def original_and_compiled(self, d, tokens):
+        """`original`: the code before this work (an fp32 bias promoted autocast's bf16 outputs to
+        fp32; PyTorch's shuffle copy); `compiled`: torch.compile of the reference path."""
+        from megatron_sffn.structured.linear import ParallelLinear
+        out = {}
+        patched = ParallelLinear.add_bias
+        ParallelLinear.add_bias = lambda lin, y: y + lin.bias if lin.bias is not None else y
+        try:
+            for kind in KINDS:
+                ffn = make_ffn(kind, d, self.device)
+                with force_path("reference"):
+                    tb = self.time(self.train_step(ffn, tokens, d))
+                    tf = self.time(self.fwd_step(ffn, tokens, d))
+                out[f"{kind}/original"] = {"fwd_bwd_ms": tb, "fwd_ms": tf}
+                self.log(f"paths {kind:13s} original    fwd+bwd {tb:7.3f} ms fwd {tf:7.3f} ms")
+                del ffn
+        finally:
+            ParallelLinear.add_bias = patched
+        for kind in self.args.compile_kinds:
+            if time.time() - self.started > self.args.compile_deadline_s:
+                self.log(f"paths {kind}: compile skipped (time)")
+                continue
+            try:
+                ffn = make_ffn(kind, d, self.device)
+                compiled = torch.compile(ffn)
+                with force_path("reference"):
+                    start = time.time()
+                    self.train_step(compiled, tokens, d)()
+                    compile_s = time.time() - start
+                    tb = self.time(self.train_step(compiled, tokens, d))
+                out[f"{kind}/compiled"] = {"fwd_bwd_ms": tb, "compile_s": compile_s}
+                self.log(f"paths {kind:13s} compiled    fwd+bwd {tb:7.3f} ms (compile {compile_s:.0f} s)")
+                del ffn, compiled
+            except Exception as exc:
+                out[f"{kind}/compiled"] = {"error": repr(exc)[:300]}
+                self.log(f"paths {kind} compile failed: {exc!r}"[:300])
         return out
 
     def section_sweep(self):
@@ -387,6 +462,8 @@ class Bench:
             for kind in KINDS[1:]:
                 models[kind] = make_ffn(kind, d, self.device).to(self.dtype)
                 models[kind + "+premerge"] = PreMergedFFN(make_ffn(kind, d, self.device).to(self.dtype))
+                if kind == "lowrank32":
+                    models[kind + "@reference"] = OnPath(models[kind], "reference")
             for tokens in self.args.decode_tokens:
                 x = torch.randn(tokens, d, device=self.device, dtype=self.dtype)
                 row = {"width": d, "tokens": tokens}
@@ -394,7 +471,7 @@ class Bench:
                     def call(model=model):
                         with torch.no_grad():
                             model(x)
-                    row[f"{name}_ms"] = self.time(call, warmup_ms=5, rep_ms=self.args.decode_rep_ms)
+                    row[f"{name}_ms"] = self.time.loop(call)
                     if d in self.args.graph_widths:
                         row[f"{name}_graph_ms"] = self.time.graph(call)
                 out.append(row)
@@ -497,13 +574,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--sections", default="env,check,paths,gemm,profile,sweep,decode")
+    p.add_argument("--sections", default="env,check,paths,profile,sweep,decode")
     p.add_argument("--widths", default="1024,1536,2048,3072,4096,5120")
     p.add_argument("--tokens", default="2048,8192,32768")
     p.add_argument("--decode-widths", default="1024,2048,3072,5120")
     p.add_argument("--decode-tokens", default="1,4,16,64,256")
-    p.add_argument("--graph-widths", default="2048")
+    p.add_argument("--graph-widths", default="1024,2048,3072,5120")
     p.add_argument("--rep-ms", type=float, default=100)
+    p.add_argument("--compile-kinds", default="dense,lowrank32")
+    p.add_argument("--compile-deadline-s", type=float, default=150)
+    p.add_argument("--check-fused-kinds", default="lowrank32,blockshuffle")
     p.add_argument("--decode-rep-ms", type=float, default=20)
     p.add_argument("--tiles", default="128,256,64,8,8,3;128,128,64,8,4,4;256,128,64,8,8,3;128,256,64,8,8,4")
     args = p.parse_args()
@@ -512,6 +592,8 @@ def main():
     args.decode_widths, args.decode_tokens, args.graph_widths = (
         ints(args.decode_widths), ints(args.decode_tokens), ints(args.graph_widths))
     args.tiles = [tuple(ints(t)) for t in args.tiles.split(";") if t]
+    args.compile_kinds = [k for k in args.compile_kinds.split(",") if k]
+    args.check_fused_kinds = [k for k in args.check_fused_kinds.split(",") if k]
     args.check_width, args.check_tokens = 2048, 4096
     args.gemm_width = args.paths_width = 2048
     args.gemm_tokens = args.paths_tokens = 32768
@@ -524,7 +606,6 @@ def main():
         args.gemm_tokens = args.paths_tokens = 48
         args.tiles = [(32, 32, 16, 2, 4, 2)]
         args.out = os.path.join("/tmp", "bench_ffn_smoke")
-        dispatch.FUSED_MIN_TOKENS = 16
     bench = Bench(args)
     bench.run([s for s in args.sections.split(",") if s])
     try:
@@ -541,14 +622,18 @@ def summary(results):
           f" | copy {env.get('copy_tb_s')} TB/s | GEMM {env.get('gemm_bf16_8192_tflops')} TF/s")
     paths = results["sections"].get("paths") or {}
     if paths:
-        print(f"{'d=2048 T=32768 fwd+bwd ms':28s}" + "".join(f"{p:>13s}" for p in PATH_NAMES) + "   vs dense (fused/ref)")
+        cols = ("original",) + PATH_NAMES + ("compiled",)
+        print(f"{'d=2048 T=32768 fwd+bwd ms':26s}" + "".join(f"{p:>12s}" for p in cols)
+              + "  x vs dense: ours(ew) / plain dense / original")
+        plain = paths.get("plain_dense", {}).get("fwd_bwd_ms", math.nan)
         for kind in KINDS:
-            cells = [paths.get(f"{kind}/{p}", {}).get("fwd_bwd_ms", math.nan) for p in PATH_NAMES]
+            cells = [paths.get(f"{kind}/{p}", {}).get("fwd_bwd_ms", math.nan) for p in cols]
             ratio = ""
             if kind != "dense":
-                ratio = (f"   {paths['dense/fused']['fwd_bwd_ms'] / cells[2]:.2f}x / "
-                         f"{paths['dense/reference']['fwd_bwd_ms'] / cells[0]:.2f}x")
-            print(f"{kind:28s}" + "".join(f"{c:13.3f}" for c in cells) + ratio)
+                ew = cells[2]
+                ratio = (f"  {paths['dense/elementwise']['fwd_bwd_ms'] / ew:.2f} / {plain / ew:.2f} / "
+                         f"{paths['dense/original']['fwd_bwd_ms'] / cells[0]:.2f}")
+            print(f"{kind:26s}" + "".join(f"{c:12.3f}" for c in cells) + ratio)
         for name in ("plain_dense", "plain_lowrank32", "plain_lowrank63"):
             if name in paths:
                 print(f"{name:28s}{paths[name]['fwd_bwd_ms']:13.3f}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.dispatch import kernels_enabled
+
 
 def _autocast_dtype(x: torch.Tensor):
     device_type = x.device.type
@@ -63,8 +65,12 @@ def block_shuffle(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
 
     x (..., k) holds B blocks of k/B; element j of the result's block b is element b of the
     input's block j, i.e. x viewed (k/B, B) is transposed, so every output block draws one
-    value from every input block.
+    value from every input block. On CUDA a Triton kernel does the transposing copy
+    (kernels/shuffle.py); elsewhere PyTorch's strided copy.
     """
+    if kernels_enabled(x):
+        from .kernels.shuffle import BlockShuffle
+        return BlockShuffle.apply(x, n_blocks)
     k = x.shape[-1]
     lead = x.shape[:-1]
     return x.reshape(*lead, k // n_blocks, n_blocks).transpose(-1, -2).reshape(*lead, k)

@@ -34,7 +34,7 @@ from .helpers import KINDS, tiny_model
 TP1 = TensorParallel.single()
 KIND_ARGS = {"dense": {}, "lowrank": {"rank": 6}, "blockdense": {"rank": 12, "blocks": 4},
              "blockshuffle": {"blocks": 4}}
-KERNEL_MODULES = ("gelu_math", "gemm", "elementwise", "bridge")
+KERNEL_MODULES = ("gelu_math", "gemm", "elementwise", "bridge", "shuffle")
 
 
 def rel_err(out, ref):
@@ -114,17 +114,21 @@ def test_dispatch_rules(monkeypatch):
         dispatch.requested_path()
 
 
-def test_dispatch_on_interpreter_picks_by_size_and_dtype(monkeypatch):
+def test_dispatch_when_kernels_can_run(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(dispatch, "ALLOW_CPU_INTERPRETER", True)
     monkeypatch.setattr(dispatch, "_TRITON", True)
-    big = torch.randn(dispatch.FUSED_MIN_TOKENS, 8)
-    assert dispatch.choose_path(big.half(), fusable=True) == "fused"
-    assert dispatch.choose_path(big.half(), fusable=False) == "elementwise"
-    assert dispatch.choose_path(big, fusable=True) == "elementwise"  # fp32: no 16-bit GEMM
-    assert dispatch.choose_path(big[:1].half(), fusable=True) == "elementwise"
+    monkeypatch.setattr(dispatch, "ELEMENTWISE_MIN_TOKENS", 16)
+    x = torch.randn(64, 8).half()
+    assert dispatch.choose_path(x, fusable=True) == "elementwise"  # auto: fused only on request
+    assert dispatch.choose_path(x[:8], fusable=True) == "reference"  # few tokens
+    with force_path("fused"):
+        assert dispatch.choose_path(x, fusable=True) == "fused"
+        assert dispatch.choose_path(x, fusable=False) == "elementwise"  # guided step
+        assert dispatch.choose_path(x.float(), fusable=True) == "elementwise"  # fp32: no 16-bit GEMM
     with force_path("reference"):
-        assert dispatch.choose_path(big.half(), fusable=True) == "reference"
+        assert dispatch.choose_path(x, fusable=True) == "reference"
+        assert not dispatch.kernels_enabled(x)
 
 
 # -- Triton kernels through the interpreter ----------------------------------------------
@@ -191,6 +195,20 @@ def test_gemm_epilogues(interp, dtype, tol, wshape):
     a, b = products.forward_operands(x, w)
     gemm.batched_matmul(a, b, products.output_view(y, w), tile=tile)
     assert rel_err(y, u64 - bias.double()) < tol
+
+
+@pytest.mark.parametrize("k,n_blocks", [(2048, 4), (24, 3), (40, 8), (12, 12)])
+def test_block_shuffle_kernel_matches_the_view_transpose(interp, k, n_blocks):
+    from megatron_sffn.structured.ops import block_shuffle
+    x = torch.randn(3, 19, k, requires_grad=True)
+    ref = x.reshape(3, 19, k // n_blocks, n_blocks).transpose(-1, -2).reshape(3, 19, k)
+    assert dispatch.kernels_enabled(x)
+    y = block_shuffle(x, n_blocks)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)  # a permutation: exact
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, g)
+    (grad_ref,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=0)
 
 
 def _ffn(kind):

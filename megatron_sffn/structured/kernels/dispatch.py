@@ -4,15 +4,15 @@
   elementwise cuBLAS products + one Triton kernel for bias + exact GELU (forward) and one
               for its derivative + bias gradient (backward): one pass over the f-wide
               activation each way instead of the three to four that separate ops take
-  fused       as elementwise, but bias + GELU run in the epilogue of fc1's last product and
-              the GELU derivative + bias-gradient partial sums in the epilogue of fc2's
-              first product's input gradient (Triton GEMMs), so the f-wide activation and
-              its gradient are written once and read where they are used
+  fused       bias + GELU in the epilogue of fc1's last product and the GELU derivative +
+              bias-gradient partial sums in the epilogue of fc2's first input-gradient
+              product (Triton GEMMs, kernels/bridge.py). Correct, but on the H100 its GEMMs
+              ran 1.2-1.7x slower than cuBLAS, more than the elementwise passes it saves
+              (docs/performance.md), so it runs only when asked for.
 
-`auto` picks fused for 16-bit CUDA activations from FUSED_MIN_TOKENS tokens on (below it
-small-M cuBLAS kernels win), elementwise for other CUDA calls, reference on the CPU.
-The environment variable SFFN_FFN_PATH=reference|elementwise|fused|auto overrides the
-choice process-wide; `force_path` does the same for a block of code (benchmarks).
+`auto` (the default) picks elementwise on CUDA, reference on the CPU. The environment
+variable SFFN_FFN_PATH=reference|elementwise|fused|auto overrides the choice process-wide;
+`force_path` does the same for a block of code (benchmarks, tests).
 """
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ from typing import Iterator, Optional
 import torch
 
 PATHS = ("reference", "elementwise", "fused")
-FUSED_MIN_TOKENS = 2048
-ELEMENTWISE_MIN_TOKENS = 1
+ELEMENTWISE_MIN_TOKENS = 1  # below this many tokens `auto` keeps the reference path
 
 _forced: Optional[str] = None
 
@@ -83,16 +82,18 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def kernels_enabled(x: torch.Tensor) -> bool:
+    """Whether a Triton kernel may run on `x` at all (single ops such as the block shuffle)."""
+    return (x.is_cuda or interpreting()) and triton_available() and requested_path() != "reference"
+
+
 def choose_path(x: torch.Tensor, fusable: bool) -> str:
     """The path for one FFN call on input `x`; `fusable` says the layers expose their products."""
     wanted = requested_path()
     if wanted == "reference" or not (x.is_cuda or interpreting()) or not triton_available():
         return "reference"
-    tokens = x.numel() // x.shape[-1]
-    sixteen_bit = compute_dtype(x) in (torch.bfloat16, torch.float16)
-    if wanted == "fused" or (wanted == "auto" and tokens >= FUSED_MIN_TOKENS):
-        if fusable and sixteen_bit:
-            return "fused"
-    if wanted == "auto" and tokens < ELEMENTWISE_MIN_TOKENS:
+    if wanted == "fused" and fusable and compute_dtype(x) in (torch.bfloat16, torch.float16):
+        return "fused"  # the Triton GEMMs are 16-bit only
+    if wanted == "auto" and x.numel() // x.shape[-1] < ELEMENTWISE_MIN_TOKENS:
         return "reference"
     return "elementwise"
