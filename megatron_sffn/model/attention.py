@@ -83,11 +83,11 @@ class Attention(nn.Module):
         gqa = self.q_per_group > 1
         if cache is None:
             cos, sin = self.rotary.cos_sin(0, seq, x.device, q.dtype)
-            q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+            q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             cos, sin = self.rotary.at_positions(cache.positions, q.dtype)  # (B, 1, S, head_dim)
-            q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+            q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
             mask = cache.mask(seq)
             k, v = cache.store(layer, k, v)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

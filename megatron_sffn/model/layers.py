@@ -63,7 +63,7 @@ class Rotary(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
     @staticmethod
-    def apply(x, cos, sin):
+    def rotate(x, cos, sin):
         """x: (B, heads, S, head_dim); cos/sin: (S, head_dim)."""
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
