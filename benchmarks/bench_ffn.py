@@ -265,7 +265,8 @@ class Bench:
                 out[f"{kind}/{path}"] = {"taken": taken, "max_rel_err": max(errs), "out_rel_err": errs[0]}
                 status = "ok" if max(errs) < 1e-2 else "FAIL"
                 self.log(f"check {kind:13s} {path:11s} (ran {taken:11s}) max rel err {max(errs):.2e} {status}")
-        out["gemm_epilogues"] = self.check_gemm_poisoned()
+        if self.args.check_fused_kinds:  # the fused path's GEMMs on poisoned outputs
+            out["gemm_epilogues"] = self.check_gemm_poisoned()
         out["block_shuffle_exact"] = self.check_shuffle()
         return out
 
@@ -432,6 +433,25 @@ class Bench:
                 self.log(f"paths {kind} compile failed: {exc!r}"[:300])
         return out
 
+    def section_crossover(self):
+        """reference vs elementwise path by token count (eager, back-to-back calls): where the
+        Triton launches stop costing more than they save (sets ELEMENTWISE_MIN_TOKENS)."""
+        d, out = self.args.paths_width, []
+        for kind in ("dense", "lowrank32"):
+            ffn = make_ffn(kind, d, self.device)
+            for tokens in self.args.crossover_tokens:
+                row = {"kind": kind, "width": d, "tokens": tokens}
+                for path in ("reference", "elementwise"):
+                    with force_path(path):
+                        row[f"{path}_fwd_bwd_ms"] = self.time.loop(self.train_step(ffn, tokens, d), calls=20, trials=3)
+                        row[f"{path}_fwd_ms"] = self.time.loop(self.fwd_step(ffn, tokens, d), calls=20, trials=3)
+                out.append(row)
+                self.log(f"crossover {kind:10s} T={tokens:6d} fwd+bwd ref {row['reference_fwd_bwd_ms']:.3f} ew "
+                         f"{row['elementwise_fwd_bwd_ms']:.3f} | fwd ref {row['reference_fwd_ms']:.3f} ew "
+                         f"{row['elementwise_fwd_ms']:.3f} ms")
+            del ffn
+        return out
+
     def section_sweep(self):
         out = []
         for d in self.args.widths:
@@ -574,15 +594,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--sections", default="env,check,paths,profile,sweep,decode")
+    p.add_argument("--sections", default="env,check,paths,crossover,profile,sweep,decode")
     p.add_argument("--widths", default="1024,1536,2048,3072,4096,5120")
     p.add_argument("--tokens", default="2048,8192,32768")
     p.add_argument("--decode-widths", default="1024,2048,3072,5120")
     p.add_argument("--decode-tokens", default="1,4,16,64,256")
     p.add_argument("--graph-widths", default="1024,2048,3072,5120")
     p.add_argument("--rep-ms", type=float, default=100)
-    p.add_argument("--compile-kinds", default="dense,lowrank32")
-    p.add_argument("--compile-deadline-s", type=float, default=150)
+    p.add_argument("--compile-kinds", default=",".join(KINDS))
+    p.add_argument("--crossover-tokens", default="128,256,512,1024,2048,4096,8192")
+    p.add_argument("--compile-deadline-s", type=float, default=200)
     p.add_argument("--check-fused-kinds", default="lowrank32,blockshuffle")
     p.add_argument("--decode-rep-ms", type=float, default=20)
     p.add_argument("--tiles", default="128,256,64,8,8,3;128,128,64,8,4,4;256,128,64,8,8,3;128,256,64,8,8,4")
@@ -593,6 +614,7 @@ def main():
         ints(args.decode_widths), ints(args.decode_tokens), ints(args.graph_widths))
     args.tiles = [tuple(ints(t)) for t in args.tiles.split(";") if t]
     args.compile_kinds = [k for k in args.compile_kinds.split(",") if k]
+    args.crossover_tokens = ints(args.crossover_tokens)
     args.check_fused_kinds = [k for k in args.check_fused_kinds.split(",") if k]
     args.check_width, args.check_tokens = 2048, 4096
     args.gemm_width = args.paths_width = 2048
@@ -605,6 +627,7 @@ def main():
         args.gemm_width = args.paths_width = 64
         args.gemm_tokens = args.paths_tokens = 48
         args.tiles = [(32, 32, 16, 2, 4, 2)]
+        args.crossover_tokens = [8, 48]
         args.out = os.path.join("/tmp", "bench_ffn_smoke")
     bench = Bench(args)
     bench.run([s for s in args.sections.split(",") if s])

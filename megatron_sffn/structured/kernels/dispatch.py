@@ -10,7 +10,8 @@
               ran 1.2-1.7x slower than cuBLAS, more than the elementwise passes it saves
               (docs/performance.md), so it runs only when asked for.
 
-`auto` (the default) picks elementwise on CUDA, reference on the CPU. The environment
+`auto` (the default) picks elementwise on CUDA from ELEMENTWISE_MIN_TOKENS tokens on,
+reference on the CPU and for fewer tokens. The environment
 variable SFFN_FFN_PATH=reference|elementwise|fused|auto overrides the choice process-wide;
 `force_path` does the same for a block of code (benchmarks, tests).
 """
@@ -23,7 +24,10 @@ from typing import Iterator, Optional
 import torch
 
 PATHS = ("reference", "elementwise", "fused")
-ELEMENTWISE_MIN_TOKENS = 1  # below this many tokens `auto` keeps the reference path
+# Below this many tokens `auto` keeps the reference path: there the call is launch-bound and
+# a Triton launch from Python costs more than PyTorch's (H100, eager decode at 1-256 tokens:
+# ~35-40 us more per FFN call; identical under CUDA-graph replay). docs/performance.md.
+ELEMENTWISE_MIN_TOKENS = 1024
 
 _forced: Optional[str] = None
 

@@ -4,7 +4,9 @@ ops.block_shuffle views each row as (R, C) and writes it as (C, R): a transposin
 whose output elements come from input elements C apart. PyTorch runs it through its
 generic strided copy (measured 186 us for 32K x 2048 bf16 on an H100, under half of the
 copy bandwidth; four per BlockShuffle FFN step). Here a program moves a (rows, R-tile,
-C-tile) block: contiguous runs in, transposed in registers, contiguous runs out. The
+C-tile) block: contiguous runs in, transposed in registers, contiguous runs out (loaded
+or stored flat when the tile spans a whole row's C or R extent, so the small side, the
+block count, still moves in 16-byte vectors). The
 backward is the inverse permutation, i.e. the same kernel with R and C swapped.
 """
 from __future__ import annotations
@@ -15,17 +17,32 @@ import triton.language as tl
 
 
 @triton.jit
-def _transpose_rows(x_ptr, y_ptr, n_rows, R: tl.constexpr, C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
+def _transpose_rows(x_ptr, y_ptr, n_rows, R: tl.constexpr, C: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r0 = tl.program_id(1) * BLOCK_R
+    c0 = tl.program_id(2) * BLOCK_C
+    r = r0 + tl.arange(0, BLOCK_R)
+    c = c0 + tl.arange(0, BLOCK_C)
     row = t.to(tl.int64)[:, None, None] * (R * C)
-    mask = (t < n_rows)[:, None, None] & (r < R)[None, :, None] & (c < C)[None, None, :]
-    x = tl.load(x_ptr + row + r[None, :, None] * C + c[None, None, :], mask=mask)
+    t_ok = (t < n_rows)[:, None, None]
+    if BLOCK_C == C:  # the tile's input is one contiguous run per row: load it flat (16-byte vectors)
+        flat = tl.arange(0, BLOCK_R * BLOCK_C)
+        ok = (t < n_rows)[:, None] & (r0 * C + flat < R * C)[None, :]
+        x = tl.load(x_ptr + t.to(tl.int64)[:, None] * (R * C) + r0 * C + flat[None, :], mask=ok)
+        x = tl.reshape(x, (BLOCK_T, BLOCK_R, BLOCK_C))
+    else:
+        mask = t_ok & (r < R)[None, :, None] & (c < C)[None, None, :]
+        x = tl.load(x_ptr + row + r[None, :, None] * C + c[None, None, :], mask=mask)
     out = tl.permute(x, (0, 2, 1))
-    out_mask = (t < n_rows)[:, None, None] & (c < C)[None, :, None] & (r < R)[None, None, :]
-    tl.store(y_ptr + row + c[None, :, None] * R + r[None, None, :], out, mask=out_mask)
+    if BLOCK_R == R:  # the tile's output is one contiguous run per row: store it flat
+        flat = tl.arange(0, BLOCK_C * BLOCK_R)
+        ok = (t < n_rows)[:, None] & (c0 * R + flat < R * C)[None, :]
+        tl.store(y_ptr + t.to(tl.int64)[:, None] * (R * C) + c0 * R + flat[None, :],
+                 tl.reshape(out, (BLOCK_T, BLOCK_C * BLOCK_R)), mask=ok)
+    else:
+        out_mask = t_ok & (c < C)[None, :, None] & (r < R)[None, None, :]
+        tl.store(y_ptr + row + c[None, :, None] * R + r[None, None, :], out, mask=out_mask)
 
 
 def transpose_rows(x: torch.Tensor, rows_r: int) -> torch.Tensor:
