@@ -276,7 +276,8 @@ class Bench:
         for k, n in ((2048, 4), (8192, 4), (4096, 2), (96, 3)):
             x = torch.randn(1000, k, device=self.device, dtype=self.dtype, requires_grad=True)
             ref = x.reshape(1000, k // n, n).transpose(-1, -2).reshape(1000, k)
-            y = block_shuffle(x, n)
+            with force_path("elementwise"):  # the kernel, whatever the token threshold
+                y = block_shuffle(x, n)
             g = torch.randn_like(y)
             same = torch.equal(y, ref) and torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
             ok = ok and same
@@ -550,14 +551,18 @@ def rel(out, ref) -> float:
 
 
 def plot(results, path):
-    """Speed-up vs dense (fwd+bwd) over tokens, one panel per width; decode latency panel."""
+    """Speed-up vs dense (fwd+bwd, largest token count) over width; decode latency (CUDA-graph
+    replay where measured, else eager) over tokens in flight at two widths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     sweep = results["sections"].get("sweep") or []
     decode = results["sections"].get("decode") or []
     widths = sorted({r["width"] for r in sweep})
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    dec_widths = sorted({r["width"] for r in decode})
+    shown = [w for w in (1024, 2048, 5120) if w in dec_widths] or dec_widths[:2]
+    fig, axes = plt.subplots(1, 1 + len(shown), figsize=(5.2 * (1 + len(shown)), 4.6))
+    axes = list(axes) if len(shown) else [axes]
     ax = axes[0]
     big = max((r["tokens"] for r in sweep), default=0)
     for kind in KINDS[1:]:
@@ -569,31 +574,46 @@ def plot(results, path):
     ax.set_xticks(widths)
     ax.legend()
     ax.grid(alpha=0.3)
-    ax = axes[1]
-    dec_widths = sorted({r["width"] for r in decode})
-    if dec_widths:
-        d = 2048 if 2048 in dec_widths else dec_widths[0]
+    for ax, d in zip(axes[1:], shown):
         rows = [r for r in decode if r["width"] == d]
+        graph = "dense_graph_ms" in rows[0]
+        suffix = "_graph_ms" if graph else "_ms"
         tokens = [r["tokens"] for r in rows]
         for key, style in (("dense", "k-"), ("lowrank32", "o-"), ("lowrank32+premerge", "o--"),
-                           ("blockdense", "s-"), ("blockshuffle", "^-")):
-            if f"{key}_ms" in rows[0]:
-                ax.plot(tokens, [r[f"{key}_ms"] * 1e3 for r in rows], style, label=key)
+                           ("lowrank63", "v-"), ("blockdense", "s-"), ("blockshuffle", "^-")):
+            if key + suffix in rows[0]:
+                ax.plot(tokens, [r[key + suffix] * 1e3 for r in rows], style, label=key)
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("tokens in flight")
-        ax.set_ylabel(f"FFN forward latency, us (d={d}, bf16, eager)")
-        ax.legend()
+        ax.set_ylabel(f"FFN forward, us (d={d}, bf16, {'CUDA graph' if graph else 'eager'})")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{results['sections'].get('env', {}).get('device', '?')}  "
-                 f"torch {results['sections'].get('env', {}).get('torch', '?')}")
+    env = results["sections"].get("env", {})
+    fig.suptitle(f"{env.get('device', '?')}  torch {env.get('torch', '?')}  triton {env.get('triton', '?')}"
+                 f"  {str(env.get('date', ''))[:10]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def merge_results(paths):
+    """Sections of several result files, later files filling in what earlier ones lack."""
+    merged = {"sections": {}, "errors": {}, "sources": []}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for name, value in data["sections"].items():
+            merged["sections"].setdefault(name, value)
+        merged["sources"].append(os.path.basename(path))
+    return merged
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--plot-from", nargs="+", metavar="JSON",
+                   help="only redraw the plot (into --out) and the table from saved result files")
     p.add_argument("--sections", default="env,check,paths,crossover,profile,sweep,decode")
     p.add_argument("--widths", default="1024,1536,2048,3072,4096,5120")
     p.add_argument("--tokens", default="2048,8192,32768")
@@ -608,6 +628,11 @@ def main():
     p.add_argument("--decode-rep-ms", type=float, default=20)
     p.add_argument("--tiles", default="128,256,64,8,8,3;128,128,64,8,4,4;256,128,64,8,8,3;128,256,64,8,8,4")
     args = p.parse_args()
+    if args.plot_from:
+        results = merge_results(args.plot_from)
+        plot(results, os.path.join(args.out, "bench_ffn.png"))
+        summary(results)
+        return
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     args.widths, args.tokens = ints(args.widths), ints(args.tokens)
     args.decode_widths, args.decode_tokens, args.graph_widths = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels.dispatch import kernels_enabled
+from .kernels.dispatch import choose_path
 
 
 def _autocast_dtype(x: torch.Tensor):
@@ -65,10 +65,10 @@ def block_shuffle(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
 
     x (..., k) holds B blocks of k/B; element j of the result's block b is element b of the
     input's block j, i.e. x viewed (k/B, B) is transposed, so every output block draws one
-    value from every input block. On CUDA a Triton kernel does the transposing copy
-    (kernels/shuffle.py); elsewhere PyTorch's strided copy.
+    value from every input block. On CUDA, where the FFN dispatch takes its Triton path, a
+    Triton kernel does the transposing copy (kernels/shuffle.py); elsewhere PyTorch's copy.
     """
-    if kernels_enabled(x):
+    if choose_path(x, fusable=False) != "reference":
         from .kernels.shuffle import BlockShuffle
         return BlockShuffle.apply(x, n_blocks)
     k = x.shape[-1]

@@ -129,6 +129,9 @@ def test_dispatch_when_kernels_can_run(monkeypatch):
     with force_path("reference"):
         assert dispatch.choose_path(x, fusable=True) == "reference"
         assert not dispatch.kernels_enabled(x)
+    monkeypatch.setattr(dispatch, "_compiling", lambda: True)  # Inductor fuses the plain ops itself
+    assert dispatch.choose_path(x, fusable=True) == "reference"
+    assert not dispatch.kernels_enabled(x)
 
 
 # -- Triton kernels through the interpreter ----------------------------------------------
@@ -198,17 +201,22 @@ def test_gemm_epilogues(interp, dtype, tol, wshape):
 
 
 @pytest.mark.parametrize("k,n_blocks", [(2048, 4), (24, 3), (40, 8), (12, 12)])
-def test_block_shuffle_kernel_matches_the_view_transpose(interp, k, n_blocks):
+def test_block_shuffle_kernel_matches_the_view_transpose(interp, monkeypatch, k, n_blocks):
     from megatron_sffn.structured.ops import block_shuffle
+    calls = []
+    real = interp["shuffle"].transpose_rows
+    monkeypatch.setattr(interp["shuffle"], "transpose_rows", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(3, 19, k, requires_grad=True)
     ref = x.reshape(3, 19, k // n_blocks, n_blocks).transpose(-1, -2).reshape(3, 19, k)
-    assert dispatch.kernels_enabled(x)
-    y = block_shuffle(x, n_blocks)
+    with force_path("elementwise"):
+        assert dispatch.choose_path(x, fusable=False) == "elementwise"
+        y = block_shuffle(x, n_blocks)
     torch.testing.assert_close(y, ref, rtol=0, atol=0)  # a permutation: exact
     g = torch.randn_like(y)
     (grad,) = torch.autograd.grad(y, x, g)
     (grad_ref,) = torch.autograd.grad(ref, x, g)
     torch.testing.assert_close(grad, grad_ref, rtol=0, atol=0)
+    assert len(calls) == 2  # the kernel ran forward and backward
 
 
 def _ffn(kind):

@@ -11,7 +11,8 @@
               (docs/performance.md), so it runs only when asked for.
 
 `auto` (the default) picks elementwise on CUDA from ELEMENTWISE_MIN_TOKENS tokens on,
-reference on the CPU and for fewer tokens. The environment
+reference on the CPU, for fewer tokens, and while torch.compile traces (Inductor then
+fuses the plain ops itself; that is what the compiled rows of the benchmark measured). The environment
 variable SFFN_FFN_PATH=reference|elementwise|fused|auto overrides the choice process-wide;
 `force_path` does the same for a block of code (benchmarks, tests).
 """
@@ -24,10 +25,11 @@ from typing import Iterator, Optional
 import torch
 
 PATHS = ("reference", "elementwise", "fused")
-# Below this many tokens `auto` keeps the reference path: there the call is launch-bound and
-# a Triton launch from Python costs more than PyTorch's (H100, eager decode at 1-256 tokens:
-# ~35-40 us more per FFN call; identical under CUDA-graph replay). docs/performance.md.
-ELEMENTWISE_MIN_TOKENS = 1024
+# Below this many tokens `auto` keeps the reference path: there an eager call is launch-bound
+# and a Triton launch from Python costs more than PyTorch's (H100: ~35-40 us more per FFN
+# call at 1-256 tokens, identical under CUDA-graph replay; fwd+bwd at d=2048 even up to
+# ~4K tokens, the elementwise path ahead from 8K). docs/performance.md, "crossover".
+ELEMENTWISE_MIN_TOKENS = 4096
 
 _forced: Optional[str] = None
 
@@ -86,15 +88,20 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
 def kernels_enabled(x: torch.Tensor) -> bool:
     """Whether a Triton kernel may run on `x` at all (single ops such as the block shuffle)."""
-    return (x.is_cuda or interpreting()) and triton_available() and requested_path() != "reference"
+    return ((x.is_cuda or interpreting()) and triton_available() and requested_path() != "reference"
+            and not _compiling())
 
 
 def choose_path(x: torch.Tensor, fusable: bool) -> str:
     """The path for one FFN call on input `x`; `fusable` says the layers expose their products."""
     wanted = requested_path()
-    if wanted == "reference" or not (x.is_cuda or interpreting()) or not triton_available():
+    if wanted == "reference" or not kernels_enabled(x):
         return "reference"
     if wanted == "fused" and fusable and compute_dtype(x) in (torch.bfloat16, torch.float16):
         return "fused"  # the Triton GEMMs are 16-bit only
