@@ -270,7 +270,7 @@ def build_gpt_datasets(prefixes: Union[str, Sequence[str]], weights: Optional[Se
     return tuple(top.open(timeout) if top is not None else None for top in tops)
 
 
-def _documents_for(indexed: IndexedDataset, split, i: int, wanted: Optional[int]):
+def _documents_for(indexed: IndexedDataset, split, i: int, wanted: Optional[int], seq_length: int):
     ranges = split_document_ranges(split, len(indexed))
     if ranges[i] is None:
         return None
@@ -281,6 +281,8 @@ def _documents_for(indexed: IndexedDataset, split, i: int, wanted: Optional[int]
                 f"split {split!r} gives the {SPLITS[i]} split of {indexed.prefix} no documents "
                 f"(it has {len(indexed)}), but {wanted} {SPLITS[i]} samples were requested")
         return None
+    if not wanted and int(indexed.sizes[begin:end].sum(dtype=np.int64)) <= seq_length:
+        return None     # too small for one sample, and no sample was asked of it
     return begin, end
 
 
@@ -288,7 +290,7 @@ def _single(indexed, split, num_samples, seq_length, seed, cache):
     tops = []
     for i, name in enumerate(SPLITS):
         wanted = num_samples[i] or None
-        documents = _documents_for(indexed, split, i, wanted)
+        documents = _documents_for(indexed, split, i, wanted, seq_length)
         tops.append(None if documents is None else
                     GPTDataset(indexed, documents, wanted, seq_length, seed, name, cache))
     return tops
@@ -301,7 +303,7 @@ def _blended(indexed, weights, split, num_samples, seq_length, seed, cache):
         wanted = num_samples[i] or None
         members, member_weights = [], []
         for dataset, weight in zip(indexed, weights):
-            documents = _documents_for(dataset, split, i, wanted)
+            documents = _documents_for(dataset, split, i, wanted, seq_length)
             if documents is None:
                 continue
             buffer = None if wanted is None else int(math.ceil(math.ceil(wanted * weight) * (1 + BLEND_SURPLUS)))

@@ -62,6 +62,15 @@ def test_weight_zero_split_is_none_and_bad_settings_are_named(tmp_path, small_pr
     train, valid, test = build_gpt_datasets(small_prefix, None, "99,1", 64, 1, num_samples=(10, 2, 0),
                                             cache_dir=str(tmp_path), show_progress=False)
     assert test is None and len(valid) >= 2
+    # a split too small for one sample is None when no sample is asked of it ...
+    tiny_test = "998,1,1"          # 1 document in the test split
+    _, _, test = build_gpt_datasets(small_prefix, None, tiny_test, 4096, 1, num_samples=(10, 0, 0),
+                                    cache_dir=str(tmp_path), show_progress=False)
+    assert test is None
+    # ... and an error when samples are asked of it
+    with pytest.raises(DatasetConfigError, match="test split .* too few for one sample"):
+        build_gpt_datasets(small_prefix, None, tiny_test, 4096, 1, num_samples=(10, 0, 3),
+                           cache_dir=str(tmp_path), show_progress=False)
     cases = [(dict(split="a,b"), "split 'a,b'"),
              (dict(split="1,2,3,4"), "up to three"),
              (dict(weights=[1.0, 2.0]), "2 weights for 1 dataset"),

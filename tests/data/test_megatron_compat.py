@@ -1,6 +1,5 @@
 """Byte compatibility with Megatron-LM (megatron-core from the package index), both ways,
 and identical GPT / blended samples for the same inputs."""
-import os
 import warnings
 
 import numpy as np
@@ -65,13 +64,19 @@ class _Tokenizer:
 
 @pytest.fixture(scope="module")
 def process_group():
+    """megatron-core's BlendedDataset asks torch.distributed for the rank: a 1-process group."""
+    import socket
     import torch.distributed as dist
+    created = False
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29517")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        created = True
     yield
-    dist.destroy_process_group()
+    if created:
+        dist.destroy_process_group()
 
 
 def _megatron_datasets(prefixes, weights, sizes, seq, seed, split, cache):
