@@ -7,6 +7,8 @@ Backward: one Triton GEMM computes dh = dp W2 and, in its epilogue, du = dh * ge
 the bias gradient's partial column sums, so dh never reaches memory; cuBLAS does the
 weight gradients and dz. Compared with separate ops this saves, per call, one read of the
 f-wide pre-activation in forward and a write and a read of the f-wide dh in backward.
+On the H100 the Triton GEMMs lose more than that to cuBLAS (docs/performance.md), so the
+dispatch runs this only when asked (SFFN_FFN_PATH=fused).
 """
 from __future__ import annotations
 
