@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from torch.utils.checkpoint import checkpoint
 
 from ..config import Config, ModelConfig
@@ -69,8 +70,6 @@ def layer_prefixes(m: ModelConfig) -> List[str]:
 
 
 def layer_specs(m: ModelConfig, tp: TensorParallel, guided: bool, guide_state: Optional[GuideState]) -> list:
-    from deepspeed.pipe import LayerSpec, TiedLayerSpec
-
     if m.tie_embeddings:
         embedding = TiedLayerSpec(TIED_KEY, VocabParallelEmbedding, m.vocab_size, m.hidden_size, tp,
                                   tied_weight_attr="weight")
@@ -81,6 +80,24 @@ def layer_specs(m: ModelConfig, tp: TensorParallel, guided: bool, guide_state: O
         head = LayerSpec(LMHead, m.vocab_size, m.hidden_size, tp)
     blocks = [LayerSpec(TransformerBlock, m, i, tp, guided, guide_state) for i in range(m.num_layers)]
     return [embedding, *blocks, LayerSpec(Norm, m.norm, m.hidden_size, m.norm_eps, m.bias), head]
+
+
+class GPTPipeline(PipelineModule):
+    """PipelineModule that balances stages by the parameters of the structured model.
+
+    Guides are transient (dropped when a reaches 0, and the engine rebuilt), so they are
+    left out of the count: the stage boundaries are the same with and without them, and a
+    rebuilt engine holds exactly the layers the old one held.
+    """
+
+    def _count_layer_params(self):
+        counts = []
+        for spec in self._layer_specs:
+            layer = spec.build() if isinstance(spec, LayerSpec) else spec
+            counts.append(sum(p.numel() for n, p in layer.named_parameters()
+                              if p.requires_grad and ".guide." not in f".{n}")
+                          if isinstance(layer, nn.Module) else 0)
+        return counts
 
 
 def local_pieces(module) -> Dict[str, Tuple[str, nn.Module]]:
@@ -108,10 +125,8 @@ def build_pipeline_module(cfg: Config, state, guide_state: Optional[GuideState],
                           initialize: bool = True):
     """A deepspeed.pipe.PipelineModule over state.topology, initialised layout-independently
     (initialize=False leaves the values to the caller, e.g. when copying from another engine)."""
-    from deepspeed.pipe import PipelineModule
-
     m = cfg.model
-    module = PipelineModule(
+    module = GPTPipeline(
         layers=layer_specs(m, state.tp, guided, guide_state), topology=state.topology,
         loss_fn=VocabParallelLoss(state.tp), partition_method=cfg.parallel.partition_method,
         activation_checkpoint_interval=checkpoint_interval(cfg),

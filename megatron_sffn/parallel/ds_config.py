@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict
 
-from ..config import Config
+from ..config import Config, ConfigError
 
 NEVER_PRINT = 10 ** 12
 
@@ -52,3 +52,25 @@ def deepspeed_config(cfg: Config, data_parallel_size: int) -> Dict[str, Any]:
     if t.precision == "bf16" and p.zero_stage >= 1:
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return deep_merge(ds, cfg.deepspeed)
+
+
+def check_engine_support(cfg: Config) -> None:
+    """Combinations DeepSpeed cannot train correctly, refused before any work.
+
+    fp16 without ZeRO under tensor parallelism: DeepSpeed's fp16 wrapper flattens the
+    gradients before asking which are tensor-parallel, so its clipping norm is wrong (bf16
+    there is guarded by TrainEngine instead; fp16 cannot be, its gradients carry the loss
+    scale and its overflow handling must see them).
+
+    ZeRO-3 with self-guided training: reduce_flop leaves a guide out of some steps, and
+    ZeRO-3 then hands the optimizer an undefined gradient for it (measured: 1e10-sized
+    values). Stages 0-2 give such a parameter a zero gradient, as the reference does.
+    """
+    p = cfg.parallel
+    if cfg.training.precision == "fp16" and p.zero_stage == 0 and p.tensor > 1 and p.pipeline == 1:
+        raise ConfigError("config key 'parallel.zero_stage' = 0 with 'training.precision' = fp16 and tensor "
+                          "parallelism is not supported (DeepSpeed's fp16 optimizer then counts the gradient norm "
+                          "on tensor rank 0 only); use ZeRO stage 1 or 2, or bf16")
+    if cfg.parallel.zero_stage == 3 and cfg.self_guided.enabled:
+        raise ConfigError("config key 'parallel.zero_stage' = 3 is not supported with 'self_guided.enabled' = "
+                          "true (ZeRO-3 mishandles guides skipped by reduce_flop); use ZeRO stage 1 or 2")

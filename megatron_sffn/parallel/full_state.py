@@ -8,7 +8,7 @@ checkpoint tools; it moves whole tensors, so it is not a training-time operation
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -27,14 +27,28 @@ def mark_tensor_parallel_params(module: nn.Module, tp: TensorParallel) -> None:
         param.tensor_model_parallel = tp.size > 1 and getattr(param, "tp_split_dim", None) is not None
 
 
-def gather_tensor_parallel(local: torch.Tensor, split_dim: Optional[int], tp: TensorParallel) -> torch.Tensor:
-    """The full tensor from this rank's shard (collective over the tensor group when split)."""
-    if split_dim is None or tp.size == 1:
-        return local.detach().clone()
-    local = local.detach().contiguous()
-    parts = [torch.empty_like(local) for _ in range(tp.size)]
-    dist.all_gather(parts, local, group=tp.group)
-    return torch.cat(parts, dim=split_dim)
+def gather_tensor_parallel(shards: Sequence[Tuple[torch.Tensor, Optional[int]]], tp: TensorParallel
+                           ) -> List[torch.Tensor]:
+    """Full tensors from this rank's (shard, split_dim) pairs, with ONE all-gather.
+
+    Every tensor rank holds shards of the same shapes in the same order, so the split
+    shards travel as one flat fp32 buffer (lossless for bf16/fp16) and are cut back apart.
+    """
+    full = [t.detach().clone() for t, _ in shards]
+    split = [i for i, (_, dim) in enumerate(shards) if dim is not None]
+    if tp.size == 1 or not split:
+        return full
+    flat = torch.cat([shards[i][0].detach().reshape(-1).float() for i in split])
+    gathered = torch.empty(tp.size * flat.numel(), dtype=flat.dtype, device=flat.device)
+    dist.all_gather_into_tensor(gathered, flat, group=tp.group)
+    gathered = gathered.view(tp.size, flat.numel())
+    offset = 0
+    for i in split:
+        local, dim = shards[i]
+        pieces = [gathered[r, offset: offset + local.numel()].view(local.shape) for r in range(tp.size)]
+        full[i] = torch.cat(pieces, dim=dim).to(local.dtype)
+        offset += local.numel()
+    return full
 
 
 def merge_over_pipeline(local: Dict[str, torch.Tensor], pipe_group, pipe_size: int) -> Dict[str, torch.Tensor]:

@@ -21,7 +21,8 @@ from typing import List
 
 import torch.distributed as dist
 
-from ..config import Config, check_layout
+from ..config import Config, validate
+from .ds_config import check_engine_support
 from .launch import init_distributed  # noqa: F401  (re-exported: the loop imports both from here)
 from .mappings import TensorParallel
 from .mpu import GroupInfo, ModelParallelUnit
@@ -80,15 +81,17 @@ def _my_group(lists: List[List[int]], rank: int) -> GroupInfo:
 
 
 def build_parallel_state(cfg: Config) -> ParallelState:
-    """Check the layout against the world size (ConfigError before any group exists), then
-    build the topology, the groups and the mpu. Needs init_distributed() first."""
+    """Check the config against the world size (one ConfigError naming the field, before any
+    group exists), then build the topology, the groups and the mpu. Needs init_distributed()."""
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     if not dist.is_initialized():
         raise RuntimeError("build_parallel_state needs torch.distributed: call init_distributed() first")
     world, rank = dist.get_world_size(), dist.get_rank()
+    validate(cfg, world)  # layout (world = tensor x pipe x data, stages <= blocks, ZeRO with pipes) and shapes
+    check_engine_support(cfg)
     tensor, pipe = cfg.parallel.tensor, cfg.parallel.pipeline
-    data = check_layout(cfg, world)
+    data = world // (tensor * pipe)
     topo = PipeModelDataParallelTopology(num_pp=pipe, num_mp=tensor, num_dp=data)
     coord = topo.get_coord(rank)
 

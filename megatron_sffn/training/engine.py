@@ -7,14 +7,14 @@ Both take one optimizer step per global batch (gradient accumulation inside) and
 the global-batch mean loss, the same float on every rank.
 
 DeepSpeed's optimizer wrappers (ZeRO, BF16/FP16) skip a step whose gradients are not
-finite. The one path with no wrapper, fp32 without ZeRO, is guarded here: the global norm
-is computed over the whole model (see `global_grad_norm`) and the step is skipped, and
-gradients dropped, when it is not finite. The same guard clips with that norm, because
-DeepSpeed's fp32 clipping in a pipeline counts replicated parameters of later stages
-never (it asks for model-parallel rank 0 instead of tensor rank 0).
+finite, and `last_step_skipped` reports it. Without ZeRO in fp32 (and bf16 outside a
+pipeline) this class guards the step itself (`uses_own_guard`): it computes the norm over
+the whole model once (`global_grad_norm`), skips the step when it is not finite, and
+clips with it, because DeepSpeed's own norm is wrong there under model parallelism.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -26,15 +26,27 @@ import torch.nn as nn
 from ..config import Config
 from ..model.gpt import drop_guides
 from ..model.pipeline import build_data_parallel_module, build_pipeline_module, layout_free_names
-from ..parallel.ds_config import deepspeed_config
+from ..parallel.ds_config import check_engine_support, deepspeed_config
 from ..parallel.full_state import gather_tensor_parallel, merge_over_pipeline
 from ..parallel.topology import ParallelState
 from ..structured.guide import GuideState
-from .optimizer import (ADAM_STATE_KEYS, base_optimizer, build_optimizer, initialise_adam_state,
-                        optimizer_step_count)
+from .optimizer import (ADAM_STATE_KEYS, base_optimizer, build_optimizer, carry_state, full_master, full_moment,
+                        initialise_adam_state, optimizer_step_count, undo_initialisation_step)
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
+CLIENT_KEY = "megatron_sffn_client_state"
 GradientObserver = Callable[["TrainEngine"], None]
+
+
+def uses_own_guard(cfg: Config) -> bool:
+    """Without ZeRO, DeepSpeed's fp32 path does not skip non-finite steps, and both it and
+    its bf16 wrapper (FP16_UnfusedOptimizer) get the norm wrong under model parallelism:
+    the first counts replicated parameters only on model-parallel rank 0 (so a pipeline's
+    later stages never), the second flattens the gradients before asking which are
+    tensor-parallel (so tensor ranks > 0 count nothing). The pipeline's bf16 optimizer
+    (BF16_Optimizer) and the ZeRO optimizers count per parameter and are left alone."""
+    precision, pipeline = cfg.training.precision, cfg.parallel.pipeline > 1
+    return cfg.parallel.zero_stage == 0 and (precision == "fp32" or (precision == "bf16" and not pipeline))
 
 
 def _quiet_deepspeed() -> None:
@@ -48,7 +60,7 @@ class TrainEngine:
         self.cfg, self.state, self.guide_state, self.guided = cfg, state, guide_state, guided
         self.uses_pipeline = state.pipe_size > 1
         self.last_step_skipped = False
-        self._own_guard = cfg.training.precision == "fp32" and cfg.parallel.zero_stage == 0
+        self._own_guard = uses_own_guard(cfg)
         self._own_grad_norm: Optional[float] = None
         self._observers: List[GradientObserver] = []
         self.ds = None
@@ -56,6 +68,7 @@ class TrainEngine:
     # -- construction ------------------------------------------------------------------
     @classmethod
     def build(cls, cfg: Config, state: ParallelState, guide_state: Optional[GuideState], guided: bool) -> "TrainEngine":
+        check_engine_support(cfg)
         _quiet_deepspeed()
         engine = cls(cfg, state, guide_state, guided)
         engine.ds = engine._initialize(engine._build_module(guided))
@@ -74,6 +87,7 @@ class TrainEngine:
             config["gradient_clipping"] = 0.0  # clipped in _guarded_step with the whole-model norm
         ds, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
                                            mpu=None if self.uses_pipeline else self.state.mpu)
+        undo_initialisation_step(ds.optimizer)
         self._wrap_optimizer_step(ds)
         return ds
 
@@ -214,18 +228,27 @@ class TrainEngine:
     def save_checkpoint(self, save_dir: str, tag: str, client_state: Dict) -> None:
         """DeepSpeed's own layout under save_dir/tag. `latest` is left to the caller, which
         writes it only once every rank has finished (training/checkpointing.py)."""
-        self.ds.save_checkpoint(save_dir, tag=tag, client_state=dict(client_state), save_latest=False)
+        self.ds.save_checkpoint(save_dir, tag=tag, client_state={CLIENT_KEY: dict(client_state)},
+                                save_latest=False)
 
     def load_checkpoint(self, load_dir: str, tag: str) -> Dict:
-        path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                                     load_lr_scheduler_states=False)
+        """Restore weights, fp32 masters, optimizer state and step counters; return the client state."""
+        path, state = self.ds.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {load_dir}")
-        return client_state or {}
+        return dict((state or {}).get(CLIENT_KEY, {}))
+
+    def close(self) -> None:
+        """Release the DeepSpeed engine (hooks, optimizer buffers); the object is unusable after."""
+        if self.ds is not None:
+            _release(self.ds)
+            self.ds = None
 
     # -- full tensors for tests and tools ----------------------------------------------------------
-    def _named_parameters(self) -> List[Tuple[str, nn.Parameter]]:
-        """(layout-free name, parameter) of the parameters this rank owns, in module order."""
+    def named_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        """(layout-free name, parameter) of the parameters this rank owns, in module order
+        (the last stage's copy of the tied embedding is not owned)."""
         if not self.uses_pipeline:
             return list(self.ds.module.named_parameters())
         names = layout_free_names(self.ds.module)
@@ -235,97 +258,91 @@ class TrainEngine:
     def gather_full_state(self, include_grads: bool = False, master: bool = False) -> Dict[str, torch.Tensor]:
         """Every parameter as its full tensor, named as in GPTModel.state_dict(), on every rank.
 
-        include_grads adds "<name>.grad" entries (only meaningful inside a gradient observer:
-        DeepSpeed frees gradients after the step). master=True reads the fp32 master weights.
+        master=True reads the fp32 master weights instead of the (possibly bf16) module
+        weights. include_grads adds "<name>.grad": the data-parallel-averaged gradient, only
+        meaningful inside a gradient observer (DeepSpeed frees gradients after the step).
         Collective over the whole world; moves whole tensors (tests and tools, not training).
         """
-        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
+        from deepspeed.utils import safe_get_full_grad
 
-        local = {}
-        for name, param in self._named_parameters():
+        names, shards = [], []
+        for name, param in self.named_parameters():
             split = getattr(param, "tp_split_dim", None)
-            value = safe_get_full_fp32_param(param) if master else None
-            local[name] = gather_tensor_parallel(value if value is not None else param, split, self.state.tp)
+            value = full_master(param, self.ds.optimizer) if master or hasattr(param, "ds_id") else param
+            names.append(name)
+            shards.append((value, split))
             if include_grads:
                 grad = safe_get_full_grad(param)
-                if grad is None:
-                    grad = torch.zeros_like(param, dtype=torch.float32)
-                local[f"{name}.grad"] = gather_tensor_parallel(grad, split, self.state.tp)
+                names.append(f"{name}.grad")
+                shards.append((torch.zeros_like(value, dtype=torch.float32) if grad is None else grad, split))
+        local = dict(zip(names, gather_tensor_parallel(shards, self.state.tp)))
         return merge_over_pipeline(local, self.state.pipe_group, self.state.pipe_size)
+
+    def gather_optimizer_state(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """{name: {"exp_avg": full, "exp_avg_sq": full}} plus {"__step__": Adam's step count}."""
+        names, shards = [], []
+        for name, param in self.named_parameters():
+            split = getattr(param, "tp_split_dim", None)
+            for key in ADAM_STATE_KEYS:
+                value = full_moment(param, key, self.ds.optimizer)
+                if value is not None:
+                    names.append(f"{name}.{key}")
+                    shards.append((value, split))
+        local = dict(zip(names, gather_tensor_parallel(shards, self.state.tp)))
+        merged = merge_over_pipeline(local, self.state.pipe_group, self.state.pipe_size)
+        state: Dict[str, Dict[str, torch.Tensor]] = {}
+        for flat_name, value in merged.items():
+            name, key = flat_name.rsplit(".", 1)
+            state.setdefault(name, {})[key] = value
+        state["__step__"] = optimizer_step_count(self.ds.optimizer)
+        return state
 
     # -- self-guided training: drop the guides -------------------------------------------------------
     def drop_guides_and_rebuild(self) -> Dict[str, float]:
-        """Remove every guide and rebuild the DeepSpeed engine without them.
+        """Remove every guide and rebuild the DeepSpeed engine without them; returns
+        parameter counts (this rank) and, on CUDA, memory before/after.
 
-        How optimizer state survives: a new module without guides is built (not
-        re-initialised), the old engine's parameters are copied into it, and a new engine
-        is created. Then, parameter by parameter, the old engine's fp32 master weight and
-        Adam moments are read in full (DeepSpeed's safe_get_full_* accessors gather ZeRO
-        partitions) and written into the new engine's partitions; Adam's step count and
+        How optimizer state survives: a module without guides is built (not initialised)
+        and takes the old engine's fp32 master weights; a new engine is created over it;
+        then, parameter by parameter and by name, the old engine's fp32 master and Adam
+        moments are read whole (ZeRO partitions gathered by DeepSpeed's safe_get_full_*
+        accessors) and written into the new engine's partitions. Adam's step count and
         the engine's step/sample/skip counters carry over. Both engines coexist during the
-        copy, so peak memory is about twice one engine; the old one is then released.
+        copy (peak memory about twice one engine, plus one full parameter); then the old
+        engine and the guides are released.
         """
         before = self._memory_stats("before")
         old = self.ds
-        old_params = dict(self._named_parameters())
+        # Module-local names: identical in old and new module (same stage boundaries, see
+        # GPTPipeline), and they include the last stage's copy of the tied embedding, whose
+        # optimizer state must travel too.
+        old_params = dict(old.module.named_parameters())
         step = optimizer_step_count(old.optimizer)
-        drop_guides(old.module, self.guide_state)
-        self.guided = False
         module = self._build_module(guided=False, initialize=False)
-        self._copy_weights(old_params, module)
-        self.ds = self._initialize(module)
-        self._carry_optimizer_state(old, old_params, step)
-        for counter in ("global_steps", "global_samples", "skipped_steps"):
-            setattr(self.ds, counter, getattr(old, counter))
-        _release(old)
-        del old, old_params
-        return {**before, **self._memory_stats("after")}
-
-    def _copy_weights(self, old_params: Dict[str, nn.Parameter], module: nn.Module) -> None:
-        names = layout_free_names(module) if self.uses_pipeline else None
         with torch.no_grad():
             for name, param in module.named_parameters():
-                param.copy_(old_params[names[name] if names else name].float())
-
-    def _carry_optimizer_state(self, old, old_params: Dict[str, nn.Parameter], step: int) -> None:
-        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state,
-                                     safe_set_full_fp32_param, safe_set_full_optimizer_state)
-
-        new_optimizer = self.ds.optimizer
+                param.copy_(full_master(old_params[name], old.optimizer))
+        self.ds = self._initialize(module)
         if step > 0:
-            initialise_adam_state(new_optimizer, step)
-        old_state, new_state = base_optimizer(old.optimizer).state, base_optimizer(new_optimizer).state
-        for name, param in self._named_parameters():
-            previous = old_params[name]
-            master = safe_get_full_fp32_param(previous)
-            if master is not None:
-                safe_set_full_fp32_param(param, master)
-            if step == 0:
-                continue
-            for key in ADAM_STATE_KEYS:
-                value = safe_get_full_optimizer_state(previous, key)
-                if value is None:
-                    value = old_state[previous][key]
-                if not safe_set_full_optimizer_state_or_none(param, value, key, safe_set_full_optimizer_state):
-                    new_state[param][key].copy_(value)
-        for state in new_state.values():
-            if "step" in state:
-                state["step"].fill_(float(step))
+            initialise_adam_state(self.ds.optimizer, step)
+        for name, param in self.ds.module.named_parameters():
+            carry_state(old_params[name], old.optimizer, param, self.ds.optimizer)
+        for counter in ("global_steps", "global_samples", "skipped_steps"):
+            setattr(self.ds, counter, getattr(old, counter))
+        drop_guides(old.module, self.guide_state)
+        self.guided = False
+        _release(old)
+        del old, old_params
+        gc.collect()
+        return {**before, **self._memory_stats("after")}
 
     def _memory_stats(self, when: str) -> Dict[str, float]:
-        stats = {f"params_{when}": sum(p.numel() for p in self.ds.module.parameters())}
+        stats = {f"params_{when}": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                                       for p in self.ds.module.parameters())}
         if torch.cuda.is_available():
             stats[f"allocated_gb_{when}"] = torch.cuda.memory_allocated() / 2 ** 30
             stats[f"max_allocated_gb_{when}"] = torch.cuda.max_memory_allocated() / 2 ** 30
         return stats
-
-
-def safe_set_full_optimizer_state_or_none(param, value, key, setter) -> bool:
-    """Write through DeepSpeed when the parameter's state is partitioned; False otherwise."""
-    if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
-        setter(param, value, key)
-        return True
-    return False
 
 
 def _release(ds) -> None:

@@ -5,13 +5,14 @@ or norm weights: the rule is "decay iff the parameter has 2 or more dims", which
 every shard of a tensor-parallel parameter as well.
 
 When the guides are dropped the DeepSpeed engine is rebuilt without them. ZeRO keeps
-optimizer state in flat partitions, so state cannot be moved tensor by tensor; instead it is
-captured per parameter *by name* in full (data-parallel-gathered) form through DeepSpeed's
-safe_get_full_* accessors, and written back into the new engine the same way.
+optimizer state in flat partitions whose boundaries move when parameters disappear, so
+state is carried per parameter, by name, in full (data-parallel-gathered) form: DeepSpeed's
+safe_get/set_full_* accessors for partitioned state, the wrapper's fp32 copies or the
+torch state otherwise.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -47,6 +48,21 @@ def base_optimizer(ds_optimizer) -> torch.optim.Optimizer:
     return inner
 
 
+def undo_initialisation_step(ds_optimizer) -> None:
+    """DeepSpeed's unfused fp16/bf16 wrapper (used without ZeRO) creates Adam's state by
+    taking one optimizer step with zero gradients. With torch AdamW that step counts (bias
+    correction one step late: the first real update is 0.74x too small) and applies weight
+    decay once to the fp32 masters. Forget that state and restore the masters from the
+    module weights, which the step did not touch."""
+    if type(ds_optimizer).__name__ != "FP16_UnfusedOptimizer":
+        return
+    base_optimizer(ds_optimizer).state.clear()
+    with torch.no_grad():
+        for lp_group, hp_group in zip(ds_optimizer.fp16_groups, ds_optimizer.fp32_groups):
+            for lp, hp in zip(lp_group, hp_group):
+                hp.copy_(lp)
+
+
 def optimizer_step_count(ds_optimizer) -> int:
     """Adam's step count (the bias-correction step); 0 before the first step."""
     for state in base_optimizer(ds_optimizer).state.values():
@@ -58,6 +74,62 @@ def optimizer_step_count(ds_optimizer) -> int:
 def partitioned(param) -> bool:
     """Whether DeepSpeed keeps this parameter's master/state in flat partitions (ZeRO, BF16 optimizer)."""
     return hasattr(param, "_hp_mapping") or hasattr(param, "ds_id")
+
+
+def master_of(param, ds_optimizer) -> torch.Tensor:
+    """The tensor an unpartitioned optimizer updates for `param`: its fp32 copy under
+    DeepSpeed's FP16/BF16 wrappers without ZeRO, else the parameter itself."""
+    for lp_group, hp_group in zip(getattr(ds_optimizer, "fp16_groups", []), getattr(ds_optimizer, "fp32_groups", [])):
+        for lp, hp in zip(lp_group, hp_group):
+            if lp is param:
+                return hp
+    return param
+
+
+def full_master(param, ds_optimizer) -> torch.Tensor:
+    """fp32 master weight of `param`, whole (collective over data-parallel ranks under ZeRO)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if partitioned(param):
+        return safe_get_full_fp32_param(param)
+    return master_of(param, ds_optimizer).detach().float()
+
+
+def full_moment(param, key: str, ds_optimizer) -> Optional[torch.Tensor]:
+    """Adam state `key` of `param`, whole; None before the first step."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    if optimizer_step_count(ds_optimizer) == 0:
+        return None
+    if partitioned(param):
+        link_optimizer_state(ds_optimizer)
+        return safe_get_full_optimizer_state(param, key)
+    state = base_optimizer(ds_optimizer).state.get(master_of(param, ds_optimizer), {})
+    return state[key].detach() if key in state else None
+
+
+@torch.no_grad()
+def set_full_master(param, ds_optimizer, value: torch.Tensor) -> None:
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    if partitioned(param):
+        safe_set_full_fp32_param(param, value)
+        return
+    master = master_of(param, ds_optimizer)
+    master.copy_(value)
+    if master is not param:
+        param.copy_(value)
+
+
+@torch.no_grad()
+def set_full_moment(param, ds_optimizer, key: str, value: torch.Tensor) -> None:
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    if partitioned(param):
+        link_optimizer_state(ds_optimizer)
+        safe_set_full_optimizer_state(param, value, key)
+    else:
+        base_optimizer(ds_optimizer).state[master_of(param, ds_optimizer)][key].copy_(value)
 
 
 def initialise_adam_state(ds_optimizer, step: int) -> None:
@@ -76,6 +148,28 @@ def initialise_adam_state(ds_optimizer, step: int) -> None:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group.get("amsgrad"):
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    link = getattr(ds_optimizer, "_lazy_init_hp_params_optimizer_state", None)
-    if link is not None:  # ZeRO 1/2 and BF16 optimizer map each parameter into the flat state
-        link()
+    link_optimizer_state(ds_optimizer)
+
+
+def link_optimizer_state(ds_optimizer) -> None:
+    """(Re)point each parameter's view into the flat Adam state (ZeRO 1/2, BF16 optimizer).
+
+    DeepSpeed links these views once, right after the first optimizer step of the FIRST
+    parameter group, when the other groups' state does not exist yet; with our two groups
+    (decay / no decay) the second group's views would be missing. Linking again once all
+    state exists is idempotent.
+    """
+    if hasattr(ds_optimizer, "_lazy_init_hp_params_optimizer_state"):
+        ds_optimizer._hp_optimizer_states_linked = False
+        ds_optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def carry_state(old_param, old_optimizer, new_param, new_optimizer) -> None:
+    """Copy one parameter's fp32 master and Adam moments from one DeepSpeed optimizer to
+    another (collective over data-parallel ranks under ZeRO). The new optimizer's state
+    must exist (initialise_adam_state) when the old one has taken steps."""
+    set_full_master(new_param, new_optimizer, full_master(old_param, old_optimizer))
+    for key in ADAM_STATE_KEYS:
+        value = full_moment(old_param, key, old_optimizer)
+        if value is not None:
+            set_full_moment(new_param, new_optimizer, key, value)

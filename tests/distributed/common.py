@@ -23,6 +23,8 @@ KINDS = {
     "blockshuffle": dict(kind="blockshuffle", blocks=4),
     "lowrank_sgt": dict(kind="lowrank", rank=8),
 }
+# variants of a kind that change how it is trained, not what it computes
+VARIANTS = {"lowrank_ckpt": "lowrank"}  # activation checkpointing of every layer
 GUIDED_STEPS = 8          # a falls 1 -> 0 over 8 steps: 5 test steps see both branches of reduce_flop
 SEED = 1234
 VOCAB, SEQ, MICRO, GLOBAL = 64, 16, 2, 8
@@ -31,7 +33,9 @@ N_SAMPLES = 256
 
 def tiny_config(kind: str, tensor: int = 1, pipe: int = 1, zero: int = 1, precision: str = "fp32",
                 grad_clip: float = 0.5, **training) -> Config:
-    ffn = FFNConfig(**KINDS[kind])
+    ffn = FFNConfig(**KINDS[VARIANTS.get(kind, kind)])
+    if kind.endswith("_ckpt"):
+        training = dict(activation_checkpointing=True, checkpoint_interval=1, **training)
     model = ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2,
                         ffn_hidden_size=64, seq_length=SEQ, ffn=ffn)
     train = dict(train_steps=10, micro_batch_size=MICRO, global_batch_size=GLOBAL, seed=SEED, precision=precision)

@@ -1,0 +1,1 @@
+"""Training: the engine over DeepSpeed, the optimizer, and the loop's named steps."""
