@@ -13,7 +13,6 @@ nothing. Re-running gives the same bytes for the same package versions.
 from __future__ import annotations
 
 import argparse
-import base64
 import glob
 import gzip
 import html
@@ -25,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Tuple
 

@@ -8,9 +8,12 @@ and changing D (with G fixed) at a resume neither repeats nor skips a sample.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported lazily: index arithmetic must not need it
+    import torch
 
 
 class SamplerError(ValueError):

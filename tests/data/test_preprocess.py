@@ -148,7 +148,7 @@ def test_bad_records_are_skipped_and_counted(tmp_path, corpus_records, tokenizer
 
 def test_strict_mode_stops_at_the_first_bad_record(tmp_path, corpus_records, tokenizer_path):
     path = _bad_file(tmp_path, corpus_records)
-    with pytest.raises(PreprocessError, match=rf"bad\.jsonl:2: missing field 'text'"):
+    with pytest.raises(PreprocessError, match=r"bad\.jsonl:2: missing field 'text'"):
         run(path, tmp_path / "b", tokenizer_path, strict=True)
     assert os.listdir(tmp_path) == ["bad.jsonl"]
 
