@@ -139,6 +139,12 @@ class Reference:
     def params(self) -> Dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters()}
 
+    def moments(self) -> Dict:
+        state = {n: {k: self.optimizer.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq")}
+                 for n, p in self.model.named_parameters()}
+        state["__step__"] = int(next(iter(self.optimizer.state.values()))["step"])
+        return state
+
     def drop_guides(self) -> None:
         """Remove the guides and rebuild AdamW over the rest, keeping their state and step."""
         old = self.optimizer
@@ -155,7 +161,7 @@ def run_reference(kind: str, steps: int) -> Dict:
     ref = Reference(kind)
     records = [ref.train_step() for _ in range(steps)]
     return {"losses": [r["loss"] for r in records], "grad_norms": [r["grad_norm"] for r in records],
-            "grads": [r["grads"] for r in records], "params": ref.params()}
+            "grads": [r["grads"] for r in records], "params": ref.params(), "moments": ref.moments()}
 
 
 def norm_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -6,8 +6,8 @@ models do). Each scenario is "what/kind/zero/precision" and rank 0 saves its rec
 
   train   5 steps; per step the loss, grad norm and skipped flag; at the first and last step
           (fp32) the full parameters and gradients right before the optimizer step; the
-          final fp32 masters; the largest gradient difference between tensor ranks over
-          replicated parameters
+          final fp32 masters and Adam moments; the largest gradient difference between
+          tensor ranks over replicated parameters
   resume  5 steps saving a checkpoint after step 3, then a fresh engine loads it and
           trains steps 3-4 again: both loss sequences and the client state read back
   drop    3 guided steps, drop_guides_and_rebuild, 2 more steps: losses, the Adam
@@ -90,6 +90,7 @@ def run_train(sc: Scenario, state) -> dict:
         record["grad_norms"].append(engine.grad_norm)
         record["skipped"].append(engine.last_step_skipped)
     record["params"] = {k: v.float() for k, v in engine.gather_full_state(master=True).items()}
+    record["moments"] = engine.gather_optimizer_state()
     record["global_steps"] = engine.global_steps
     return record
 
