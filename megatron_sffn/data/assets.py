@@ -68,8 +68,12 @@ def default_data_prefix(cache_dir: Optional[str] = None, show_progress: bool = F
     prefix = os.path.join(final_dir, DATASET_NAME)
     if _usable(prefix):
         return prefix
-    os.makedirs(root, exist_ok=True)
-    work_dir = tempfile.mkdtemp(prefix=f"embedded-{key}.tmp-", dir=root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        work_dir = tempfile.mkdtemp(prefix=f"embedded-{key}.tmp-", dir=root)
+    except OSError as error:
+        raise OSError(f"cannot write the bundled dataset to {root}: {error} (set "
+                      "MEGATRON_SFFN_CACHE or data.cache_dir to a writable folder)") from error
     os.chmod(work_dir, 0o755)
     try:
         preprocess(PreprocessConfig(inputs=[corpus], json_keys=["text"], tokenizer_model=tokenizer,

@@ -59,3 +59,11 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MEGATRON_SFFN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert assets.default_cache_dir() == str(tmp_path / "x" / "megatron_sffn")
+
+
+def test_unwritable_cache_folder_is_named(tmp_path):
+    import pytest
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot write the bundled dataset to .*file/sub.*MEGATRON_SFFN_CACHE"):
+        assets.default_data_prefix(str(blocker / "sub"))
