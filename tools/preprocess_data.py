@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-bytes", type=int, default=1 << 20, help="text per work unit sent to a worker")
     g.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--log-interval", type=int, default=None,
+                   help="accepted for Megatron-LM command-line compatibility (the progress bar replaces it)")
     g.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
     return p
 
