@@ -1,0 +1,224 @@
+"""Scaling benchmark: the whole training step (TrainEngine over DeepSpeed) under a layout.
+
+One run (under any launcher) measures, for one config and (tensor, pipe, data) layout:
+  step time        median over the timed steps, after warm-up steps
+  tokens/s         global batch tokens / step time
+  TFLOP/s per GPU  model FLOPs (model/accounting.py) / step time / world size, and MFU
+                   when the device's peak is known
+  memory           peak allocated bytes (CUDA)
+  traffic          bytes per step through the tensor-, data- and pipeline-parallel groups,
+                   counted in one extra untimed step by wrapping torch.distributed's
+                   collectives (all_reduce, all_gather_into_tensor, reduce_scatter_tensor,
+                   broadcast, send/recv)
+Data are random token ids (the input pipeline has its own benchmark, bench_data.py).
+
+  torchrun --nproc_per_node 8 benchmarks/bench_scaling.py --config configs/1p3b_lowrank.json \\
+      --override parallel.tensor=2 --override parallel.pipeline=2 --steps 20 --out r.json
+Sweep of layouts on one host (one torchrun per layout, results in one JSON):
+  python benchmarks/bench_scaling.py --config configs/1p3b_lowrank.json --nproc 8 \\
+      --sweep 1x1x8,2x1x4,2x2x2,1x2x4 --out results/scaling.json
+CPU smoke test (tiny model, 2 processes, gloo): python benchmarks/bench_scaling.py --smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SMOKE_MODEL = ["model.vocab_size=512", "model.hidden_size=64", "model.num_layers=4", "model.num_heads=4",
+               "model.ffn_hidden_size=256", "model.seq_length=64", "model.ffn.kind=lowrank", "model.ffn.rank=16",
+               "training.micro_batch_size=2", "training.global_batch_size=8", "training.precision=fp32",
+               "training.train_steps=10"]
+SMOKE_LAYOUTS = "1x1x2,2x1x1,1x2x1"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/tiny_demo.json")
+    ap.add_argument("--override", action="append", default=[], help="key.path=value (repeatable)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--sweep", default=None, help="comma-separated TxPxD layouts, one torchrun each")
+    ap.add_argument("--nproc", type=int, default=None, help="processes per sweep run (default: T*P*D)")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU model, 2 processes, a few layouts")
+    ap.add_argument("--out", default=None, help="JSON file to write (rank 0)")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- one run
+
+class TrafficCounter:
+    """Bytes through each process group, by wrapping torch.distributed's collectives."""
+
+    NAMES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "send", "recv",
+             "isend", "irecv")
+
+    def __init__(self, groups: dict):
+        import torch.distributed as dist
+        self.dist, self.groups = dist, groups
+        self.bytes = defaultdict(int)
+        self._originals = {}
+
+    def _group_name(self, group):
+        for name, handle in self.groups.items():
+            if handle is group:
+                return name
+        return "world" if group is None else "other"
+
+    def __enter__(self):
+        for name in self.NAMES:
+            original = getattr(self.dist, name)
+            self._originals[name] = original
+
+            def counting(tensor, *args, _original=original, _p2p=name in ("send", "recv", "isend", "irecv"),
+                         **kwargs):
+                group = "p2p" if _p2p else self._group_name(kwargs.get("group"))
+                self.bytes[group] += tensor.numel() * tensor.element_size()
+                return _original(tensor, *args, **kwargs)
+            setattr(self.dist, name, counting)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._originals.items():
+            setattr(self.dist, name, original)
+
+
+def random_batches(cfg, data_size: int, seed: int):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    t, m = cfg.training, cfg.model
+    for _ in range(t.global_batch_size // (t.micro_batch_size * data_size)):
+        tokens = torch.randint(0, m.vocab_size, (t.micro_batch_size, m.seq_length + 1), generator=g)
+        yield tokens[:, :-1], tokens[:, 1:]
+
+
+def run_once(args) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from megatron_sffn.config import load_config
+    from megatron_sffn.model.accounting import model_stats, train_flops_per_token
+    from megatron_sffn.parallel.topology import build_parallel_state, init_distributed
+    from megatron_sffn.structured.guide import GuideState
+    from megatron_sffn.training.engine import TrainEngine
+    from megatron_sffn.training.metrics import detect_peak_tflops
+
+    init_distributed()
+    cfg = load_config(args.config, args.override, world_size=dist.get_world_size())
+    state = build_parallel_state(cfg)
+    guided = cfg.self_guided.enabled
+    guide_state = GuideState(active=guided, seed=cfg.training.seed, reduce_flop=cfg.self_guided.reduce_flop)
+    engine = TrainEngine.build(cfg, state, guide_state, guided=guided)
+    engine.set_lr(cfg.optimizer.lr)
+    times, losses = [], []
+    for step in range(args.warmup + args.steps):
+        guide_state.step = step
+        batches = random_batches(cfg, state.data_size, seed=step * 1000 + state.data_rank)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        losses.append(engine.train_batch(batches))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - started)
+    groups = {"tensor": state.tensor_group, "data": state.data_group, "pipe": state.pipe_group}
+    if engine.uses_pipeline:  # DeepSpeed's pipeline engine reduces over its own grid's groups
+        grid = engine.ds.grid
+        groups.update({"data (grid)": grid.get_data_parallel_group(), "pipe (grid)": grid.get_pipe_parallel_group(),
+                       "tensor (grid)": grid.get_slice_parallel_group()})
+        for i, (_, group) in enumerate(engine.module.get_tied_weights_and_groups()):
+            groups[f"tied embedding {i}"] = group
+    with TrafficCounter(groups) as traffic:
+        engine.train_batch(random_batches(cfg, state.data_size, seed=123))
+    step_time = statistics.median(times)
+    tokens = cfg.training.global_batch_size * cfg.model.seq_length
+    guide_fraction = (1.0 if not cfg.self_guided.reduce_flop else guide_state.alpha) if guided else 0.0
+    tflops = train_flops_per_token(model_stats(cfg.model), guide_fraction) * tokens / step_time / state.world_size / 1e12
+    peak = detect_peak_tflops(cfg.training.peak_tflops_per_gpu)
+    traffic_all = [None] * state.world_size
+    dist.all_gather_object(traffic_all, dict(traffic.bytes))
+    return {
+        "config": args.config, "overrides": args.override, "precision": cfg.training.precision,
+        "zero_stage": cfg.parallel.zero_stage, "ffn": cfg.model.ffn.kind,
+        "layout": {"tensor": state.tensor_size, "pipe": state.pipe_size, "data": state.data_size},
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "step_time_s": step_time, "step_times_s": times, "tokens_per_s": tokens / step_time,
+        "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
+        "max_allocated_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None,
+        "traffic_bytes_per_step_rank0": traffic_all[0], "loss_first_last": [losses[0], losses[-1]],
+        "rank": state.rank,
+    }
+
+
+# ---------------------------------------------------------------------------- sweep
+
+def sweep(args) -> list:
+    results = []
+    for layout in args.sweep.split(","):
+        t, p, d = (int(x) for x in layout.lower().split("x"))
+        nproc = args.nproc or t * p * d
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "run.json")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                   str(_free_port()), os.path.abspath(__file__), "--config", args.config, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--out", out,
+                   "--override", f"parallel.tensor={t}", "--override", f"parallel.pipeline={p}"]
+            for o in args.override:
+                cmd += ["--override", o]
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"layout {layout}: failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", file=sys.stderr)
+                results.append({"layout": layout, "error": proc.stderr[-2000:]})
+                continue
+            results.append(json.load(open(out)))
+            _print_row(results[-1])
+    return results
+
+
+def _free_port() -> int:
+    from megatron_sffn.parallel.launch import free_port
+    return free_port()
+
+
+def _print_row(r: dict) -> None:
+    lay = r["layout"]
+    traffic = ", ".join(f"{k} {v / 2 ** 20:.2f} MiB" for k, v in sorted(r["traffic_bytes_per_step_rank0"].items()))
+    print(f"t{lay['tensor']} p{lay['pipe']} d{lay['data']} | {r['ffn']} {r['precision']} ZeRO {r['zero_stage']} | "
+          f"step {r['step_time_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} tok/s | "
+          f"{r['tflops_per_gpu']:.3f} TFLOP/s/GPU | rank-0 traffic/step: {traffic}", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.smoke:
+        args.override = SMOKE_MODEL + args.override
+        args.sweep = args.sweep or SMOKE_LAYOUTS
+        args.nproc = args.nproc or 2
+        args.steps, args.warmup = min(args.steps, 3), 1
+    if args.sweep:
+        results = sweep(args)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+        return 0 if all("error" not in r for r in results) else 1
+    result = run_once(args)
+    if result["rank"] == 0:
+        _print_row(result)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
