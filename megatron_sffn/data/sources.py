@@ -86,11 +86,16 @@ def resolve_inputs(inputs: Sequence[str], hf_split: str = "train", hf_config: Op
             if any(os.path.exists(os.path.join(item, m)) for m in SAVED_DATASET_MARKERS):
                 sources.append(Source("hf", item, None, _hf_options(hf_split, hf_config, False)))
                 continue
-            files = sorted(p for p in glob.glob(os.path.join(item, "**", "*"), recursive=True)
-                           if os.path.isfile(p) and (_is_jsonl(p) or _is_parquet(p)))
-            if not files:
+            everything = [p for p in glob.glob(os.path.join(item, "**", "*"), recursive=True)
+                          if os.path.isfile(p)]
+            files = sorted(p for p in everything if _is_jsonl(p) or _is_parquet(p))
+            if files:
+                sources.extend(_file_source(p) for p in files)
+            elif everything:   # csv, arrow, text ...: let `datasets` read (stream) the folder
+                stream = True if streaming is None else streaming
+                sources.append(Source("hf", item, None, _hf_options(hf_split, hf_config, stream)))
+            else:
                 raise InputError(f"input folder {item} holds no jsonl, jsonl.gz or parquet files")
-            sources.extend(_file_source(p) for p in files)
         elif os.path.isfile(item):
             sources.append(_file_source(item))
         elif any(ch in item for ch in "*?["):

@@ -85,6 +85,16 @@ def test_gz_parquet_folder_and_saved_dataset_inputs(tmp_path, corpus_records, to
     run(str(folder), tmp_path / "f", tokenizer_path)
     assert read_texts(str(tmp_path / "f") + "_text_document", tokenizer_path) == texts
 
+    csv_folder = tmp_path / "csv"           # other formats: read through `datasets`
+    csv_folder.mkdir()
+    import csv
+    with open(csv_folder / "part.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text"])
+        writer.writerows([[t] for t in texts[:20]])
+    run(str(csv_folder), tmp_path / "c", tokenizer_path)
+    assert read_texts(str(tmp_path / "c") + "_text_document", tokenizer_path) == texts[:20]
+
     saved = tmp_path / "saved"
     datasets.Dataset.from_list([{"content": t, "url": "u"} for t in texts]).save_to_disk(str(saved))
     run(str(saved), tmp_path / "h", tokenizer_path, keys=["content"])
