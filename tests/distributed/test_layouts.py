@@ -96,6 +96,9 @@ def check_fp32_training(record, kind, reference):
         assert worst <= 1e-5, f"step {step}: gradient of {name} off by {worst:.2e}"
     worst, name = compare_tensors(record["params"], reference["params"], norm_relative_error)
     assert worst <= 1e-3, f"final {name} off by {worst:.2e}"
+    # eval_batch: the global-batch mean loss at the final weights, no step taken
+    assert record["global_steps"] == 5
+    assert relative(record["eval_loss"], at_own.gradients_at(record["params"], 5)["loss"]) <= 1e-5
     # Adam's moments hold the clipped gradients: a wrong clip factor or a misplaced ZeRO
     # partition shows here even though Adam's update hides a gradient scale
     moments = record["moments"]

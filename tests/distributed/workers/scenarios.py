@@ -4,7 +4,8 @@ One launch runs several scenarios (starting processes costs more on 2 cores than
 models do). Each scenario is "what/kind/zero/precision" and rank 0 saves its record to
 <out>/<what>-<kind>-z<zero>-<precision>.pt:
 
-  train   5 steps; per step the loss, grad norm and skipped flag; at the first and last step
+  train   5 steps, then eval_batch on batch 5; per step the loss, grad norm and skipped
+          flag; at the first and last step
           (fp32) the full parameters and gradients right before the optimizer step; the
           final fp32 masters and Adam moments; the largest gradient difference between
           tensor ranks over replicated parameters
@@ -89,6 +90,8 @@ def run_train(sc: Scenario, state) -> dict:
         record["losses"].append(step(engine, guide_state, state, i))
         record["grad_norms"].append(engine.grad_norm)
         record["skipped"].append(engine.last_step_skipped)
+    set_step(guide_state, STEPS)
+    record["eval_loss"] = engine.eval_batch(micro_batches(STEPS, state.data_rank, state.data_size))
     record["params"] = {k: v.float() for k, v in engine.gather_full_state(master=True).items()}
     record["moments"] = engine.gather_optimizer_state()
     record["global_steps"] = engine.global_steps
