@@ -36,8 +36,8 @@ from .init import initialize_piece
 from .layers import LMHead, Norm, VocabParallelEmbedding
 
 TIED_KEY = "embedding"
-# Chunks made only of these classes are checkpointed (a chunk holding the tied head's
-# partial function is not: recomputing V-wide logits would cost more than it saves).
+# Chunks made only of these classes are checkpointed. A chunk holding the head is not: its
+# output, the V-wide logits, is kept for the loss anyway, so recomputing it saves nothing.
 CHECKPOINTABLE = ["TransformerBlock", "VocabParallelEmbedding", "Norm"]
 
 

@@ -219,8 +219,9 @@ class TrainEngine:
         return self.ds.global_steps
 
     def observe_gradients(self, observer: GradientObserver) -> Callable[[], None]:
-        """Call observer(engine) after gradients are reduced and before each optimizer step
-        (where gather_full_state(include_grads=True) sees them). Returns a remover."""
+        """Call observer(engine) before each optimizer step, when the gradients are averaged
+        over data-parallel ranks but not yet clipped (gather_full_state(include_grads=True)
+        sees them there). Returns a function that removes the observer."""
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
 

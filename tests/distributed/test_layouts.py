@@ -34,10 +34,11 @@ LAYOUTS = {
     (2, 2, 1): ["train/lowrank/0/fp32", "train/lowrank/0/bf16", "nonfinite/lowrank/0/fp32", "nonfinite/lowrank/0/bf16",
                 "drop/lowrank_sgt/1/bf16"],
     (1, 2, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/1/bf16", "resume/lowrank_sgt/1/fp32",
-                "nonfinite/lowrank/1/bf16"],
+                "drop/lowrank_sgt/0/fp32", "nonfinite/lowrank/1/bf16"],
     (2, 1, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/0/fp32", "train/lowrank_sgt/2/fp32",
                 "train/lowrank/3/fp32", "train/lowrank/2/bf16", "train/lowrank/0/bf16", "resume/lowrank/2/fp32",
-                "drop/lowrank_sgt/2/fp32", "nonfinite/lowrank/0/fp32", "nonfinite/lowrank/2/bf16"],
+                "drop/lowrank_sgt/2/fp32", "drop/lowrank_sgt/0/bf16", "nonfinite/lowrank/0/fp32",
+                "nonfinite/lowrank/2/bf16"],
 }
 LAYOUT_IDS = {layout: "t{}p{}d{}".format(*layout) for layout in LAYOUTS}
 
