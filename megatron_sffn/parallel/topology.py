@@ -27,6 +27,8 @@ from .launch import init_distributed  # noqa: F401  (re-exported: the loop impor
 from .mappings import TensorParallel
 from .mpu import GroupInfo, ModelParallelUnit
 
+__all__ = ["ParallelState", "build_parallel_state", "init_distributed"]
+
 
 @dataclass
 class ParallelState:
