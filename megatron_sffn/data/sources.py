@@ -1,4 +1,4 @@
-"""Where raw documents come from: jsonl (plain or .gz), parquet, folders of those, and
+"""Where raw documents come from: jsonl (plain, .gz or .xz), parquet, folders of those, and
 Hugging Face datasets (a local path or a hub name, streamed).
 
 Inputs are resolved and checked up front (`resolve_inputs`, `check_sources`) so a wrong
@@ -13,11 +13,14 @@ import glob
 import gzip
 import io
 import json
+import lzma
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz",
+                  ".jsonl.xz", ".json.xz", ".ndjson.xz")
+COMPRESSED_SUFFIXES = (".gz", ".xz")
 PARQUET_SUFFIXES = (".parquet",)
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 PREFLIGHT_RECORDS = 100
@@ -36,7 +39,7 @@ class Source:
 
     @property
     def compressed(self) -> bool:
-        return self.kind == "jsonl" and self.name.endswith(".gz")
+        return self.kind == "jsonl" and self.name.endswith(COMPRESSED_SUFFIXES)
 
 
 @dataclass
@@ -122,6 +125,8 @@ def _open_jsonl(path: str):
     raw = open(path, "rb")
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb")
+    if path.endswith(".xz"):
+        return lzma.LZMAFile(raw, mode="rb")
     return raw
 
 
@@ -215,7 +220,7 @@ def _check_jsonl(path: str, keys: Sequence[str]) -> None:
                 seen_fields.extend(k for k in record if k not in seen_fields)
                 if parsed >= PREFLIGHT_RECORDS:
                     break
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, gzip.BadGzipFile, lzma.LZMAError) as error:
         raise InputError(f"input file {path} cannot be read: {error}") from error
     if parsed == 0:
         # An empty file is not an error: it contributes no documents.
@@ -251,7 +256,7 @@ def iter_batches(source: Source, keys: Sequence[str], batch_bytes: int = 1 << 20
 def _jsonl_batches(path: str, batch_bytes: int, max_records: int) -> Iterator[Batch]:
     try:
         with _open_jsonl(path) as stream:
-            reader = io.BufferedReader(stream, 4 << 20) if path.endswith(".gz") else stream
+            reader = io.BufferedReader(stream, 4 << 20) if path.endswith(COMPRESSED_SUFFIXES) else stream
             lines: List[bytes] = []
             size, line_no, first = 0, 0, 1
             for line in reader:
@@ -263,7 +268,7 @@ def _jsonl_batches(path: str, batch_bytes: int, max_records: int) -> Iterator[Ba
                     lines, size, first = [], 0, line_no + 1
             if lines:
                 yield Batch(path, first, lines=lines, nbytes=size)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, gzip.BadGzipFile, lzma.LZMAError) as error:
         raise InputError(f"input file {path} cannot be read: {error}") from error
 
 
