@@ -114,6 +114,9 @@ def _init_worker(model_path: str, keys: Sequence[str], append_eod: bool, dtype: 
                  in_pool: bool = True) -> None:
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the main process handles interrupts
+        # A forked worker inherits the parent's SIGTERM-raises handler; Pool.terminate() must
+        # kill it outright, or a worker blocked on the task queue survives and join() hangs.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     tokenizer = SentencePieceTokenizer(model_path)
     _WORKER.update(tokenizer=tokenizer, keys=tuple(keys), eod=tokenizer.eos_id if append_eod else None,
                    dtype=np.dtype(dtype), split_bounds=split_bounds, split_seed=split_seed,
