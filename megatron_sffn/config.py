@@ -107,6 +107,7 @@ class TrainingConfig:
     save_interval: int = 1000
     keep_last: int = 3
     exit_duration_minutes: Optional[float] = None
+    exit_interval: Optional[int] = None  # save and exit once the step is a multiple of this (Megatron's --exit-interval)
     max_nonfinite_steps: int = 5        # consecutive non-finite steps before the run stops
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
@@ -366,6 +367,11 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
              f" (got {t.train_steps!r} and {t.train_tokens!r})")
     if t.train_steps is not None:
         _positive(t.train_steps, "training.train_steps")
+    if t.exit_interval is not None:
+        _positive(t.exit_interval, "training.exit_interval")
+    if t.exit_duration_minutes is not None:
+        _require(t.exit_duration_minutes > 0,
+                 f"config key 'training.exit_duration_minutes' = {t.exit_duration_minutes} must be > 0")
     if t.train_tokens is not None:
         _positive(t.train_tokens, "training.train_tokens")
     o = cfg.optimizer

@@ -24,6 +24,7 @@ SHORTCUTS = {
     "--global-batch-size": ("training.global_batch_size", int),
     "--seed": ("training.seed", int),
     "--exit-duration-minutes": ("training.exit_duration_minutes", float),
+    "--exit-interval": ("training.exit_interval", int),
     "--lr": ("optimizer.lr", float),
     "--precision": ("training.precision", str),
 }

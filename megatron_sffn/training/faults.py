@@ -14,9 +14,10 @@ import torch.distributed as dist
 
 
 class StopRequests:
-    def __init__(self, exit_duration_minutes: Optional[float] = None):
+    def __init__(self, exit_duration_minutes: Optional[float] = None, exit_interval: Optional[int] = None):
         self.started = time.time()
         self.limit_s = exit_duration_minutes * 60.0 if exit_duration_minutes else None
+        self.exit_interval = exit_interval
         self.signal_name: Optional[str] = None
         self._previous = {}
 
@@ -33,16 +34,18 @@ class StopRequests:
     def _on_signal(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
 
-    def local_reason(self) -> Optional[str]:
+    def local_reason(self, step: Optional[int] = None) -> Optional[str]:
         if self.signal_name:
             return f"received {self.signal_name}"
         if self.limit_s is not None and time.time() - self.started >= self.limit_s:
             return f"reached --exit-duration-minutes ({self.limit_s / 60:.1f} min)"
+        if self.exit_interval and step is not None and step > 0 and step % self.exit_interval == 0:
+            return f"reached --exit-interval {self.exit_interval}"
         return None
 
-    def agreed_reason(self, device) -> Optional[str]:
+    def agreed_reason(self, device, step: Optional[int] = None) -> Optional[str]:
         """The stop reason if ANY rank wants to stop (all ranks return the same answer)."""
-        reason = self.local_reason()
+        reason = self.local_reason(step)
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return reason
         code = torch.tensor([0 if reason is None else (1 if self.signal_name else 2)], device=device)

@@ -77,12 +77,14 @@ class Trainer:
         seed_everything(cfg.training.seed)
         self.phases = RunPhases.from_config(cfg)
         run_dir = cfg.output.run_dir
-        self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard)
         self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), cfg.training.keep_last, self.state.rank)
         tag = self.ckpt.latest_tag()
         meta = self.ckpt.read_meta(tag) if tag else None
         if meta is not None:
             _check_resumable(cfg, meta, os.path.join(self.ckpt.directory, tag))
+            _check_layout_resumable(cfg, self.state, meta, run_dir, tag)
+        self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard,
+                                resumed_step=meta["step"] if meta else None)
         self.feed = DataFeed(cfg, self.state, self.phases, show_progress=self.state.is_logging_rank)
         sg = cfg.self_guided
         guided = sg.enabled and not (meta and meta["loop"]["guides_dropped"])
@@ -161,6 +163,10 @@ class Trainer:
         self.guard.record(skipped)
         self.loop.step += 1
         self.loop.consumed_tokens += self.cfg.training.global_batch_size * self.cfg.model.seq_length
+        self.logger.step_record({"step": self.loop.step, "tokens": self.loop.consumed_tokens, "loss": loss,
+                                 "lr": lr, "grad_norm": self.engine.grad_norm,
+                                 "guide_alpha": alpha if self.cfg.self_guided.enabled else None,
+                                 "skipped": skipped})
         guide_fraction = 0.0
         if self.guide_state.active and alpha > 0:
             guide_fraction = alpha if self.cfg.self_guided.reduce_flop else 1.0
@@ -222,7 +228,7 @@ class Trainer:
     def run(self) -> RunResult:
         t = self.cfg.training
         self.banner()
-        stop = StopRequests(t.exit_duration_minutes).install()
+        stop = StopRequests(t.exit_duration_minutes, t.exit_interval).install()
         timer, window = StepTimer(), _new_window()
         stopped, final_val = None, None
         try:
@@ -251,7 +257,7 @@ class Trainer:
                     self.save("interval")
                     saved = True
                     timer.lap()
-                reason = stop.agreed_reason(self.device)
+                reason = stop.agreed_reason(self.device, self.loop.step)
                 if reason is not None and self.loop.step < self.phases.total_steps:
                     stopped = reason
                     if not saved:
@@ -296,6 +302,28 @@ def _check_resumable(cfg: Config, meta: Dict, path: str) -> None:
             diff = _first_difference(saved.get(section, {}), dataclasses.asdict(getattr(cfg, section)), section)
             raise CheckpointError(f"checkpoint {path} was written with a different '{section}' config "
                                   f"({diff}); use a new --run-dir or the config it was trained with")
+
+
+def _check_layout_resumable(cfg: Config, state, meta: Dict, run_dir: str, tag: str) -> None:
+    """DeepSpeed restores its own layout only; ZeRO's optimizer partitions even fix the
+    data-parallel size. A different layout goes through tools/convert_checkpoint.py."""
+    saved = meta.get("layout")
+    if not saved:
+        return
+    now = {"tensor": state.tensor_size, "pipeline": state.pipe_size, "data": state.data_size,
+           "zero_stage": cfg.parallel.zero_stage}
+    same_model_layout = saved["tensor"] == now["tensor"] and saved["pipeline"] == now["pipeline"]
+    zero_partitioned = saved["zero_stage"] > 0 or now["zero_stage"] > 0
+    if same_model_layout and saved["zero_stage"] == now["zero_stage"] and (
+            saved["data"] == now["data"] or not zero_partitioned):
+        return
+    describe = lambda l: (f"tensor {l['tensor']} x pipeline {l['pipeline']} x data {l['data']}, "
+                          f"ZeRO {l['zero_stage']}")
+    raise CheckpointError(
+        f"checkpoint {os.path.join(run_dir, 'checkpoints', tag)} was written by {describe(saved)}; this run is "
+        f"{describe(now)}. Reshape it first: python tools/convert_checkpoint.py --load {run_dir} --save NEW_RUN_DIR "
+        f"--to deepspeed --tensor-parallel {now['tensor']} --pipeline-parallel {now['pipeline']} "
+        f"--data-parallel {now['data']} --zero-stage {now['zero_stage']}, then resume with --run-dir NEW_RUN_DIR")
 
 
 def _first_difference(a, b, prefix: str) -> str:

@@ -62,15 +62,58 @@ def format_train_line(m: Dict, total_steps: int) -> str:
     return " | ".join(parts)
 
 
-class RunLogger:
-    """Writes nothing unless `enabled` (the logging rank); TensorBoard under run_dir/tensorboard."""
+STEP_LOG = "metrics.jsonl"
 
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True):
+
+def read_step_log(run_dir: str) -> Dict[int, Dict]:
+    """step -> record of run_dir/metrics.jsonl (one JSON object per optimizer step)."""
+    records = {}
+    with open(os.path.join(run_dir, STEP_LOG)) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                records[record["step"]] = record
+    return records
+
+
+def truncate_step_log(run_dir: str, last_step: int) -> None:
+    """Drop records past `last_step` (steps an interrupted run made after its last checkpoint),
+    so that after a resume the file holds one curve with no repeated steps."""
+    path = os.path.join(run_dir, STEP_LOG)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes nothing unless `enabled` (the logging rank): TensorBoard under run_dir/tensorboard,
+    and run_dir/metrics.jsonl with every step's loss, lr, grad norm and guide weight at full
+    precision (the console and TensorBoard average over log intervals or round)."""
+
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True, resumed_step: Optional[int] = None):
         self.enabled = enabled
         self.writer = None
-        if enabled and tensorboard:
+        self.step_log = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        if resumed_step is not None:
+            truncate_step_log(run_dir, resumed_step)
+        elif os.path.isfile(os.path.join(run_dir, STEP_LOG)):
+            os.remove(os.path.join(run_dir, STEP_LOG))  # a fresh run in a reused folder starts a new curve
+        self.step_log = open(os.path.join(run_dir, STEP_LOG), "a", buffering=1)  # line-buffered: readable live
+        if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
+
+    def step_record(self, record: Dict) -> None:
+        if self.step_log is not None:
+            self.step_log.write(json.dumps(record) + "\n")
 
     def print(self, text: str = "") -> None:
         if self.enabled:
@@ -90,10 +133,15 @@ class RunLogger:
             self.writer.add_scalar(f"{tag}_vs_tokens", value, tokens)
 
     def flush(self) -> None:
+        if self.step_log is not None:
+            self.step_log.flush()
         if self.writer is not None:
             self.writer.flush()
 
     def close(self) -> None:
+        if self.step_log is not None:
+            self.step_log.close()
+            self.step_log = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -1,0 +1,221 @@
+"""launchers/pretrain.py end to end on CPU (gloo): the run, its logs, checkpoints, resume, faults.
+
+One uninterrupted 2-rank run (data parallel 2, lowrank with self-guided training and
+reduce_flop draws) is the reference; interrupted runs of the same command must repeat its
+per-step losses bit for bit (metrics.jsonl holds them at full precision).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from megatron_sffn.training.metrics import read_step_log
+
+from .runs import ROOT, TINY, Ranks, base_env, latest, losses, read_meta, run, wait_for_steps
+
+pytestmark = pytest.mark.slow
+
+STEPS = 10
+CRASH_IN_SAVE = os.path.join(ROOT, "tests", "e2e", "workers", "crash_in_save.py")
+COMMON = TINY + ["--train-steps", str(STEPS), "--eval-interval", "100", "--save-interval", "100"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run: run dir and rank 0's output."""
+    run_dir = str(tmp_path_factory.mktemp("reference"))
+    out = run(2, COMMON + ["--run-dir", run_dir], os.path.join(run_dir, "logs"))
+    return run_dir, out
+
+
+def test_uninterrupted_run_trains_and_drops_guides(reference):
+    run_dir, out = reference
+    record = read_step_log(run_dir)
+    assert sorted(record) == list(range(1, STEPS + 1))
+    assert record[STEPS]["loss"] < record[1]["loss"]
+    alphas = [record[s]["guide_alpha"] for s in range(1, STEPS + 1)]
+    assert alphas[0] == 1.0 and alphas[-1] == 0.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
+    assert "guides dropped, optimizer rebuilt" in out
+    assert "done: 10 steps" in out and "perplexity" in out
+    assert latest(run_dir) == "step00000010"
+
+
+def test_exact_resume_after_exit_interval(reference, tmp_path):
+    ref_dir, _ = reference
+    run_dir = str(tmp_path / "run")
+    out = run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "4"], str(tmp_path / "a"))
+    assert "stopping: reached --exit-interval 4" in out and latest(run_dir) == "step00000004"
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4]
+    out = run(2, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"))
+    assert "resume     from step00000004 at step 4" in out
+    assert losses(run_dir) == losses(ref_dir)  # bit for bit, every step before and after the stop
+
+
+def test_sigterm_saves_then_resume_continues_the_same_curve(reference, tmp_path):
+    ref_dir, _ = reference
+    run_dir = str(tmp_path / "run")
+    ranks = Ranks(2, COMMON + ["--run-dir", run_dir], str(tmp_path / "a"))
+    wait_for_steps(run_dir, 3, ranks)
+    ranks.signal_all(signal.SIGTERM)  # what a scheduler does at preemption: every rank
+    codes, out = ranks.wait()
+    assert codes == [0, 0], out[-3000:]
+    assert "stopping: received SIGTERM" in out
+    stopped_at = read_meta(run_dir, latest(run_dir))["step"]
+    assert 3 <= stopped_at < STEPS
+    run(2, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"))
+    assert losses(run_dir) == losses(ref_dir)
+
+
+def test_resume_on_a_different_data_parallel_size_continues_the_stream(reference, tmp_path):
+    """ZeRO 0 keeps the optimizer state whole, so DeepSpeed reloads it on any data-parallel
+    size; the data feed is a pure function of (step, rank, size), so resuming on 1 rank
+    instead of 2 sees the same global batches: the same losses up to summation order."""
+    ref_dir = str(tmp_path / "ref")
+    zero0 = COMMON + ["--zero-stage", "0"]
+    run(2, zero0 + ["--run-dir", ref_dir], str(tmp_path / "r"))
+    run_dir = str(tmp_path / "run")
+    run(2, zero0 + ["--run-dir", run_dir, "--exit-interval", "6"], str(tmp_path / "a"))
+    run(1, zero0 + ["--run-dir", run_dir], str(tmp_path / "b"))
+    ref, resumed = losses(ref_dir), losses(run_dir)
+    assert sorted(resumed) == sorted(ref)
+    for step in range(7, STEPS + 1):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
+
+
+def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(reference, tmp_path):
+    run_dir = str(tmp_path / "run")
+    run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "2"], str(tmp_path / "a"))
+    out = run(1, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"), expect=2)
+    assert "was written by tensor 1 x pipeline 1 x data 2, ZeRO 1" in out
+    assert "tools/convert_checkpoint.py" in out and "--data-parallel 1" in out
+    assert latest(run_dir) == "step00000002"
+
+
+def test_tensorboard_scalars_read_back(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_dir, _ = reference
+    events = EventAccumulator(os.path.join(run_dir, "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    required = ["train/loss", "val/loss", "val/ppl", "train/lr", "train/grad_norm", "train/guide_alpha",
+                "perf/tokens_per_s", "perf/tflops_per_gpu", "mem/max_allocated_gb", "train/consumed_tokens"]
+    for tag in required:
+        assert tag in tags and f"{tag}_vs_tokens" in tags, tag
+    steps_logged = [e.step for e in events.Scalars("train/loss")]
+    assert steps_logged == list(range(2, STEPS + 1, 2))  # log interval 2
+    record = read_step_log(run_dir)
+    mean_1_2 = (record[1]["loss"] + record[2]["loss"]) / 2
+    assert events.Scalars("train/loss")[0].value == pytest.approx(mean_1_2, rel=1e-6)
+    tokens = [e.step for e in events.Scalars("train/loss_vs_tokens")]
+    assert tokens == [record[s]["tokens"] for s in steps_logged]
+    assert [e.step for e in events.Scalars("val/ppl")] == [STEPS]
+    assert "config/text_summary" in events.Tags()["tensors"]
+    assert "lowrank" in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+
+
+def test_console_lines(reference):
+    _, out = reference
+    for field in ("model ", "ffn ", "layout     world 2 = tensor 1 x pipeline 1 x data 2", "batch ", "plan "):
+        assert field in out
+    line = next(l for l in out.splitlines() if l.startswith("step       2/10"))
+    for field in ("tokens ", "lr ", "loss ", "grad norm ", "guide a ", "tokens/s ", "TFLOP/s/GPU ", "MFU ",
+                  "mem ", "step time "):
+        assert field in line, field
+
+
+def _optimizer_view(ckpt: str, dp: int):
+    """(module state names, names the optimizer holds, fp32 master elements over all ZeRO partitions)."""
+    states = torch.load(os.path.join(ckpt, "mp_rank_00_model_states.pt"), weights_only=False)
+    optimized = [name for group in states["param_shapes"] for name in group]
+    partitions = [torch.load(os.path.join(ckpt, f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"), weights_only=False)
+                  for r in range(dp)]
+    masters = sum(t.numel() for p in partitions for t in p["optimizer_state_dict"]["single_partition_of_fp32_groups"])
+    return set(states["module"]), optimized, masters, states
+
+
+def test_guides_leave_parameters_and_optimizer_state(reference, tmp_path):
+    """Before the drop the checkpoint holds guide weights and the optimizer holds them too;
+    after it neither does, and the fp32 masters shrink by the guides' size."""
+    run_dir, _ = reference
+    after, optimized_after, masters_after, states = _optimizer_view(
+        os.path.join(run_dir, "checkpoints", "step00000010"), 2)
+    assert after and not any(".guide." in n for n in after) and not any(".guide." in n for n in optimized_after)
+    assert any(".structure.weight_u" in n for n in optimized_after)
+
+    early = str(tmp_path / "early")
+    run(2, COMMON + ["--run-dir", early, "--exit-interval", "2"], str(tmp_path / "a"))
+    assert read_meta(early, "step00000002")["loop"]["guides_dropped"] is False
+    before, optimized_before, masters_before, early_states = _optimizer_view(
+        os.path.join(early, "checkpoints", "step00000002"), 2)
+    guides = [n for n in optimized_before if ".guide." in n]
+    assert guides and set(guides) <= before
+    guide_elements = sum(early_states["module"][n].numel() for n in guides)
+    assert set(optimized_before) - set(guides) == set(optimized_after)
+    assert masters_before - masters_after == pytest.approx(guide_elements, abs=64 * len(guides))
+
+
+def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path):
+    run_dir = str(tmp_path / "run")
+    out = run(1, COMMON + ["--run-dir", run_dir, "--train-steps", "4"], str(tmp_path / "a"),
+              extra_env={"MEGATRON_SFFN_INJECT_NONFINITE_STEPS": "2"})
+    record = read_step_log(run_dir)
+    assert record[3]["skipped"] and not record[2]["skipped"] and not record[4]["skipped"]
+    assert "[step 3] non-finite loss or gradient: step skipped (1 in a row, 1 in total)" in out
+    assert "skipped 1" in out  # the log line of the interval counts it
+
+
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path):
+    run_dir = str(tmp_path / "run")
+    out = run(1, COMMON + ["--run-dir", run_dir, "--override", "training.max_nonfinite_steps=2"],
+              str(tmp_path / "a"), extra_env={"MEGATRON_SFFN_INJECT_NONFINITE_STEPS": "1,2,3"}, expect=3)
+    assert "2 non-finite steps in a row (limit training.max_nonfinite_steps = 2)" in out
+
+
+def test_wall_clock_limit_saves_and_exits(tmp_path):
+    run_dir = str(tmp_path / "run")
+    out = run(1, COMMON + ["--run-dir", run_dir, "--exit-duration-minutes", "0.0001"], str(tmp_path / "a"))
+    assert "stopping: reached --exit-duration-minutes" in out
+    assert read_meta(run_dir, latest(run_dir))["step"] == 1
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint_latest(reference, tmp_path):
+    ref_dir, _ = reference
+    run_dir = str(tmp_path / "run")
+    args = COMMON + ["--run-dir", run_dir, "--save-interval", "3"]
+    out = run(2, args, str(tmp_path / "a"), extra_env={"CRASH_IN_SAVE_OF": "step00000006"}, expect=17,
+              script=CRASH_IN_SAVE)
+    assert "crash injected while saving step00000006" in out
+    assert latest(run_dir) == "step00000003"
+    partial = os.path.join(run_dir, "checkpoints", "step00000006")
+    assert os.path.isdir(partial) and not os.path.exists(os.path.join(partial, "meta.json"))
+    out = run(2, args, str(tmp_path / "b"))
+    assert "resume     from step00000003 at step 3" in out
+    assert losses(run_dir) == losses(ref_dir)
+
+
+def test_bad_config_stops_before_any_work(tmp_path):
+    env = base_env()
+    proc = subprocess.run([sys.executable, "launchers/pretrain.py", *COMMON, "--run-dir", str(tmp_path / "r"),
+                           "--override", "model.ffn.rank=-3"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "model.ffn.rank" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_deepspeed_launcher_runs_the_main_job(tmp_path):
+    """The README's command shape: `deepspeed launchers/pretrain.py --config ...`, 2 ranks."""
+    from megatron_sffn.parallel.launch import free_port
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.run([deepspeed, "--num_accelerators", "2", "--master_port", str(free_port()),
+                           "launchers/pretrain.py", *COMMON, "--train-steps", "4", "--tensor-parallel", "2",
+                           "--run-dir", run_dir], cwd=ROOT, env=base_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "layout     world 2 = tensor 2 x pipeline 1 x data 1" in proc.stdout
+    assert "done: 4 steps" in proc.stdout
+    assert latest(run_dir) == "step00000004"
+    assert json.load(open(os.path.join(run_dir, "checkpoints", "step00000004", "meta.json")))["layout"]["tensor"] == 2
