@@ -145,14 +145,30 @@ def export_hf(model: GPTModel, out_dir: str, tokenizer_model: str = None, keep_f
     return arch
 
 
+TOKENIZER_CHECK = "The history of  Rome, 1234 \u2014 na\u00efve caf\u00e9!\nNew line   spaces."
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def _save_tokenizer(model_path: str, out_dir: str) -> None:
-    """The sentencepiece model as a Llama-style tokenizer (slow tokenizer needs only the file)."""
+    """The sentencepiece model as tokenizer.model (for sentencepiece users) and, when transformers
+    reproduces its ids exactly, as a Llama-style tokenizer for AutoTokenizer (no BOS added:
+    training documents start after the end-of-document token, never after a BOS)."""
     import shutil
-    shutil.copy(model_path, os.path.join(out_dir, "tokenizer.model"))
+
+    import sentencepiece as spm
+    target = os.path.join(out_dir, "tokenizer.model")
+    shutil.copy(model_path, target)
+    expected = spm.SentencePieceProcessor(model_file=target).encode(TOKENIZER_CHECK)
     try:
         from transformers import LlamaTokenizer
-        tok = LlamaTokenizer(vocab_file=model_path, legacy=False, add_bos_token=False)
+        tok = LlamaTokenizer.from_pretrained(out_dir, legacy=False, add_bos_token=False)
+        got = tok(TOKENIZER_CHECK, add_special_tokens=False)["input_ids"]
+        if got != expected:
+            raise ValueError(f"transformers' conversion gives ids {got[:8]}..., sentencepiece {expected[:8]}...")
         tok.save_pretrained(out_dir)
     except Exception as e:  # the raw .model file is still there for any sentencepiece user
+        for name in HF_TOKENIZER_FILES:
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
         with open(os.path.join(out_dir, "TOKENIZER_NOTE.txt"), "w") as f:
             f.write(f"tokenizer.model is the sentencepiece model; transformers could not wrap it here: {e}\n")

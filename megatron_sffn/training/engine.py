@@ -67,11 +67,19 @@ class TrainEngine:
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def build(cls, cfg: Config, state: ParallelState, guide_state: Optional[GuideState], guided: bool) -> "TrainEngine":
+    def build(cls, cfg: Config, state: ParallelState, guide_state: Optional[GuideState], guided: bool,
+              set_values: Optional[Callable[[nn.Module], None]] = None) -> "TrainEngine":
+        """set_values(module), when given, fills the freshly built module instead of the seeded
+        initialisation, before DeepSpeed copies it into its fp32 masters / ZeRO partitions
+        (checkpoint tools load consolidated weights this way, in any layout)."""
         check_engine_support(cfg)
         _quiet_deepspeed()
         engine = cls(cfg, state, guide_state, guided)
-        engine.ds = engine._initialize(engine._build_module(guided))
+        module = engine._build_module(guided, initialize=set_values is None)
+        if set_values is not None:
+            with torch.no_grad():
+                set_values(module)
+        engine.ds = engine._initialize(module)
         return engine
 
     def _build_module(self, guided: bool, initialize: bool = True) -> nn.Module:

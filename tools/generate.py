@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Generate text from a checkpoint, with pre-merge dispatch for the structured FFNs.
+
+    python tools/generate.py --load CKPT --prompt "The history of" [--prompt ...]
+        [--max-new-tokens 64 --temperature 0.8 --top-k 50 --top-p 0.95] [--pre-merge auto|on|off]
+    python tools/generate.py --load CKPT --calibrate      # measure the pre-merge crossover here
+
+CKPT is a consolidated checkpoint (tools/convert_checkpoint.py --to consolidated) or a run
+folder / DeepSpeed checkpoint, which is consolidated on the fly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron_sffn.inference.generation import SamplingConfig, generate  # noqa: E402
+from megatron_sffn.inference.premerge import (DEFAULT_CALIBRATION, apply_premerge, calibrate,  # noqa: E402
+                                              load_thresholds, save_calibration)
+from tools.checkpoint_io import load_single_rank_model, resolve_tokenizer  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="consolidated checkpoint, run folder or DeepSpeed checkpoint")
+    p.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pre-merge", choices=["auto", "on", "off"], default="auto",
+                   help="auto: merged dense matrix below the calibrated token count, factors above")
+    p.add_argument("--calibrate", action="store_true", help="measure the pre-merge crossover on this device")
+    p.add_argument("--calibration-file", default=DEFAULT_CALIBRATION)
+    p.add_argument("--tokenizer-model", default=None, help="default: the one the run was trained with")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--json", default=None, help="also write the outputs (and dispatch) to this JSON file")
+    args = p.parse_args(argv)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    try:
+        model, cfg = load_single_rank_model(args.load, args.device, dtype)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if model.guide_state.active:
+        if model.guide_state.alpha > 0:
+            print(f"note: {args.load} is inside the self-guided phase (guide weight {model.guide_state.alpha:.3f}); "
+                  "generating with the structured layers alone", file=sys.stderr)
+        model.drop_guides()  # inference uses the structured layers the run ends with
+    if args.calibrate:
+        results = calibrate(model)
+        save_calibration(args.calibration_file, args.device, results)
+        print(f"{'layer':<40} {'crossover (tokens)':>18}")
+        for sig, r in results.items():
+            print(f"{sig:<40} {r['threshold']:>18}")
+        print(f"saved to {args.calibration_file}")
+        return 0
+    if not args.prompt:
+        print("error: give at least one --prompt (or --calibrate)", file=sys.stderr)
+        return 2
+    try:
+        tok = resolve_tokenizer(args.tokenizer_model or cfg.data.tokenizer_model, cfg)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    chosen = apply_premerge(model, args.pre_merge, load_thresholds(args.calibration_file, args.device))
+    # Training documents follow an end-of-document token (preprocess --append-eod), never a BOS:
+    # start each prompt the way a document starts there.
+    prompts = [[tok.eos_id] + tok.encode(text) for text in args.prompt]
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                              stop_token=tok.eos_id)
+    start = time.perf_counter()
+    outputs = generate(model, prompts, sampling)
+    elapsed = time.perf_counter() - start
+    # decode prompt + continuation together: sentencepiece drops a leading space when decoding alone
+    texts = [tok.decode(p[1:] + o)[len(tok.decode(p[1:])):] for p, o in zip(prompts, outputs)]
+    for prompt, text in zip(args.prompt, texts):
+        print(f"--- {prompt!r}\n{prompt}{text}\n")
+    new_tokens = sum(len(o) for o in outputs)
+    print(f"{new_tokens} tokens in {elapsed:.2f} s ({new_tokens / elapsed:.1f} tokens/s), pre-merge {args.pre_merge}: "
+          + ", ".join(f"{k} <= {v}" if v >= 0 else f"{k} off" for k, v in chosen.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"prompts": args.prompt, "outputs": texts, "tokens": outputs, "pre_merge": chosen,
+                       "seconds": elapsed}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
