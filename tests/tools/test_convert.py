@@ -1,0 +1,52 @@
+"""tools/convert_checkpoint.py: (tensor 2, pipe 2) -> consolidated -> (1, 1) and (1, 2), each
+resumed through the launcher, continue exactly as the original layout continued."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .common import STEPS, grad_norms, losses, relative, val_losses
+
+pytestmark = pytest.mark.slow
+
+TOLERANCE = 1e-5  # fp32 on CPU, relative: other layouts reduce in another order
+
+
+def test_consolidated_holds_the_full_training_state(run22, consolidated2):
+    meta = json.load(open(os.path.join(consolidated2, "meta.json")))
+    assert meta["step"] == 2 and meta["consumed_tokens"] == 2 * 8 * 32 and meta["optimizer_step"] == 2
+    assert meta["loop"]["guides_dropped"] is False and meta["guide"]["active"] is True
+    assert meta["source"]["layout"] == {"tensor": 2, "pipeline": 2, "data": 1, "zero_stage": 1}
+    weights = load_file(os.path.join(consolidated2, "model.safetensors"))
+    moments = load_file(os.path.join(consolidated2, "optimizer.safetensors"))
+    assert any(".guide." in name for name in weights)  # the guided phase is not over at step 2
+    for name, w in weights.items():   # full (unsharded) shapes, fp32, moments beside every parameter
+        assert w.dtype == torch.float32
+        assert moments[f"exp_avg/{name}"].shape == w.shape and moments[f"exp_avg_sq/{name}"].shape == w.shape
+    assert weights["embedding.weight"].shape == (8192, 32)
+    assert weights["blocks.1.ffn.fc1.structure.weight_u"].shape[0] == 64   # split over tensor ranks in run22
+    assert float(moments["exp_avg_sq/blocks.1.ffn.fc2.structure.weight_v"].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("layout", ["1x1", "1x2"])
+def test_reshaped_checkpoint_resumes_like_the_original_layout(run22, resumed, layout):
+    run_dir = resumed[layout]
+    original, continued = losses(run22), losses(run_dir)
+    assert sorted(continued) == [3, 4]  # resumed at step 2, trained steps 3 and 4
+    for step in (3, 4):   # step 4's loss depends on step 3's update: Adam moments and step count
+        assert relative(continued[step], original[step]) < TOLERANCE, (step, continued[step], original[step])
+        assert relative(grad_norms(run_dir)[step], grad_norms(run22)[step]) < TOLERANCE
+    assert relative(val_losses(run_dir)[STEPS], val_losses(run22)[STEPS]) < TOLERANCE
+
+
+def test_reshaped_run_folder_records_its_new_layout(resumed):
+    run_dir = resumed["1x1"]
+    cfg = json.load(open(os.path.join(run_dir, "config.json")))
+    assert cfg["parallel"] == {**cfg["parallel"], "tensor": 1, "pipeline": 1, "zero_stage": 2}
+    assert cfg["output"]["run_dir"] == run_dir
+    meta = json.load(open(os.path.join(run_dir, "checkpoints", "step00000002", "meta.json")))
+    assert meta["layout"] == {"tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 2}
+    assert meta["loop"] == {"step": 2, "consumed_tokens": 512, "guides_dropped": False}
+    assert not os.path.exists(run_dir + ".partial")
