@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..config import Config
 from ..model.gpt import drop_guides
+from ..model.compile import compile_blocks
 from ..model.pipeline import build_data_parallel_module, build_pipeline_module, layout_free_names
 from ..parallel.ds_config import check_engine_support, deepspeed_config
 from ..parallel.full_state import gather_tensor_parallel, merge_over_pipeline
@@ -84,7 +85,10 @@ class TrainEngine:
 
     def _build_module(self, guided: bool, initialize: bool = True) -> nn.Module:
         builder = build_pipeline_module if self.uses_pipeline else build_data_parallel_module
-        return builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
+        module = builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
+        if self.cfg.training.compile and not guided:  # guided blocks stay eager until the guides go
+            compile_blocks(module)
+        return module
 
     def _initialize(self, module: nn.Module):
         import deepspeed

@@ -163,15 +163,18 @@ class Trainer:
         self.guard.record(skipped)
         self.loop.step += 1
         self.loop.consumed_tokens += self.cfg.training.global_batch_size * self.cfg.model.seq_length
-        self.logger.step_record({"step": self.loop.step, "tokens": self.loop.consumed_tokens, "loss": loss,
-                                 "lr": lr, "grad_norm": self.engine.grad_norm,
-                                 "guide_alpha": alpha if self.cfg.self_guided.enabled else None,
-                                 "skipped": skipped})
         guide_fraction = 0.0
         if self.guide_state.active and alpha > 0:
             guide_fraction = alpha if self.cfg.self_guided.reduce_flop else 1.0
         return {"loss": loss, "lr": lr, "alpha": alpha if self.cfg.self_guided.enabled else None,
                 "skipped": skipped, "guide_fraction": guide_fraction}
+
+    def record_step(self, out: Dict) -> None:
+        """One line of run_dir/metrics.jsonl: this step's numbers at full precision."""
+        self.logger.step_record({"step": self.loop.step, "tokens": self.loop.consumed_tokens, "loss": out["loss"],
+                                 "lr": out["lr"], "grad_norm": self.engine.grad_norm, "guide_alpha": out["alpha"],
+                                 "skipped": out["skipped"], "step_time_s": out["step_time_s"],
+                                 "max_allocated_gb": memory_gb()["max_allocated_gb"]})
 
     def _nonfinite_hook(self):
         first = next(m for m in self.engine.module.modules() if hasattr(m, "weight"))
@@ -235,7 +238,9 @@ class Trainer:
             while self.loop.step < self.phases.total_steps:
                 self.maybe_drop_guides()
                 out = self.train_step()
-                window["time"] += timer.lap()
+                out["step_time_s"] = timer.lap()
+                window["time"] += out["step_time_s"]
+                self.record_step(out)
                 _accumulate(window, out)
                 if not out["skipped"]:
                     self.train_losses[self.loop.step] = out["loss"]
