@@ -9,7 +9,8 @@ from megatron_sffn.config import load_config
 from megatron_sffn.model.accounting import model_stats
 from megatron_sffn.model.paper import PAPER_XL_PARAMS_M
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.json")))
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.json"), recursive=True))  # configs/sweep/ too
 
 
 def test_there_are_configs():
@@ -22,7 +23,7 @@ def test_there_are_configs():
                 assert f"{size}_{kind}_sgt.json" in names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, CONFIG_DIR))
 def test_config_validates(path):
     cfg = load_config(path)
     assert cfg.name == os.path.basename(path)[:-5]
@@ -32,7 +33,7 @@ def test_config_validates(path):
 
 @pytest.mark.parametrize("kind", list(PAPER_XL_PARAMS_M))
 def test_1p3b_configs_have_the_paper_sizes(kind):
-    cfg = load_config(os.path.join(os.path.dirname(CONFIGS[0]), f"1p3b_{kind}.json"))
+    cfg = load_config(os.path.join(CONFIG_DIR, f"1p3b_{kind}.json"))
     total = model_stats(cfg.model).total_params / 1e6
     assert abs(total - PAPER_XL_PARAMS_M[kind]) / PAPER_XL_PARAMS_M[kind] < 0.01
 
@@ -41,5 +42,14 @@ def test_generator_is_in_sync(tmp_path):
     from tools.make_configs import main
     main(["--out", str(tmp_path)])
     for generated in glob.glob(str(tmp_path / "*.json")):
-        shipped = os.path.join(os.path.dirname(CONFIGS[0]), os.path.basename(generated))
+        shipped = os.path.join(CONFIG_DIR, os.path.basename(generated))
         assert json.load(open(generated)) == json.load(open(shipped)), os.path.basename(generated)
+
+
+def test_sweep_configs_are_in_sync_with_their_generator(tmp_path):
+    from tools.run_sweep import SWEEP, write_configs
+    write_configs(str(tmp_path))
+    for run in SWEEP:
+        name = f"{run.config_name}.json"
+        shipped = os.path.join(CONFIG_DIR, "sweep", name)
+        assert json.load(open(tmp_path / name)) == json.load(open(shipped)), name
