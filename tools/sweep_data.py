@@ -49,6 +49,10 @@ SPLIT = (99, 1)
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
 
+def manifest_files():
+    return (TOKENS_FILE, LENGTHS_FILE, TOKENIZER_FILE)
+
+
 def sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -133,7 +137,7 @@ def pack(corpus: str, tokenizer: str, carry: str, data_dir: str, workers: int) -
     _xz(lengths, os.path.join(carry, LENGTHS_FILE))
     os.remove(lengths)
     shutil.copyfile(tokenizer, os.path.join(carry, TOKENIZER_FILE))
-    files = (TOKENS_FILE, LENGTHS_FILE, TOKENIZER_FILE)
+    files = manifest_files()
     manifest = {"name": NAME, "split": list(SPLIT), "corpus": os.path.basename(corpus),
                 "corpus_sha256": sha256(corpus),
                 "files": {f: sha256(os.path.join(carry, f)) for f in files},
