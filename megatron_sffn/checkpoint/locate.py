@@ -89,7 +89,35 @@ def _step_folder(path: str, run_dir: Optional[str] = None) -> CheckpointSource:
     meta = _read_json(meta_path, "checkpoint metadata")
     if "config" not in meta:
         raise CheckpointSourceError(f"{meta_path} has no 'config': not written by megatron_sffn's training loop")
-    return CheckpointSource("deepspeed", os.path.abspath(path), meta, run_dir)
+    src = CheckpointSource("deepspeed", os.path.abspath(path), meta, run_dir)
+    missing = missing_deepspeed_files(src)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointSourceError(f"{src.path} is a partial checkpoint: {missing[0]}{more} missing for its layout "
+                                    f"{src.layout}")
+    return src
+
+
+def missing_deepspeed_files(src: CheckpointSource) -> list:
+    """Files DeepSpeed will look for that the step folder lacks, judged from its recorded layout
+    (ZeRO 3 and unknown layouts are left to DeepSpeed's own load, which names what it misses)."""
+    layout, config = src.layout, src.config
+    if layout.get("data") is None or int(layout.get("zero_stage", 0)) >= 3:
+        return []
+    tensor, pipeline, data = int(layout["tensor"]), int(layout["pipeline"]), int(layout["data"])
+    present = set(os.listdir(src.path))
+    wanted = [f"mp_rank_{m:02d}_model_states.pt" for m in range(tensor * pipeline)]
+    if pipeline > 1:  # one file per layer with parameters and tensor rank: embedding, blocks, norm (+ head)
+        model = config.get("model", {})
+        layers = int(model.get("num_layers", 0)) + 2 + (0 if model.get("tie_embeddings", True) else 1)
+        wanted += [f"layer_{i:02d}-model_{t:02d}-model_states.pt" for i in range(layers) for t in range(tensor)]
+    zero_prefixes = {n.split("zero_pp_rank_")[0] for n in present if "zero_pp_rank_" in n and n.endswith("optim_states.pt")}
+    if int(layout.get("zero_stage", 0)) > 0 and not zero_prefixes:
+        zero_prefixes = {""}
+    for prefix in zero_prefixes:
+        wanted += [f"{prefix}zero_pp_rank_{d}_mp_rank_{m:02d}_optim_states.pt"
+                   for d in range(data) for m in range(tensor * pipeline)]
+    return [name for name in wanted if name not in present]
 
 
 def _from_checkpoints_dir(checkpoints: str, run_dir: Optional[str]) -> CheckpointSource:

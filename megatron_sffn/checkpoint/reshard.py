@@ -23,15 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import traceback
 from typing import Dict, Optional
 
 import torch
 
-from .consolidated import CONFIG_FILE, META_FILE, MODEL_FILE, OPTIM_FILE, save_consolidated
+from .consolidated import CONFIG_FILE, META_FILE, MODEL_FILE, OPTIM_FILE
 
 FORMAT = "megatron_sffn.consolidated/1"
+PARTIAL_SUFFIX = ".partial"
 
 
 class ConversionError(RuntimeError):
@@ -87,6 +89,24 @@ def _build_engine(cfg, guided: bool, guide_state_dict: Optional[Dict], set_value
 
 # ---------------------------------------------------------------------------------- export
 
+def _load(engine, checkpoints_dir: str, tag: str) -> Dict:
+    """TrainEngine.load_checkpoint, except for DeepSpeed's BF16_Optimizer without ZeRO (bf16 +
+    pipeline + ZeRO 0): DeepSpeed 0.19.8 saves its state in bf16_zero_pp_rank_* files but then
+    hands the model-states file's dict to its list-reading load (KeyError: 0). Load the module
+    alone, then the optimizer from its own files, as DeepSpeed does under ZeRO."""
+    from ..training.engine import CLIENT_KEY
+    ds = engine.ds
+    if type(ds.optimizer).__name__ != "BF16_Optimizer" or ds.zero_optimization():
+        return engine.load_checkpoint(checkpoints_dir, tag)
+    path, state = ds.load_checkpoint(checkpoints_dir, tag=tag, load_optimizer_states=False,
+                                     load_lr_scheduler_states=False)
+    if path is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {checkpoints_dir}")
+    if not ds._load_zero_checkpoint(checkpoints_dir, tag, load_optimizer_states=True):
+        raise FileNotFoundError(f"no bf16_zero_pp_rank_* optimizer files in {os.path.join(checkpoints_dir, tag)}")
+    return dict((state or {}).get(CLIENT_KEY, {}))
+
+
 def export_rank(source_path: str, out_dir: str, with_optimizer: bool) -> None:
     import torch.distributed as dist
 
@@ -103,12 +123,20 @@ def export_rank(source_path: str, out_dir: str, with_optimizer: bool) -> None:
 
     engine, state = _build_engine(cfg, guided, src.meta.get("guide"), zeros)
     try:
-        client = engine.load_checkpoint(src.checkpoints_dir, src.tag)
-    except (OSError, RuntimeError, KeyError, ValueError, AssertionError) as e:
+        client = _load(engine, src.checkpoints_dir, src.tag)
+    except Exception as e:  # noqa: BLE001  (whatever DeepSpeed or torch.load raise, the files are at fault)
+        traceback.print_exc()  # into this rank's log (shown with --verbose)
         raise ConversionError(f"checkpoint {src.path} is partial or does not fit its meta.json: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    weights = engine.gather_full_state(master=True)
-    optimizer = engine.gather_optimizer_state() if with_optimizer else None
+    from ..training.optimizer import optimizer_step_count
+    partial = out_dir.rstrip("/") + PARTIAL_SUFFIX
+    stages = os.path.join(partial, "stages")
+    if state.rank == 0:
+        os.makedirs(stages, exist_ok=True)
+    dist.barrier()
+    step = optimizer_step_count(engine.ds.optimizer)
+    _write_stage(engine, state, with_optimizer and step > 0, stages)
+    dist.barrier()  # every stage's part is on disk
     if state.rank == 0:
         loop = dict(client.get("loop", src.meta.get("loop", {})))
         meta = {
@@ -118,18 +146,66 @@ def export_rank(source_path: str, out_dir: str, with_optimizer: bool) -> None:
             "engine": {k: int(getattr(engine.ds, k)) for k in ("global_steps", "global_samples", "skipped_steps")},
             "source": {"path": src.path, "tag": src.tag, "layout": src.layout,
                        "precision": cfg.training.precision},
-            "has_optimizer": optimizer is not None,
+            "has_optimizer": with_optimizer, "optimizer_step": step,
         }
-        moments = None
-        if optimizer is not None:
-            meta["optimizer_step"] = int(optimizer.pop("__step__"))
-            moments = {}
-            for name, per in optimizer.items():
-                for key, value in per.items():
-                    moments.setdefault(key, {})[name] = value
-        save_consolidated(out_dir, {k: v.float() for k, v in weights.items()}, cfg.to_dict(), meta, moments)
+        _assemble(stages, partial, out_dir, cfg.to_dict(), meta, with_optimizer)
     dist.barrier()
     engine.close()
+
+
+def _write_stage(engine, state, with_moments: bool, stages: str) -> None:
+    """Parameter by parameter, the full fp32 master (and Adam moments) of this pipeline stage,
+    gathered over data-parallel (ZeRO) and tensor ranks, kept by the stage's (data 0, tensor 0)
+    rank only and written as one safetensors file: no rank ever holds more than one stage."""
+    from safetensors.torch import save_file
+
+    from ..parallel.full_state import gather_tensor_parallel
+    from ..training.optimizer import ADAM_STATE_KEYS, full_master, full_moment
+
+    optimizer = engine.ds.optimizer
+    keeper = state.data_rank == 0 and state.tensor_rank == 0
+    part = {}
+    for name, param in engine.named_parameters():
+        master = full_master(param, optimizer).float()
+        values = [("model", master)]
+        for key in ADAM_STATE_KEYS if with_moments else ():
+            moment = full_moment(param, key, optimizer)  # None: no gradient ever reached it, Adam's zeros
+            values.append((key, torch.zeros_like(master) if moment is None else moment.float()))
+        split = getattr(param, "tp_split_dim", None)
+        full = gather_tensor_parallel([(v, split) for _, v in values], state.tp)
+        if keeper:
+            part.update({f"{kind}/{name}": t.detach().cpu().contiguous() for (kind, _), t in zip(values, full)})
+    if keeper:
+        save_file(part, os.path.join(stages, f"stage{state.pipe_rank:05d}.safetensors"))
+
+
+def _assemble(stages: str, partial: str, out_dir: str, config: Dict, meta: Dict, with_optimizer: bool) -> None:
+    """Rank 0: the stages' parts -> model.safetensors (+ optimizer.safetensors), config, meta;
+    then the folder is renamed into place (one file kind in memory at a time)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    parts = sorted(os.path.join(stages, n) for n in os.listdir(stages))
+    for kinds, file_name in ((("model",), MODEL_FILE), (("exp_avg", "exp_avg_sq"), OPTIM_FILE)):
+        if file_name == OPTIM_FILE and not with_optimizer:
+            continue
+        tensors = {}
+        for path in parts:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    kind, name = key.split("/", 1)
+                    if kind in kinds:
+                        tensors[name if kind == "model" else key] = f.get_tensor(key)
+        save_file(tensors, os.path.join(partial, file_name))
+        del tensors
+    shutil.rmtree(stages)
+    with open(os.path.join(partial, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(partial, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    if os.path.exists(out_dir):
+        raise ConversionError(f"--save {out_dir} already exists; choose a new path")
+    os.replace(partial, out_dir)
 
 
 # ---------------------------------------------------------------------------------- import

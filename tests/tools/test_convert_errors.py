@@ -99,12 +99,16 @@ def test_existing_output_weights_only_source_and_guided_export(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_partial_deepspeed_checkpoint_is_named(dense_run, tmp_path, capsys):
-    """A rank's file missing: the conversion ranks stop and the file is named."""
+def test_partial_or_damaged_deepspeed_checkpoint_is_named(dense_run, tmp_path, capsys):
+    """A rank's file missing is found before any process starts; a damaged one by the
+    conversion rank that reads it, which stops and reports it."""
     step = tmp_path / "checkpoints" / "step00000002"
     shutil.copytree(os.path.join(dense_run, "checkpoints", "step00000002"), step)
-    os.remove(step / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    os.rename(step / "zero_pp_rank_0_mp_rank_00_optim_states.pt", tmp_path / "optim.pt")
     out = tmp_path / "o"
     _fails(["--load", step, "--save", out, "--to", "consolidated"], capsys, str(step), "partial",
            "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    os.rename(tmp_path / "optim.pt", step / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (step / "mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
+    _fails(["--load", step, "--save", out, "--to", "consolidated"], capsys, str(step), "partial or does not fit")
     _no_output(out)
