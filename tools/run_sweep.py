@@ -51,13 +51,12 @@ CONFIG_DIR = os.path.join(ROOT, "configs", "sweep")
 # FFN share; at 16000 the dense FFN is half the model, as at the paper's 110M size (52%).
 FAMILY = dict(hidden_size=512, num_layers=8, num_heads=8, ffn_hidden_size=2048, seq_length=1024,
               vocab_size=16000)
-FAMILY_NAME = "d512 x 8 layers, ffn 2048, seq 1024, vocab 16k"
 LR = 1e-3
 GLOBAL_BATCH, MICRO_BATCH = 64, 32          # 64 x 1024 = 65,536 tokens per step
 EVAL_ITERS = 7                              # 7 x 64 sequences: the whole held-out split, once
 SEED = 1234
 DEFAULT_DENSE_TOKENS = 12_582_912           # 192 steps of 65,536 tokens
-DATA_DIR = os.path.join(".cache", "sweep", "data")
+DATA_DIR = os.path.join(".cache", "sweep", "data")   # relative to the repository root, as in the configs
 # Document counts of the held-out split of the packed corpus (tools/sweep_data.py); the
 # unpacked data's own manifest wins when it differs.
 DATA_SPLIT = "303387,2955,0"
@@ -312,8 +311,8 @@ def prepare_runs(names: List[str], args, data: Optional[Dict]) -> List[Dict]:
             overrides += ["training.train_tokens=null", f"training.train_steps={steps}",
                           f"training.eval_interval={max(1, dense_steps // args.evals)}",
                           f"training.save_interval={10 * total + 1000}"]
-            load_config(path, overrides)
-            plan.update(overrides=overrides, steps=total, tokens=total * per_step, dense_steps=dense_steps)
+            plan.update(overrides=overrides, steps=total, tokens=total * per_step, dense_steps=dense_steps,
+                        cfg=load_config(path, overrides))
         except (ConfigError, ValueError, OSError) as error:
             plan["error"] = f"{type(error).__name__}: {error}"
         plans.append(plan)
@@ -321,33 +320,40 @@ def prepare_runs(names: List[str], args, data: Optional[Dict]) -> List[Dict]:
 
 
 def settings(args, plans: List[Dict], data: Optional[Dict]) -> Dict:
+    """The setup paragraph, from the effective config (overrides applied) of the first run."""
+    cfg = next((p["cfg"] for p in plans if "cfg" in p), None)
     dense_steps = next((p["dense_steps"] for p in plans if "dense_steps" in p), None)
-    family = SMOKE_FAMILY if args.smoke else FAMILY
-    per_step = (SMOKE_BATCH[0] if args.smoke else GLOBAL_BATCH) * family["seq_length"]
-    corpus = ("the bundled corpus (smoke test)" if args.smoke or data is None else
+    command = " ".join(["python tools/run_sweep.py", *args.argv])
+    out = {"family_name": "smoke test (tiny models, CPU)" if args.smoke else "sweep", "dense_steps": dense_steps,
+           "command": command, "reproduce": ["# corpus, tokenizer and carry folder: docs/sweep.md", command],
+           "setup": "No run could be configured."}
+    if cfg is None:
+        return out
+    m, t, o = cfg.model, cfg.training, cfg.optimizer
+    per_step = t.global_batch_size * m.seq_length
+    if not args.smoke:
+        out["family_name"] = (f"d{m.hidden_size} x {m.num_layers} layers, ffn {m.ffn_hidden_size}, seq {m.seq_length}, "
+                              f"vocab {m.vocab_size / 1000:g}k")
+    corpus = ("the bundled corpus (smoke test)" if data is None else
               f"the `large` Debian corpus (docs/data.md section 7), {data['train_tokens'] / 1e6:.1f}M train / "
               f"{data['valid_tokens'] / 1e6:.2f}M held-out tokens ({data['train_documents']:,} / "
-              f"{data['valid_documents']:,} documents, `--split 99,1`), its own {family['vocab_size']:,}-piece "
-              "tokenizer")
-    setup = (f"Model family: width {family['hidden_size']}, {family['num_layers']} layers, {family['num_heads']} "
-             f"heads, ffn {family['ffn_hidden_size']}, seq {family['seq_length']}, vocab {family['vocab_size']:,}; "
-             "LayerNorm, GELU, biases, RoPE, tied embeddings; first layer's FFN dense. Data: "
-             f"{corpus}. Every run: seed {SEED} (same data order, same dense initial weights), global batch "
-             f"{per_step // family['seq_length']} x {family['seq_length']} = {per_step:,} tokens, AdamW "
-             f"(0.9, 0.999, wd 0.1), lr {LR:g} with 10% warmup and cosine decay to 0.1 x lr over each run's "
-             f"own steps, grad clip 1.0, {'fp32' if args.smoke else 'bf16 (DeepSpeed, ZeRO-1)'}. Equal-token runs: "
-             f"{dense_steps} steps ({(dense_steps or 0) * per_step / 1e6:.1f}M tokens). `lowrank_32_sgt`: "
-             "self-guided (cosine decay of the guide weight, reduce_flop), same-FLOPs mode: the guided phase's "
-             "batches are repeated at the end, the phase sized so the total equals the dense run's FLOPs. "
-             "`lowrank_32_flops`: no guide, as many more steps as the dense run's FLOPs pay for. Validation: "
-             f"{'2' if args.smoke else EVAL_ITERS} batches of the held-out split every "
-             f"{max(1, (dense_steps or 1) // args.evals)} steps and at the end.")
-    argv = " ".join(sys.argv[1:])
-    return {"family": family, "family_name": "smoke test (tiny)" if args.smoke else FAMILY_NAME,
-            "dense_steps": dense_steps, "tokens_per_step": per_step, "setup": setup,
-            "command": f"python tools/run_sweep.py {argv}".strip(),
-            "reproduce": ["# corpus, tokenizer, carry folder: see docs/sweep.md",
-                          f"python tools/run_sweep.py {argv}".strip()]}
+              f"{data['valid_documents']:,} documents, `--split 99,1`), its own {m.vocab_size:,}-piece tokenizer")
+    out["setup"] = (
+        f"Model family: width {m.hidden_size}, {m.num_layers} layers, {m.num_heads} heads, ffn "
+        f"{m.ffn_hidden_size}, seq {m.seq_length}, vocab {m.vocab_size:,}; {m.norm}, {m.activation}, "
+        f"{'biases, ' if m.bias else ''}RoPE, {'tied embeddings' if m.tie_embeddings else 'untied embeddings'}; "
+        f"first layer's FFN dense. Data: {corpus}. Every run: seed {t.seed} (same data order, same dense initial "
+        f"weights), global batch {t.global_batch_size} x {m.seq_length} = {per_step:,} tokens (micro-batch "
+        f"{t.micro_batch_size}), AdamW ({o.beta1}, {o.beta2}, weight decay {o.weight_decay}), lr {o.lr:g} with "
+        f"{100 * o.warmup_fraction:.0f}% warmup and cosine decay to {o.min_lr_ratio} x lr over each run's own "
+        f"steps, grad clip {o.grad_clip}, {t.precision}, ZeRO-{cfg.parallel.zero_stage}, one GPU. Equal-token runs: "
+        f"{dense_steps} steps ({(dense_steps or 0) * per_step / 1e6:.2f}M tokens). `lowrank_32_sgt`: self-guided "
+        f"({cfg.self_guided.schedule} decay of the guide weight, reduce_flop) in same-FLOPs mode: the guided "
+        "phase's batches are repeated at the end without the guide, the phase sized so that the total equals the "
+        "dense run's FLOPs. `lowrank_32_flops`: no guide, as many more steps as the dense run's FLOPs pay for. "
+        f"Validation: {t.eval_iters} global batches of the held-out split every {t.eval_interval} steps and at "
+        "the end.")
+    return out
 
 
 def report(args, plans: List[Dict], env: Dict, data: Optional[Dict]) -> Dict:
@@ -376,7 +382,7 @@ def main(argv=None) -> int:
                    help="tokens of every equal-token run (rounded to whole steps); the same-FLOPs runs follow")
     p.add_argument("--only", nargs="+", choices=list(BY_NAME), help="these runs only (in sweep order)")
     p.add_argument("--carry", default=None, help="folder from tools/sweep_data.py pack: unpack it first")
-    p.add_argument("--data-dir", default=DATA_DIR, help="where the carried corpus is (or was) unpacked")
+    p.add_argument("--data-dir", default=os.path.join(ROOT, DATA_DIR), help="where the carried corpus is (or was) unpacked")
     p.add_argument("--deadline-minutes", type=float, default=None,
                    help="whole sweep (unpacking included): skip runs that would not fit, stop one at the deadline")
     p.add_argument("--evals", type=int, default=8, help="evaluations over the equal-token runs' length")
@@ -391,6 +397,7 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true", help="re-read the runs and rewrite the report")
     p.add_argument("--write-configs", action="store_true", help="regenerate configs/sweep/ and exit")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.write_configs:
         for path in write_configs(args.configs_dir):
             print(f"wrote {path}")

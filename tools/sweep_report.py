@@ -247,7 +247,8 @@ def markdown(report: Dict) -> str:
         lines.append(
             f"| {r['name']} | {r.get('ffn', '')}{' + self-guided' if r.get('guided') else ''} | "
             f"{_count(r.get('params'))} | {_count(r.get('ffn_params'))} | "
-            f"{_fmt(r.get('ffn_percent'), '.0f')}% | {_fmt(r.get('structured_percent'), '.0f')}% | "
+            f"{_fmt(r.get('ffn_percent'), '.0f')}{'%' if r.get('ffn_percent') else ''} | "
+            f"{_fmt(r.get('structured_percent'), '.0f')}{'%' if r.get('structured_percent') else ''} | "
             f"{_count(r.get('tokens'))} | "
             f"{_fmt(r.get('train_flops') and r['train_flops'], '.3e')} | {_fmt(r.get('val_loss'), '.4f')} | "
             f"{_fmt(r.get('val_ppl'), '.2f')} | {_fmt(r.get('tokens_per_s'), ',.0f')} | "
