@@ -252,7 +252,7 @@ def run_one(run: SweepRun, config_path: str, overrides: List[str], run_dir: str,
     os.makedirs(run_dir)
     args = ["--config", config_path, "--run-dir", run_dir] + [a for o in overrides for a in ("--override", o)]
     command = command or launch_command(launcher, args)
-    record = {"name": run.name, "config": config_path, "overrides": overrides, "planned_steps": planned_steps,
+    record = {"name": run.name, "config": _relative(config_path), "overrides": overrides, "planned_steps": planned_steps,
               "command": command, "status": "running", "started": time.time()}
     log_path = os.path.join(run_dir, "train.log")
     start = time.perf_counter()
@@ -280,6 +280,12 @@ def run_one(run: SweepRun, config_path: str, overrides: List[str], run_dir: str,
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
     _save_record(run_dir, record)
     return record
+
+
+def _relative(path: str) -> str:
+    """Paths inside the repository are recorded relative to it, so run folders can be moved."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
 
 
 def _save_record(run_dir: str, record: Dict) -> None:
@@ -418,11 +424,16 @@ def main(argv=None) -> int:
                 return 2
     names = [r.name for r in SWEEP if not args.only or r.name in args.only]
     plans = prepare_runs(names, args, data)
-    env = environment(args.smoke)
+    env_file = os.path.join(args.runs_dir, "environment.json")
     if args.report_only:
+        env = json.load(open(env_file)) if os.path.isfile(env_file) else environment(args.smoke)
         report(args, plans, env, data)
         print(f"wrote {os.path.join(args.out_dir, 'results.md')}")
         return 0
+    env = environment(args.smoke)
+    os.makedirs(args.runs_dir, exist_ok=True)
+    with open(env_file, "w") as f:
+        json.dump(env, f, indent=2)
     done: List[Dict] = []
     for plan in plans:
         name = plan["run"].name

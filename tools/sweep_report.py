@@ -20,6 +20,7 @@ from megatron_sffn.model.accounting import dense_equivalent, model_stats, struct
 from megatron_sffn.model.paper import describe_ffn
 
 RECORD_FILE = "sweep_record.json"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def summarize(run_dir: str) -> Optional[Dict]:
         rec = json.load(f)
     row = dict(rec)
     try:
-        cfg = load_config(rec["config"], rec["overrides"])
+        cfg = load_config(os.path.join(ROOT, rec["config"]), rec["overrides"])
     except Exception as error:   # a config that no longer loads: keep the record, say why
         row.setdefault("reason", f"config does not load: {error}")
         return row
