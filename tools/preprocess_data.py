@@ -6,7 +6,7 @@
     python tools/preprocess_data.py --input tiiuae/falcon-refinedweb --json-keys content ...
     python tools/preprocess_data.py ... --split 99,1      # out/corpus_{train,valid}_text_document
 
---input takes jsonl, jsonl.gz, parquet, folders or globs of those, a dataset saved with
+--input takes jsonl, jsonl.gz, jsonl.xz, parquet, folders or globs of those, a dataset saved with
 `datasets`' save_to_disk, or a dataset name for `datasets.load_dataset` (streamed).
 Bad records (not UTF-8, not JSON, missing or non-string field, empty) are skipped and
 counted; --strict stops at the first one instead.
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("input data")
     g.add_argument("--input", nargs="+", required=True,
-                   help="jsonl / jsonl.gz / parquet files, folders, globs, or a `datasets` name or path")
+                   help="jsonl / jsonl.gz / jsonl.xz / parquet files, folders, globs, or a `datasets` name or path")
     g.add_argument("--json-keys", nargs="+", default=["text"],
                    help="fields holding the text (one output dataset per field); RefinedWeb: content")
     g.add_argument("--hf-split", default="train", help="split of a `datasets` input")

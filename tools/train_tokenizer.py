@@ -24,7 +24,7 @@ from megatron_sffn.data.tokenizer_training import train_tokenizer  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
-                   help="jsonl / jsonl.gz / parquet files, folders, globs, or a `datasets` name or path")
+                   help="jsonl / jsonl.gz / jsonl.xz / parquet files, folders, globs, or a `datasets` name or path")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="fields holding the text")
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--model-prefix", required=True, help="writes <prefix>.model and <prefix>.vocab")
