@@ -263,7 +263,7 @@ def run_one(run: SweepRun, config_path: str, overrides: List[str], run_dir: str,
             proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             record["reason"] = f"stopped at the sweep deadline after {time.perf_counter() - start:.0f} s"
-            _stop(proc, grace_s=60)
+            _stop(proc, grace_s=30)
         except BaseException:
             _stop(proc, grace_s=10)
             raise
