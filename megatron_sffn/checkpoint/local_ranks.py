@@ -38,7 +38,7 @@ def _env(rank: int, world: int, port: int, error_dir: str) -> Dict[str, str]:
         env.pop(key, None)
     threads = str(max(1, (os.cpu_count() or 1) // world))
     env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu",
                OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
                PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
     env[ERROR_DIR_ENV] = error_dir

@@ -4,9 +4,10 @@
 
 export  The training engine is rebuilt in the layout the checkpoint was saved in (tensor x
         pipeline x data, ZeRO stage, precision, guides present or not), DeepSpeed loads its
-        own files, and the full fp32 master weights and Adam moments are gathered
-        (TrainEngine.gather_full_state / gather_optimizer_state); rank 0 writes the
-        consolidated folder.
+        own files, and parameter by parameter the full fp32 master weight and Adam moments
+        are gathered (over ZeRO partitions, then tensor ranks); each pipeline stage's
+        (data 0, tensor 0) rank writes its stage to a file and rank 0 assembles the
+        consolidated folder from them.
 import  The engine is built in the target layout with each rank's slice of the consolidated
         weights (sliced as initialisation slices: `tp_split_dim`), then every parameter's
         fp32 master and Adam moments are set through DeepSpeed's safe_set_full_* (ZeRO
@@ -210,6 +211,24 @@ def _assemble(stages: str, partial: str, out_dir: str, config: Dict, meta: Dict,
 
 # ---------------------------------------------------------------------------------- import
 
+def _initialise_adam_state(ds_optimizer, step: int) -> None:
+    """Adam's state at `step` (zero moments, to be overwritten). ZeRO 3 hands its flat fp32
+    partitions to the torch optimizer only during a step (param_groups are empty otherwise),
+    so their state is created here by hand; every other optimizer goes through
+    training/optimizer.py's initialise_adam_state."""
+    from ..training.optimizer import ADAM_STATE_KEYS, base_optimizer, initialise_adam_state
+    flat = getattr(ds_optimizer, "fp32_partitioned_groups_flat", None)
+    if flat is None:
+        initialise_adam_state(ds_optimizer, step)
+        return
+    state = base_optimizer(ds_optimizer).state
+    for partition in flat:
+        if not state[partition]:
+            state[partition]["step"] = torch.tensor(float(step), dtype=torch.float32)
+            for key in ADAM_STATE_KEYS:
+                state[partition][key] = torch.zeros_like(partition)
+
+
 def import_rank(consolidated: str, run_dir: str) -> None:
     """Build the engine in the layout of `run_dir/config.json` from `consolidated`; save under run_dir/checkpoints."""
     import torch.distributed as dist
@@ -217,8 +236,7 @@ def import_rank(consolidated: str, run_dir: str) -> None:
     from ..config import config_from_dict
     from ..structured.base import shard_of
     from ..training.checkpointing import CheckpointManager
-    from ..training.optimizer import (ADAM_STATE_KEYS, initialise_adam_state, set_full_master,
-                                      set_full_moment)
+    from ..training.optimizer import ADAM_STATE_KEYS, set_full_master, set_full_moment
 
     with open(os.path.join(run_dir, CONFIG_FILE)) as f:
         cfg = config_from_dict(json.load(f))
@@ -237,7 +255,7 @@ def import_rank(consolidated: str, run_dir: str) -> None:
     optimizer = engine.ds.optimizer
     step = int(meta["optimizer_step"])
     if step > 0:
-        initialise_adam_state(optimizer, step)
+        _initialise_adam_state(optimizer, step)
     for local_name, param in engine.ds.module.named_parameters():
         name = names[local_name]
         set_full_master(param, optimizer, shard_of(reader.weight(name), param, state.tp))
