@@ -90,24 +90,6 @@ def _build_engine(cfg, guided: bool, guide_state_dict: Optional[Dict], set_value
 
 # ---------------------------------------------------------------------------------- export
 
-def _load(engine, checkpoints_dir: str, tag: str) -> Dict:
-    """TrainEngine.load_checkpoint, except for DeepSpeed's BF16_Optimizer without ZeRO (bf16 +
-    pipeline + ZeRO 0): DeepSpeed 0.19.8 saves its state in bf16_zero_pp_rank_* files but then
-    hands the model-states file's dict to its list-reading load (KeyError: 0). Load the module
-    alone, then the optimizer from its own files, as DeepSpeed does under ZeRO."""
-    from ..training.engine import CLIENT_KEY
-    ds = engine.ds
-    if type(ds.optimizer).__name__ != "BF16_Optimizer" or ds.zero_optimization():
-        return engine.load_checkpoint(checkpoints_dir, tag)
-    path, state = ds.load_checkpoint(checkpoints_dir, tag=tag, load_optimizer_states=False,
-                                     load_lr_scheduler_states=False)
-    if path is None:
-        raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {checkpoints_dir}")
-    if not ds._load_zero_checkpoint(checkpoints_dir, tag, load_optimizer_states=True):
-        raise FileNotFoundError(f"no bf16_zero_pp_rank_* optimizer files in {os.path.join(checkpoints_dir, tag)}")
-    return dict((state or {}).get(CLIENT_KEY, {}))
-
-
 def export_rank(source_path: str, out_dir: str, with_optimizer: bool) -> None:
     import torch.distributed as dist
 
@@ -124,7 +106,7 @@ def export_rank(source_path: str, out_dir: str, with_optimizer: bool) -> None:
 
     engine, state = _build_engine(cfg, guided, src.meta.get("guide"), zeros)
     try:
-        client = _load(engine, src.checkpoints_dir, src.tag)
+        client = engine.load_checkpoint(src.checkpoints_dir, src.tag)
     except Exception as e:  # noqa: BLE001  (whatever DeepSpeed or torch.load raise, the files are at fault)
         traceback.print_exc()  # into this rank's log (shown with --verbose)
         raise ConversionError(f"checkpoint {src.path} is partial or does not fit its meta.json: "

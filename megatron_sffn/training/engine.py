@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -245,11 +246,20 @@ class TrainEngine:
                                 save_latest=False)
 
     def load_checkpoint(self, load_dir: str, tag: str) -> Dict:
-        """Restore weights, fp32 masters, optimizer state and step counters; return the client state."""
-        path, state = self.ds.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        """Restore weights, fp32 masters, optimizer state and step counters; return the client state.
+
+        DeepSpeed's BF16_Optimizer without ZeRO (bf16 + pipeline + ZeRO 0) saves its state in
+        bf16_zero_pp_rank_* files, but DeepSpeed 0.19.8 then hands the model-states file's dict
+        to its list-reading load (KeyError: 0); there the module is loaded alone and the
+        optimizer from its own files, as DeepSpeed does under ZeRO."""
+        ds = self.ds
+        unzeroed_bf16 = type(ds.optimizer).__name__ == "BF16_Optimizer" and not ds.zero_optimization()
+        path, state = ds.load_checkpoint(load_dir, tag=tag, load_optimizer_states=not unzeroed_bf16,
+                                         load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {load_dir}")
+        if unzeroed_bf16 and not ds._load_zero_checkpoint(load_dir, tag, load_optimizer_states=True):
+            raise FileNotFoundError(f"no bf16_zero_pp_rank_* optimizer files in {os.path.join(load_dir, tag)}")
         return dict((state or {}).get(CLIENT_KEY, {}))
 
     def close(self) -> None:

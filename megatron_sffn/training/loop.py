@@ -8,18 +8,16 @@ resumed run repeats the uninterrupted one exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
-import sys
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..model.accounting import model_stats, train_flops_per_token
 from ..model.paper import describe_ffn
 from ..structured.guide import GuideState
@@ -218,6 +216,8 @@ class Trainer:
         return loss
 
     def save(self, reason: str) -> None:
+        if not self.cfg.output.checkpoints:
+            return
         meta = {"step": self.loop.step, "loop": dataclasses.asdict(self.loop), "reason": reason,
                 "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict(),
                 "layout": {"tensor": self.state.tensor_size, "pipeline": self.state.pipe_size,
@@ -258,7 +258,8 @@ class Trainer:
                     self.evaluate()
                     timer.lap()
                 saved = False
-                if self.loop.step % t.save_interval == 0 and self.loop.step < self.phases.total_steps:
+                if (self.cfg.output.checkpoints and self.loop.step % t.save_interval == 0
+                        and self.loop.step < self.phases.total_steps):
                     self.save("interval")
                     saved = True
                     timer.lap()
@@ -271,7 +272,7 @@ class Trainer:
                     break
             if stopped is None:
                 final_val = self.evaluate()
-                if self.ckpt.latest_tag() != f"step{self.loop.step:08d}":
+                if self.cfg.output.checkpoints and self.ckpt.latest_tag() != f"step{self.loop.step:08d}":
                     self.save("end of training")
                 self.logger.print(f"done: {self.loop.step} steps, {self.loop.consumed_tokens:,} tokens, "
                                   f"final validation loss {final_val:.4f}, perplexity {math.exp(min(final_val, 50)):.3f}")

@@ -95,6 +95,18 @@ def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(referenc
     assert latest(run_dir) == "step00000002"
 
 
+def test_bf16_pipeline_without_zero_resumes(tmp_path):
+    """bf16 + pipeline + ZeRO 0 is DeepSpeed's BF16_Optimizer outside ZeRO, whose own load
+    path fails on its own files (engine.load_checkpoint works around it)."""
+    run_dir = str(tmp_path / "run")
+    args = COMMON + ["--run-dir", run_dir, "--pipeline-parallel", "2", "--zero-stage", "0", "--precision", "bf16",
+                     "--train-steps", "4"]
+    run(2, args + ["--exit-interval", "2"], str(tmp_path / "a"))
+    out = run(2, args, str(tmp_path / "b"))
+    assert "resume     from step00000002 at step 2" in out and "done: 4 steps" in out
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4]
+
+
 def test_tensorboard_scalars_read_back(reference):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_dir, _ = reference
