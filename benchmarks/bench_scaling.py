@@ -50,6 +50,8 @@ def parse_args(argv=None):
     ap.add_argument("--nproc", type=int, default=None, help="processes per sweep run (default: T*P*D)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU model, 2 processes, a few layouts")
     ap.add_argument("--out", default=None, help="JSON file to write (rank 0)")
+    ap.add_argument("--profile", default=None, metavar="TXT",
+                    help="after timing, profile 3 steps (torch.profiler) and write the top kernels here (rank 0)")
     return ap.parse_args(argv)
 
 
@@ -139,6 +141,8 @@ def run_once(args) -> dict:
             groups[f"tied embedding {i}"] = group
     with TrafficCounter(groups) as traffic:
         engine.train_batch(random_batches(cfg, state.data_size, seed=123))
+    if args.profile:
+        profile_steps(engine, cfg, state, args.profile)
     step_time = statistics.median(times)
     tokens = cfg.training.global_batch_size * cfg.model.seq_length
     guide_fraction = (1.0 if not cfg.self_guided.reduce_flop else guide_state.alpha) if guided else 0.0
@@ -157,6 +161,24 @@ def run_once(args) -> dict:
         "traffic_bytes_per_step_rank0": traffic_all[0], "loss_first_last": [losses[0], losses[-1]],
         "rank": state.rank,
     }
+
+
+def profile_steps(engine, cfg, state, path: str, steps: int = 3) -> None:
+    """Kernel time table of a few steps: where the step time goes (sorted by device time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for step in range(steps):
+            engine.train_batch(random_batches(cfg, state.data_size, seed=7 + step))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    if state.rank == 0:
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        with open(path, "w") as f:
+            f.write(f"{steps} steps, {cfg.model.ffn.kind}, micro-batch {cfg.training.micro_batch_size}, "
+                    f"global {cfg.training.global_batch_size}\n")
+            f.write(prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=90))
 
 
 # ---------------------------------------------------------------------------- sweep

@@ -42,24 +42,36 @@ def parse_args(argv=None):
     ap.add_argument("--nproc", type=int, default=1, help="GPUs (processes) per run: data parallel")
     ap.add_argument("--data-path", default="embedded")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V;K=V",
+                    help="also run each config x mode with these overrides (repeatable), e.g. "
+                         "'autocast:training.precision=\"fp32\";deepspeed.torch_autocast.enabled=true'")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--keep-logs", default=None, help="copy each run's output log into this folder")
     ap.add_argument("--smoke", action="store_true")
     return ap.parse_args(argv)
 
 
-def launch_command(config: str, mode: str, run_dir: str, args) -> list:
+def parse_variants(specs) -> list:
+    """[(name, [override, ...])]; the config as it is comes first, named 'base'."""
+    variants = [("base", [])]
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        variants.append((name, [o for o in rest.split(";") if o]))
+    return variants
+
+
+def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list:
     global_batch = args.micro_batch_size * args.grad_accumulation * args.nproc
     cmd = ["launchers/pretrain.py", "--config", config, "--run-dir", run_dir, "--data-path", args.data_path,
            "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(global_batch),
            "--train-steps", str(args.steps), "--log-interval", str(max(1, args.steps // 3)),
-           "--eval-interval", str(10 ** 9), "--save-interval", str(10 ** 9),
+           "--eval-interval", str(10 ** 9), "--no-save",
            "--override", "self_guided.enabled=false", "--override", "training.eval_iters=1"]
     if args.data_path == "embedded":
         cmd += ["--override", 'data.tokenizer_model="embedded"']
     if mode == "compile":
         cmd.append("--compile")
-    for o in args.override + (SMOKE if args.smoke else []):
+    for o in args.override + list(extra) + (SMOKE if args.smoke else []):
         cmd += ["--override", o]
     if args.nproc > 1:
         flag = "--num_accelerators" if args.smoke else "--num_gpus"
@@ -100,6 +112,35 @@ def environment() -> dict:
     return env
 
 
+def run_case(config: str, mode: str, variant: str, extra, tmp: str, args) -> dict:
+    name = f"{os.path.basename(config)}-{mode}-{variant}"
+    run_dir = os.path.join(tmp, name)
+    cmd = launch_command(config, mode, run_dir, args, extra)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if args.keep_logs:
+        os.makedirs(args.keep_logs, exist_ok=True)
+        with open(os.path.join(args.keep_logs, f"{name}.log"), "w") as f:
+            f.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(f"{name}: FAILED (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}", file=sys.stderr)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {"config": os.path.basename(config), "mode": mode, "variant": variant, "error": proc.returncode}
+    r = summarise(config, mode, run_dir, args)
+    r.update(variant=variant, overrides=list(extra))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"{r['config']:<24} {mode:<8} {variant:<10} {r['tokens_per_s']:>10,.0f} tokens/s  "
+          f"{r['tflops_per_gpu']:.1f} TFLOP/s/GPU  {r['max_allocated_gb']:.1f} GB", flush=True)
+    return r
+
+
+def write_json(args, rows) -> None:
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"environment": environment(), "args": vars(args), "results": rows}, f, indent=2)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.smoke:
@@ -108,36 +149,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
             for mode in args.modes:
-                run_dir = os.path.join(tmp, f"{os.path.basename(config)}-{mode}")
-                cmd = launch_command(config, mode, run_dir, args)
-                env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-                proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-                if args.keep_logs:
-                    os.makedirs(args.keep_logs, exist_ok=True)
-                    with open(os.path.join(args.keep_logs, f"{os.path.basename(run_dir)}.log"), "w") as f:
-                        f.write(proc.stdout + proc.stderr)
-                if proc.returncode != 0:
-                    print(f"{config} {mode}: FAILED (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}",
-                          file=sys.stderr)
-                    rows.append({"config": os.path.basename(config), "mode": mode, "error": proc.returncode})
-                    continue
-                rows.append(summarise(config, mode, run_dir, args))
-                r = rows[-1]
-                print(f"{r['config']:<28} {mode:<8} {r['tokens_per_s']:>10,.0f} tokens/s  "
-                      f"{r['tflops_per_gpu']:.1f} TFLOP/s/GPU  {r['max_allocated_gb']:.1f} GB", flush=True)
-    header = f"{'config':<28} {'mode':<8} {'tokens/s':>10} {'/GPU':>10} {'TFLOP/s/GPU':>12} {'MFU':>6} {'step ms':>8} {'mem GB':>7}"
+                for variant, extra in parse_variants(args.variant):
+                    rows.append(run_case(config, mode, variant, extra, tmp, args))
+                    write_json(args, rows)  # after every run: a later crash or time limit keeps what was measured
+    header = f"{'config':<24} {'mode':<8} {'variant':<10} {'tokens/s':>10} {'/GPU':>10} {'TFLOP/s/GPU':>12} {'MFU':>6} {'step ms':>8} {'mem GB':>7}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         if "error" in r:
-            print(f"{r['config']:<28} {r['mode']:<8} failed (exit {r['error']})")
+            print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} failed (exit {r['error']})")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
-        print(f"{r['config']:<28} {r['mode']:<8} {r['tokens_per_s']:>10,.0f} {r['tokens_per_s_per_gpu']:>10,.0f} "
+        print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} {r['tokens_per_s']:>10,.0f} {r['tokens_per_s_per_gpu']:>10,.0f} "
               f"{r['tflops_per_gpu']:>12.1f} {mfu:>6} {1000 * r['step_time_s']:>8.1f} {r['max_allocated_gb']:>7.1f}")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"environment": environment(), "args": vars(args), "results": rows}, f, indent=2)
+    write_json(args, rows)
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -127,6 +127,7 @@ class ParallelConfig:
 class OutputConfig:
     run_dir: str = "runs/default"
     tensorboard: bool = True
+    checkpoints: bool = True            # false: never save (benchmarks); an existing checkpoint still resumes
 
 
 @dataclass

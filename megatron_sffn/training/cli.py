@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=tp, default=None, help=f"sets {key}")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the transformer blocks (sets training.compile)")
+    p.add_argument("--no-save", action="store_true", default=None,
+                   help="write no checkpoints (sets output.checkpoints=false), e.g. for benchmarks")
     p.add_argument("--data-path", nargs="+", default=None, metavar="PREFIX",
                    help="dataset prefixes, optionally weighted Megatron-style: 0.7 A 0.3 B (sets data.paths/weights)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -76,6 +78,8 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
             overrides.append(f"{key}={json.dumps(value)}")
     if args.compile:
         overrides.append("training.compile=true")
+    if args.no_save:
+        overrides.append("output.checkpoints=false")
     if args.data_path:
         overrides += data_path_overrides(args.data_path)
     return overrides
