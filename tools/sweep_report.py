@@ -304,14 +304,14 @@ def plot(report: Dict, path: str) -> None:
             pts = [(t / 1e6, v) for _, t, v in r["train_curve"] if t <= limit]
             if pts:
                 axes[2].plot(*zip(*pts), style, color=colour, label=label)
-    if finals:
+    if finals:   # zoom on where the runs differ; the early-loss panel keeps its own scale
         low, high = min(finals) - 0.05, min(finals) + 1.2
         for ax in axes[:2]:
             ax.set_ylim(low, high)
-        axes[2].set_ylim(low, high + 1.0)
     axes[0].set(xlabel="tokens trained (M)", ylabel="validation loss", title="validation loss vs tokens")
     axes[1].set(xlabel="training FLOPs", ylabel="validation loss", title="validation loss vs training FLOPs")
-    axes[2].set(xlabel="tokens trained (M)", ylabel="training loss", title="early training loss")
+    axes[2].set(xlabel="tokens trained (M)", ylabel="training loss (log-interval mean)",
+                title="training loss, first half of the dense run's tokens")
     for ax in axes:
         ax.grid(alpha=0.3)
     if runs:
