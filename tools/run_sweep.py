@@ -19,7 +19,7 @@ Each run is `python launchers/pretrain.py --config ... --run-dir runs/sweep/<nam
 own process (`--launcher deepspeed` for `deepspeed --num_gpus 1`); a run that fails is
 recorded with its log's last lines and the sweep goes on. With `--deadline-minutes`, a run
 that would not finish in time (estimated from the dense run) is skipped, and one still
-running at the deadline gets SIGTERM (it saves and stops). results.md / .json / .png are
+running at the deadline gets SIGTERM (it stops between steps). results.md / .json / .png are
 rewritten after every run, so whatever finished is reported even if the command is killed.
 """
 from __future__ import annotations
@@ -220,7 +220,7 @@ def launch_command(launcher: str, args: List[str]) -> List[str]:
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM (the loop saves and stops), then SIGKILL the whole process group."""
+    """SIGTERM (the loop stops between steps), then SIGKILL the whole process group."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30)):
         try:
             os.killpg(proc.pid, sig)
@@ -317,6 +317,8 @@ def prepare_runs(names: List[str], args, data: Optional[Dict]) -> List[Dict]:
             overrides += ["training.train_tokens=null", f"training.train_steps={steps}",
                           f"training.eval_interval={max(1, dense_steps // args.evals)}",
                           f"training.save_interval={10 * total + 1000}"]
+            if not args.keep_checkpoints:
+                overrides.append("output.checkpoints=false")   # nothing to resume: save no time writing them
             plan.update(overrides=overrides, steps=total, tokens=total * per_step, dense_steps=dense_steps,
                         cfg=load_config(path, overrides))
         except (ConfigError, ValueError, OSError) as error:
