@@ -97,7 +97,7 @@ def summarise(config: str, mode: str, run_dir: str, args) -> dict:
             "tokens_per_s_per_gpu": tokens_per_step / step_time / args.nproc, "tflops_per_gpu": tflops,
             "mfu": tflops / peak if peak else None,
             "max_allocated_gb": max(r["max_allocated_gb"] for r in records.values()),
-            "final_loss": records[max(records)]["loss"]}
+            "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"]}
 
 
 def environment() -> dict:
