@@ -11,6 +11,7 @@ folder / DeepSpeed checkpoint, which is consolidated on the fly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,9 +27,32 @@ from megatron_sffn.inference.premerge import (DEFAULT_CALIBRATION, apply_premerg
 from tools.checkpoint_io import load_single_rank_model, resolve_tokenizer  # noqa: E402
 
 
+def initialised_model(config_path: str, device, dtype):
+    """(GPTModel with the config's seeded initial weights, Config); ConfigError is a ValueError."""
+    from megatron_sffn.config import load_config
+    from megatron_sffn.model import GPTModel
+    cfg = load_config(config_path)
+    model = GPTModel(cfg.model).to(device).initialize(seed=cfg.training.seed, device=device)  # SVD inits on the GPU
+    return model.to(dtype=dtype).eval(), cfg
+
+
+def print_calibration(results) -> None:
+    """Per layer shape: latency of the factors and of the merged matrix per tokens in flight."""
+    for sig, r in results.items():
+        print(f"{sig}: merged matrix up to {r['threshold']} tokens in flight, factors above")
+        print(f"  {'tokens':>7} {'structured ms':>14} {'merged ms':>10} {'merged/structured':>18} {'picks':>11}")
+        for row in r["timings"]:
+            picks = "merged" if row["tokens"] <= r["threshold"] else "structured"
+            print(f"  {row['tokens']:>7} {1e3 * row['structured_s']:>14.4f} {1e3 * row['merged_s']:>10.4f} "
+                  f"{row['merged_s'] / row['structured_s']:>18.2f} {picks:>11}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="consolidated checkpoint, run folder or DeepSpeed checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--load", help="consolidated checkpoint, run folder or DeepSpeed checkpoint")
+    source.add_argument("--config", help="a run config instead: randomly initialised weights, for --calibrate and "
+                                         "speed measurements at a model size no checkpoint exists for yet")
     p.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -46,7 +70,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     try:
-        model, cfg = load_single_rank_model(args.load, args.device, dtype)
+        model, cfg = (load_single_rank_model(args.load, args.device, dtype) if args.load
+                      else initialised_model(args.config, args.device, dtype))
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,10 +83,11 @@ def main(argv=None) -> int:
     if args.calibrate:
         results = calibrate(model)
         save_calibration(args.calibration_file, args.device, results)
-        print(f"{'layer':<40} {'crossover (tokens)':>18}")
-        for sig, r in results.items():
-            print(f"{sig:<40} {r['threshold']:>18}")
+        print_calibration(results)
         print(f"saved to {args.calibration_file}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": str(args.device), "dtype": args.dtype, "layers": results}, f, indent=2)
         return 0
     if not args.prompt:
         print("error: give at least one --prompt (or --calibrate)", file=sys.stderr)
@@ -76,9 +102,14 @@ def main(argv=None) -> int:
     # start each prompt the way a document starts there.
     prompts = [[tok.eos_id] + tok.encode(text) for text in args.prompt]
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                              stop_token=tok.eos_id)
+                              stop_token=tok.eos_id, vocab_limit=tok.vocab_size)
+    if str(args.device).startswith("cuda"):  # kernels and library handles load outside the timed call
+        generate(model, prompts, dataclasses.replace(sampling, max_new_tokens=2))
+        torch.cuda.synchronize()
     start = time.perf_counter()
     outputs = generate(model, prompts, sampling)
+    if str(args.device).startswith("cuda"):
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     # decode prompt + continuation together: sentencepiece drops a leading space when decoding alone
     texts = [tok.decode(p[1:] + o)[len(tok.decode(p[1:])):] for p, o in zip(prompts, outputs)]

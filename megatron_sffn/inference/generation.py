@@ -21,6 +21,7 @@ class SamplingConfig:
     top_p: float = 1.0            # 1 = off
     seed: int = 0
     stop_token: Optional[int] = None
+    vocab_limit: Optional[int] = None  # never emit ids >= this (the tokenizer's size, when the model's vocab is padded)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -38,6 +39,8 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
+    if sampling.vocab_limit is not None and sampling.vocab_limit < logits.shape[-1]:
+        logits = logits[..., :sampling.vocab_limit]
     if sampling.temperature <= 0.0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p)

@@ -61,3 +61,15 @@ def test_top_k_and_top_p_filters():
     # softmax = [0.03, 0.09, 0.24, 0.64]: a nucleus of 0.5 is the top token; of 0.7, the top two
     assert (~torch.isinf(filter_logits(logits, 0, 0.5)))[0].tolist() == [False, False, False, True]
     assert (~torch.isinf(filter_logits(logits, 0, 0.7)))[0].tolist() == [False, False, True, True]
+
+
+def test_vocab_limit_keeps_ids_inside_the_tokenizer():
+    """A model whose vocabulary is padded beyond the tokenizer's never emits the extra ids."""
+    model = _model()
+    with torch.no_grad():  # make the padded ids the most likely ones
+        model.embedding.weight[100:] *= 50
+    sampling = SamplingConfig(max_new_tokens=12, temperature=1.0, seed=0, vocab_limit=100)
+    out = generate(model, [[1, 2, 3]], sampling)[0]
+    assert out and max(out) < 100
+    greedy = generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=6, temperature=0.0, vocab_limit=100))[0]
+    assert max(greedy) < 100
