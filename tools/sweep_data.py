@@ -25,7 +25,6 @@ tokenization; it also cannot differ across sentencepiece versions. `unpack` rebu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import os
@@ -38,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_sffn.data.assets import file_sha256  # noqa: E402
 from megatron_sffn.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter  # noqa: E402
 
 TOKENS_FILE = "tokens.bin.xz"
@@ -51,14 +51,6 @@ XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
 def manifest_files():
     return (TOKENS_FILE, LENGTHS_FILE, TOKENIZER_FILE)
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_prefix(data_dir: str) -> str:
@@ -108,9 +100,9 @@ def data_manifest(data_dir: str, train_documents: int, valid_documents: int) -> 
             "dtype": ds.dtype.name, "train_documents": train_documents, "valid_documents": valid_documents,
             "train_tokens": int(sizes[:train_documents].sum()), "valid_tokens": int(sizes[train_documents:].sum()),
             "data_split": f"{train_documents},{valid_documents},0",
-            "bin_sha256": sha256(dataset_prefix(data_dir) + ".bin"),
-            "idx_sha256": sha256(dataset_prefix(data_dir) + ".idx"),
-            "tokenizer_sha256": sha256(tokenizer_path(data_dir))}
+            "bin_sha256": file_sha256(dataset_prefix(data_dir) + ".bin"),
+            "idx_sha256": file_sha256(dataset_prefix(data_dir) + ".idx"),
+            "tokenizer_sha256": file_sha256(tokenizer_path(data_dir))}
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,8 +131,8 @@ def pack(corpus: str, tokenizer: str, carry: str, data_dir: str, workers: int) -
     shutil.copyfile(tokenizer, os.path.join(carry, TOKENIZER_FILE))
     files = manifest_files()
     manifest = {"name": NAME, "split": list(SPLIT), "corpus": os.path.basename(corpus),
-                "corpus_sha256": sha256(corpus),
-                "files": {f: sha256(os.path.join(carry, f)) for f in files},
+                "corpus_sha256": file_sha256(corpus),
+                "files": {f: file_sha256(os.path.join(carry, f)) for f in files},
                 "bytes": {f: os.path.getsize(os.path.join(carry, f)) for f in files},
                 "dataset": {k: v for k, v in data.items() if k not in ("prefix", "tokenizer")},
                 "seconds_here": {"tokenize": round(tokenize_s, 1), "compress": round(time.perf_counter() - start, 1),
@@ -164,7 +156,7 @@ def unpack(carry: str, data_dir: str, force: bool = False) -> Dict:
         return done
     start = time.perf_counter()
     for name, digest in manifest["files"].items():
-        if sha256(os.path.join(carry, name)) != digest:
+        if file_sha256(os.path.join(carry, name)) != digest:
             raise SystemExit(f"error: {os.path.join(carry, name)} does not match {MANIFEST_FILE} (damaged copy?)")
     os.makedirs(data_dir, exist_ok=True)
     shutil.copyfile(os.path.join(carry, TOKENIZER_FILE), tokenizer_path(data_dir))

@@ -38,13 +38,20 @@ def save_consolidated(out_dir: str, weights: Dict[str, torch.Tensor], config: Di
     if optimizer:
         flat = {f"{key}/{name}": _to_save(t, torch.float32) for key, per in optimizer.items() for name, t in per.items()}
         save_file(flat, os.path.join(tmp, OPTIM_FILE))
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+    publish(tmp, out_dir, config, meta)
+
+
+def publish(partial: str, out_dir: str, config: Dict, meta: Dict) -> None:
+    """Write config.json and meta.json into the `partial` folder, then rename it to `out_dir`:
+    the last step, so an interrupted write never leaves a complete-looking checkpoint, and an
+    existing `out_dir` is never replaced."""
+    with open(os.path.join(partial, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2)
-    with open(os.path.join(tmp, META_FILE), "w") as f:
+    with open(os.path.join(partial, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
     if os.path.exists(out_dir):
-        raise ConsolidatedError(f"{out_dir} already exists; choose a new --save path")
-    os.replace(tmp, out_dir)
+        raise ConsolidatedError(f"--save {out_dir} already exists; choose a new path")
+    os.replace(partial, out_dir)
 
 
 def _to_save(t: torch.Tensor, dtype) -> torch.Tensor:

@@ -31,7 +31,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .consolidated import CONFIG_FILE, META_FILE, MODEL_FILE, OPTIM_FILE
+from .consolidated import CONFIG_FILE, META_FILE, MODEL_FILE, OPTIM_FILE, ConsolidatedError, publish
 
 FORMAT = "megatron_sffn.consolidated/1"
 PARTIAL_SUFFIX = ".partial"
@@ -182,13 +182,7 @@ def _assemble(stages: str, partial: str, out_dir: str, config: Dict, meta: Dict,
         save_file(tensors, os.path.join(partial, file_name))
         del tensors
     shutil.rmtree(stages)
-    with open(os.path.join(partial, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(partial, META_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
-    if os.path.exists(out_dir):
-        raise ConversionError(f"--save {out_dir} already exists; choose a new path")
-    os.replace(partial, out_dir)
+    publish(partial, out_dir, config, meta)
 
 
 # ---------------------------------------------------------------------------------- import
@@ -283,7 +277,7 @@ def main(argv=None) -> int:
             export_rank(args.load, args.save, not args.weights_only)
         else:
             import_rank(args.load, args.run_dir)
-    except (ConversionError, CheckpointSourceError) as err:
+    except (ConversionError, CheckpointSourceError, ConsolidatedError) as err:
         report_worker_error(str(err))
         return 2
     except Exception as err:  # noqa: BLE001  (the coordinator shows it; the traceback stays in the log)

@@ -46,7 +46,7 @@ def default_cache_dir() -> str:
     return os.path.join(base, "megatron_sffn")
 
 
-def _digest(path: str) -> str:
+def file_sha256(path: str) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -62,7 +62,7 @@ def default_data_prefix(cache_dir: Optional[str] = None, show_progress: bool = F
     """
     from .preprocess import PreprocessConfig, preprocess
     corpus, tokenizer = default_corpus_path(), default_tokenizer_path()
-    key = hashlib.sha256(f"{BUILD_FORMAT}:{_digest(corpus)}:{_digest(tokenizer)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{BUILD_FORMAT}:{file_sha256(corpus)}:{file_sha256(tokenizer)}".encode()).hexdigest()[:16]
     root = cache_dir or default_cache_dir()
     final_dir = os.path.join(root, f"embedded-{key}")
     prefix = os.path.join(final_dir, DATASET_NAME)
