@@ -216,7 +216,7 @@ class Trainer:
         return loss
 
     def save(self, reason: str) -> None:
-        if not self.cfg.output.checkpoints:
+        if not self.cfg.output.checkpoints:  # --no-save: every save point is a no-op
             return
         meta = {"step": self.loop.step, "loop": dataclasses.asdict(self.loop), "reason": reason,
                 "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict(),
@@ -258,8 +258,7 @@ class Trainer:
                     self.evaluate()
                     timer.lap()
                 saved = False
-                if (self.cfg.output.checkpoints and self.loop.step % t.save_interval == 0
-                        and self.loop.step < self.phases.total_steps):
+                if self.loop.step % t.save_interval == 0 and self.loop.step < self.phases.total_steps:
                     self.save("interval")
                     saved = True
                     timer.lap()
@@ -272,7 +271,7 @@ class Trainer:
                     break
             if stopped is None:
                 final_val = self.evaluate()
-                if self.cfg.output.checkpoints and self.ckpt.latest_tag() != f"step{self.loop.step:08d}":
+                if self.ckpt.latest_tag() != f"step{self.loop.step:08d}":
                     self.save("end of training")
                 self.logger.print(f"done: {self.loop.step} steps, {self.loop.consumed_tokens:,} tokens, "
                                   f"final validation loss {final_val:.4f}, perplexity {math.exp(min(final_val, 50)):.3f}")
@@ -323,8 +322,9 @@ def _check_layout_resumable(cfg: Config, state, meta: Dict, run_dir: str, tag: s
     if same_model_layout and saved["zero_stage"] == now["zero_stage"] and (
             saved["data"] == now["data"] or not zero_partitioned):
         return
-    describe = lambda l: (f"tensor {l['tensor']} x pipeline {l['pipeline']} x data {l['data']}, "
-                          f"ZeRO {l['zero_stage']}")
+    def describe(layout: Dict) -> str:
+        return (f"tensor {layout['tensor']} x pipeline {layout['pipeline']} x data {layout['data']}, "
+                f"ZeRO {layout['zero_stage']}")
     raise CheckpointError(
         f"checkpoint {os.path.join(run_dir, 'checkpoints', tag)} was written by {describe(saved)}; this run is "
         f"{describe(now)}. Reshape it first: python tools/convert_checkpoint.py --load {run_dir} --save NEW_RUN_DIR "

@@ -193,6 +193,15 @@ def test_wall_clock_limit_saves_and_exits(tmp_path):
     assert read_meta(run_dir, latest(run_dir))["step"] == 1
 
 
+def test_no_save_writes_no_checkpoint(tmp_path):
+    run_dir = str(tmp_path / "run")
+    out = run(1, COMMON + ["--run-dir", run_dir, "--train-steps", "2", "--save-interval", "1", "--no-save"],
+              str(tmp_path / "a"))
+    assert "done: 2 steps" in out and "saved checkpoint" not in out
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+    assert sorted(losses(run_dir)) == [1, 2]
+
+
 def test_crash_during_save_keeps_the_previous_checkpoint_latest(reference, tmp_path):
     ref_dir, _ = reference
     run_dir = str(tmp_path / "run")
