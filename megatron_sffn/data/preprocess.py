@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import sys
@@ -114,9 +115,6 @@ def _init_worker(model_path: str, keys: Sequence[str], append_eod: bool, dtype: 
                  in_pool: bool = True) -> None:
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the main process handles interrupts
-        # A forked worker inherits the parent's SIGTERM-raises handler; Pool.terminate() must
-        # kill it outright, or a worker blocked on the task queue survives and join() hangs.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     tokenizer = SentencePieceTokenizer(model_path)
     _WORKER.update(tokenizer=tokenizer, keys=tuple(keys), eod=tokenizer.eos_id if append_eod else None,
                    dtype=np.dtype(dtype), split_bounds=split_bounds, split_seed=split_seed,
@@ -277,7 +275,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessSummary:
             _init_worker(*init_args, in_pool=False)
             results = map(_encode_batch, batches)
         else:
-            pool = multiprocessing.Pool(config.workers, initializer=_init_worker, initargs=init_args)
+            pool = _start_pool(config.workers, init_args)
             results = _ordered_results(pool, batches, in_flight=2 * config.workers + 2)
         with _progress(total_bytes, config.show_progress) as bar:
             for result in results:
@@ -322,6 +320,24 @@ def preprocess(config: PreprocessConfig) -> PreprocessSummary:
     summary.output_bytes = sum(os.path.getsize(data_file_path(p)) + os.path.getsize(index_file_path(p))
                                for p in names.values())
     return summary
+
+
+def _start_pool(workers: int, init_args) -> multiprocessing.pool.Pool:
+    """Fork the workers while SIGTERM has its default action.
+
+    A worker forked under _raise_on_sigterm's Python-level handler keeps it until its
+    initializer runs; a Pool.terminate() arriving in that window is then raised as
+    KeyboardInterrupt or swallowed, the worker lives on blocked on the task queue, and
+    terminate()'s join hangs forever (seen when an input error stops a run right away)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread: handlers are the main thread's business
+        previous = None
+    try:
+        return multiprocessing.Pool(workers, initializer=_init_worker, initargs=init_args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_on_sigterm():
