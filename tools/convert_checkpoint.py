@@ -3,7 +3,8 @@
 
     python tools/convert_checkpoint.py --load RUN_OR_CKPT --save OUT --to consolidated [--weights-only]
     python tools/convert_checkpoint.py --load CKPT --save NEW_RUN --to deepspeed \\
-        [--tensor-parallel N --pipeline-parallel M --data-parallel D --zero-stage Z]
+        [--tensor-parallel N --pipeline-parallel M --data-parallel D --zero-stage Z] \\
+        [--optimizer-implementation deepspeed|fused]
     python tools/convert_checkpoint.py --load CKPT --save HF_DIR --to hf [--keep-factors]
 
 --load takes a run folder (its newest complete checkpoint), a checkpoint step folder
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline-parallel", type=int, default=None, help="--to deepspeed: default the source's")
     p.add_argument("--data-parallel", type=int, default=None, help="--to deepspeed: default the source's")
     p.add_argument("--zero-stage", type=int, default=None, help="--to deepspeed: default the source's")
+    p.add_argument("--optimizer-implementation", choices=["deepspeed", "fused"], default=None,
+                   help="--to deepspeed: optimizer.implementation of the target run (default the source's; "
+                        "fused needs --zero-stage 0)")
     p.add_argument("--weights-only", action="store_true", help="--to consolidated: leave out the Adam moments")
     p.add_argument("--keep-factors", action="store_true",
                    help="--to hf: also save the structured factors (structured_factors.safetensors)")
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
     from megatron_sffn.checkpoint import convert
     from megatron_sffn.checkpoint.local_ranks import WorkerError
 
-    layout_flags = [f for f in ("tensor_parallel", "pipeline_parallel", "data_parallel", "zero_stage")
+    layout_flags = [f for f in ("tensor_parallel", "pipeline_parallel", "data_parallel", "zero_stage",
+                                "optimizer_implementation")
                     if getattr(args, f) is not None]
     started = time.perf_counter()
     try:
@@ -60,7 +65,8 @@ def main(argv=None) -> int:
             what = "consolidated checkpoint" + (" (weights only)" if args.weights_only else "")
         elif args.to == "deepspeed":
             out = convert.reshape(args.load, args.save, args.tensor_parallel, args.pipeline_parallel,
-                                  args.data_parallel, args.zero_stage, args.timeout, args.verbose)
+                                  args.data_parallel, args.zero_stage, args.timeout, args.verbose,
+                                  args.optimizer_implementation)
             what = f"run folder; resume with: launchers/pretrain.py --config {os.path.join(out, 'config.json')}"
         else:
             arch = convert.export_to_hf(args.load, args.save, args.keep_factors, args.tokenizer_model, args.verbose)

@@ -99,14 +99,18 @@ def consolidated_view(source: Source, with_optimizer: bool = False, verbose: boo
 
 # ---------------------------------------------------------------------------------- reshape
 
-def target_config(config: Dict, tensor: int, pipeline: int, data: int, zero_stage: int, run_dir: str) -> Config:
+def target_config(config: Dict, tensor: int, pipeline: int, data: int, zero_stage: int, run_dir: str,
+                  implementation: Optional[str] = None) -> Config:
     """The run config with a new layout, validated against the model (one error naming the flags)."""
     from ..parallel.ds_config import check_engine_support
     raw = copy.deepcopy(config)
     raw.setdefault("parallel", {}).update(tensor=tensor, pipeline=pipeline, zero_stage=zero_stage)
     raw.setdefault("output", {})["run_dir"] = run_dir
+    if implementation is not None:
+        raw.setdefault("optimizer", {})["implementation"] = implementation
+    implementation = raw.get("optimizer", {}).get("implementation", "deepspeed")
     flags = (f"--tensor-parallel {tensor} --pipeline-parallel {pipeline} --data-parallel {data} "
-             f"--zero-stage {zero_stage}")
+             f"--zero-stage {zero_stage} --optimizer-implementation {implementation}")
     for value, flag in ((tensor, "--tensor-parallel"), (pipeline, "--pipeline-parallel"), (data, "--data-parallel")):
         if value < 1:
             raise ConversionError(f"{flag} {value} must be at least 1")
@@ -135,7 +139,7 @@ def check_consolidated_fits(path: str, cfg: Config) -> bool:
 
 def reshape(source: Source, out: str, tensor: Optional[int] = None, pipeline: Optional[int] = None,
             data: Optional[int] = None, zero_stage: Optional[int] = None, timeout: Optional[float] = None,
-            verbose: bool = False) -> str:
+            verbose: bool = False, implementation: Optional[str] = None) -> str:
     """A run folder `out` holding one DeepSpeed checkpoint of the source's training state in the
     given layout (default: the source's own), resumable with `launchers/pretrain.py --config
     out/config.json`. A DeepSpeed source is consolidated on the way (in a temporary folder)."""
@@ -146,7 +150,7 @@ def reshape(source: Source, out: str, tensor: Optional[int] = None, pipeline: Op
     data = data or int(layout.get("data") or 1)
     zero_stage = int(layout.get("zero_stage", 1)) if zero_stage is None else zero_stage
     out_abs = os.path.abspath(os.path.expanduser(out))
-    cfg = target_config(src.config, tensor, pipeline, data, zero_stage, out_abs)
+    cfg = target_config(src.config, tensor, pipeline, data, zero_stage, out_abs, implementation)
     if src.kind == "consolidated":
         if not src.has_optimizer:
             raise ConversionError(f"--load {src.path} holds no optimizer state (optimizer.safetensors): it can be "

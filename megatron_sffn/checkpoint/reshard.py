@@ -243,7 +243,7 @@ def import_rank(consolidated: str, run_dir: str) -> None:
 
     loop = meta["loop"]
     layout = {"tensor": state.tensor_size, "pipeline": state.pipe_size, "data": state.data_size,
-              "zero_stage": cfg.parallel.zero_stage}
+              "zero_stage": cfg.parallel.zero_stage, "optimizer": cfg.optimizer.implementation}
     run_meta = {"step": int(loop["step"]), "loop": loop, "guide": meta.get("guide", {}),
                 "reason": f"converted from {meta.get('source', {}).get('path', consolidated)}",
                 "config": cfg.to_dict(), "layout": layout}

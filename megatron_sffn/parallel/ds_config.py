@@ -11,6 +11,8 @@ Precision choices:
         without ZeRO, so stage 0 accumulates in bf16.
   fp16  dynamic loss scaling (scale 2^16, halved on overflow, doubled after 1000 clean steps).
   fp32  everything in fp32 (what the CPU tests compare across layouts).
+  optimizer.implementation = fused (bf16, ZeRO 0): DeepSpeed's bf16 mode and clipping are
+        off; training/master_optimizer.py keeps fp32 masters and main gradients itself.
 """
 from __future__ import annotations
 
@@ -34,14 +36,15 @@ def deep_merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
 
 def deepspeed_config(cfg: Config, data_parallel_size: int) -> Dict[str, Any]:
     t, p = cfg.training, cfg.parallel
+    fused = cfg.optimizer.implementation == "fused"  # MasterWeightAdamW: DeepSpeed sees a plain optimizer
     accumulation = t.global_batch_size // (t.micro_batch_size * data_parallel_size)
     ds: Dict[str, Any] = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": cfg.optimizer.grad_clip,
+        "gradient_clipping": 0.0 if fused else cfg.optimizer.grad_clip,
         "zero_optimization": {"stage": p.zero_stage},
-        "bf16": {"enabled": t.precision == "bf16"},
+        "bf16": {"enabled": t.precision == "bf16" and not fused},
         "fp16": {"enabled": t.precision == "fp16"},
         "steps_per_print": NEVER_PRINT,
         "wall_clock_breakdown": False,

@@ -32,8 +32,9 @@ from ..parallel.ds_config import check_engine_support, deepspeed_config
 from ..parallel.full_state import gather_tensor_parallel, merge_over_pipeline
 from ..parallel.topology import ParallelState
 from ..structured.guide import GuideState
-from .optimizer import (ADAM_STATE_KEYS, base_optimizer, build_optimizer, carry_state, full_master, full_moment,
-                        initialise_adam_state, optimizer_step_count, undo_initialisation_step)
+from .master_optimizer import MasterWeightAdamW
+from .optimizer import (ADAM_STATE_KEYS, base_optimizer, build_optimizer, carry_state, full_grad, full_master,
+                        full_moment, initialise_adam_state, optimizer_step_count, undo_initialisation_step)
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 CLIENT_KEY = "megatron_sffn_client_state"
@@ -48,6 +49,8 @@ def uses_own_guard(cfg: Config) -> bool:
     tensor-parallel (so tensor ranks > 0 count nothing). The pipeline's bf16 optimizer
     (BF16_Optimizer) and the ZeRO optimizers count per parameter and are left alone."""
     precision, pipeline = cfg.training.precision, cfg.parallel.pipeline > 1
+    if cfg.optimizer.implementation == "fused":  # MasterWeightAdamW guards and clips itself
+        return False
     return cfg.parallel.zero_stage == 0 and (precision == "fp32" or (precision == "bf16" and not pipeline))
 
 
@@ -94,21 +97,50 @@ class TrainEngine:
     def _initialize(self, module: nn.Module):
         import deepspeed
 
-        optimizer = build_optimizer(module, self.cfg.optimizer)
+        fused = self.cfg.optimizer.implementation == "fused"
+        if fused:
+            optimizer = self._master_weight_optimizer(module)
+        else:
+            optimizer = build_optimizer(module, self.cfg.optimizer)
         config = deepspeed_config(self.cfg, self.state.data_size)
         if self._own_guard:
             config["gradient_clipping"] = 0.0  # clipped in _guarded_step with the whole-model norm
         ds, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config,
                                            mpu=None if self.uses_pipeline else self.state.mpu)
+        if fused:  # the optimizer reduces its own flat fp32 gradients, tied ones included
+            ds.enable_backward_allreduce = False
+            if self.uses_pipeline:  # the tied embedding's two copies: summed by the optimizer, not DeepSpeed
+                ds.pipeline_enable_backward_allreduce = False
+                optimizer.tied_groups = module.get_tied_weights_and_groups()
+                module.get_tied_weights_and_groups = lambda: []
         undo_initialisation_step(ds.optimizer)
         self._wrap_optimizer_step(ds)
         return ds
 
+    def _master_weight_optimizer(self, module: nn.Module) -> MasterWeightAdamW:
+        """Masters from the fp32 module on its training device, then the parameters in bf16
+        (buffers stay fp32, as DeepSpeed's own cast leaves them)."""
+        module.to(torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu")
+        optimizer = MasterWeightAdamW(module, self.cfg.optimizer, self.state, self._counted_in_norm)
+        with torch.no_grad():
+            for param in module.parameters():
+                param.data = param.data.to(torch.bfloat16)
+        return optimizer
+
+    def _counted_in_norm(self, param: nn.Parameter) -> bool:
+        """Whether this rank adds `param` to the gradient norm (see global_grad_norm)."""
+        if getattr(param, "ds_pipe_replicated", False):
+            return False
+        return self.state.tensor_rank == 0 or getattr(param, "tensor_model_parallel", False)
+
     def _wrap_optimizer_step(self, ds) -> None:
         """Run gradient observers (and, for fp32 without ZeRO, the guard) right before each step."""
         original = ds.optimizer.step
+        reduce = ds.optimizer.reduce_gradients if isinstance(ds.optimizer, MasterWeightAdamW) else None
 
         def step(*args, **kwargs):
+            if reduce is not None and self._observers:
+                reduce()  # observers see data-parallel-averaged gradients
             for observe in self._observers:
                 observe(self)
             if self._own_guard:
@@ -286,8 +318,6 @@ class TrainEngine:
         meaningful inside a gradient observer (DeepSpeed frees gradients after the step).
         Collective over the whole world; moves whole tensors (tests and tools, not training).
         """
-        from deepspeed.utils import safe_get_full_grad
-
         names, shards = [], []
         for name, param in self.named_parameters():
             split = getattr(param, "tp_split_dim", None)
@@ -295,7 +325,7 @@ class TrainEngine:
             names.append(name)
             shards.append((value, split))
             if include_grads:
-                grad = safe_get_full_grad(param)
+                grad = full_grad(param, self.ds.optimizer)
                 names.append(f"{name}.grad")
                 shards.append((torch.zeros_like(value, dtype=torch.float32) if grad is None else grad, split))
         local = dict(zip(names, gather_tensor_parallel(shards, self.state.tp)))
@@ -370,6 +400,8 @@ class TrainEngine:
 
 def _release(ds) -> None:
     """Detach an engine from its module and free what it holds."""
+    if hasattr(ds.optimizer, "remove_hooks"):
+        ds.optimizer.remove_hooks()
     ds.destroy()
     for hook in ("module_forward_pre_hook", "module_forward_post_hook"):
         handle = getattr(ds, hook, None)

@@ -221,7 +221,8 @@ class Trainer:
         meta = {"step": self.loop.step, "loop": dataclasses.asdict(self.loop), "reason": reason,
                 "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict(),
                 "layout": {"tensor": self.state.tensor_size, "pipeline": self.state.pipe_size,
-                           "data": self.state.data_size, "zero_stage": self.cfg.parallel.zero_stage}}
+                           "data": self.state.data_size, "zero_stage": self.cfg.parallel.zero_stage,
+                           "optimizer": self.cfg.optimizer.implementation}}
         client = {"loop": dataclasses.asdict(self.loop), "nonfinite": self.guard.state_dict(),
                   "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict()}
         tag = self.ckpt.save(self.engine, self.loop.step, meta, client)
@@ -316,20 +317,23 @@ def _check_layout_resumable(cfg: Config, state, meta: Dict, run_dir: str, tag: s
     if not saved:
         return
     now = {"tensor": state.tensor_size, "pipeline": state.pipe_size, "data": state.data_size,
-           "zero_stage": cfg.parallel.zero_stage}
-    same_model_layout = saved["tensor"] == now["tensor"] and saved["pipeline"] == now["pipeline"]
+           "zero_stage": cfg.parallel.zero_stage, "optimizer": cfg.optimizer.implementation}
+    saved = {"optimizer": "deepspeed", **saved}  # written before optimizer.implementation existed
+    same_model_layout = (saved["tensor"] == now["tensor"] and saved["pipeline"] == now["pipeline"]
+                         and saved["optimizer"] == now["optimizer"])
     zero_partitioned = saved["zero_stage"] > 0 or now["zero_stage"] > 0
     if same_model_layout and saved["zero_stage"] == now["zero_stage"] and (
             saved["data"] == now["data"] or not zero_partitioned):
         return
     def describe(layout: Dict) -> str:
         return (f"tensor {layout['tensor']} x pipeline {layout['pipeline']} x data {layout['data']}, "
-                f"ZeRO {layout['zero_stage']}")
+                f"ZeRO {layout['zero_stage']}, optimizer.implementation {layout['optimizer']}")
     raise CheckpointError(
         f"checkpoint {os.path.join(run_dir, 'checkpoints', tag)} was written by {describe(saved)}; this run is "
         f"{describe(now)}. Reshape it first: python tools/convert_checkpoint.py --load {run_dir} --save NEW_RUN_DIR "
         f"--to deepspeed --tensor-parallel {now['tensor']} --pipeline-parallel {now['pipeline']} "
-        f"--data-parallel {now['data']} --zero-stage {now['zero_stage']}, then resume with --run-dir NEW_RUN_DIR")
+        f"--data-parallel {now['data']} --zero-stage {now['zero_stage']} --optimizer-implementation "
+        f"{now['optimizer']}, then resume with --run-dir NEW_RUN_DIR")
 
 
 def _first_difference(a, b, prefix: str) -> str:

@@ -43,7 +43,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 def base_optimizer(ds_optimizer) -> torch.optim.Optimizer:
     """The torch optimizer inside DeepSpeed's wrapper (ZeRO, BF16/FP16 optimizers) or itself."""
     inner = ds_optimizer
-    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+    while (not isinstance(inner, torch.optim.Optimizer) or getattr(inner, "wraps_optimizer", False)) \
+            and hasattr(inner, "optimizer"):
         inner = inner.optimizer
     return inner
 
@@ -93,6 +94,16 @@ def full_master(param, ds_optimizer) -> torch.Tensor:
     if partitioned(param):
         return safe_get_full_fp32_param(param)
     return master_of(param, ds_optimizer).detach().float()
+
+
+def full_grad(param, ds_optimizer) -> Optional[torch.Tensor]:
+    """This step's gradient of `param`, whole over data-parallel ranks: the fp32 main
+    gradient of MasterWeightAdamW, else what DeepSpeed's accessor finds."""
+    from deepspeed.utils import safe_get_full_grad
+
+    if hasattr(ds_optimizer, "main_grad"):
+        return ds_optimizer.main_grad(param)
+    return safe_get_full_grad(param)
 
 
 def full_moment(param, key: str, ds_optimizer) -> Optional[torch.Tensor]:

@@ -38,10 +38,14 @@ def tiny_config(kind: str, tensor: int = 1, pipe: int = 1, zero: int = 1, precis
         training = dict(activation_checkpointing=True, checkpoint_interval=1, **training)
     model = ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2,
                         ffn_hidden_size=64, seq_length=SEQ, ffn=ffn)
+    # "bf16fused": bf16 with optimizer.implementation = fused (training/master_optimizer.py)
+    implementation = "fused" if precision == "bf16fused" else "deepspeed"
+    precision = "bf16" if precision == "bf16fused" else precision
     train = dict(train_steps=10, micro_batch_size=MICRO, global_batch_size=GLOBAL, seed=SEED, precision=precision)
     train.update(training)
     return Config(model=model, training=TrainingConfig(**train),
-                  optimizer=OptimizerConfig(lr=3e-3, weight_decay=0.1, grad_clip=grad_clip),
+                  optimizer=OptimizerConfig(lr=3e-3, weight_decay=0.1, grad_clip=grad_clip,
+                                            implementation=implementation),
                   self_guided=SelfGuidedConfig(enabled=kind.endswith("_sgt")),
                   parallel=ParallelConfig(tensor=tensor, pipeline=pipe, zero_stage=zero))
 

@@ -95,6 +95,27 @@ def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(referenc
     assert latest(run_dir) == "step00000002"
 
 
+FUSED = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--override", 'optimizer.implementation="fused"']
+
+
+def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation(tmp_path):
+    """optimizer.implementation = fused through the launcher: guides dropped (the optimizer
+    rebuilt with its fp32 state), bit-exact resume, and a checkpoint it wrote is refused by a
+    run using DeepSpeed's optimizer, with the conversion command, before anything is touched."""
+    ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
+    out = run(2, FUSED + ["--run-dir", ref_dir], str(tmp_path / "r"))
+    assert "guides dropped, optimizer rebuilt" in out and "done: 10 steps" in out
+    ref = losses(ref_dir)
+    assert ref[STEPS] < ref[1]
+    run(2, FUSED + ["--run-dir", run_dir, "--exit-interval", "4"], str(tmp_path / "a"))
+    other = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--run-dir", run_dir]
+    out = run(2, other, str(tmp_path / "b"), expect=2)
+    assert "optimizer.implementation fused" in out and "--optimizer-implementation deepspeed" in out
+    assert latest(run_dir) == "step00000004"
+    run(2, FUSED + ["--run-dir", run_dir], str(tmp_path / "c"))
+    assert losses(run_dir) == ref  # bit for bit: fp32 masters, main gradients, Adam state
+
+
 def test_bf16_pipeline_without_zero_resumes(tmp_path):
     """bf16 + pipeline + ZeRO 0 is DeepSpeed's BF16_Optimizer outside ZeRO, whose own load
     path fails on its own files (engine.load_checkpoint works around it)."""

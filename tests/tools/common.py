@@ -65,17 +65,19 @@ def call(main, argv: List[str], capsys) -> tuple:
 
 
 def synthetic_consolidated(path: str, guided: bool = False, step: int = 3, optimizer: bool = True,
-                           **model) -> Config:
+                           precision: str = "fp32", random_moments: bool = False, **model) -> Config:
     """A consolidated folder written without training (for the input checks, no process started)."""
     fields = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, seq_length=16,
                   ffn=FFNConfig(kind="lowrank", rank=8))
     fields.update(model)
     cfg = Config(model=ModelConfig(**fields), training=TrainingConfig(train_steps=8, micro_batch_size=2,
-                                                                      global_batch_size=8, precision="fp32"),
+                                                                      global_batch_size=8, precision=precision),
                  self_guided=SelfGuidedConfig(enabled=guided))
     net = GPTModel(cfg.model, guided=guided).initialize(seed=0)
     weights = dict(net.state_dict())
-    moments = {key: {n: torch.zeros_like(w) for n, w in weights.items()} for key in ("exp_avg", "exp_avg_sq")}
+    g = torch.Generator().manual_seed(7)
+    fill = (lambda w: torch.rand(w.shape, generator=g)) if random_moments else torch.zeros_like
+    moments = {key: {n: fill(w) for n, w in weights.items()} for key in ("exp_avg", "exp_avg_sq")}
     meta = {"step": step, "consumed_tokens": step * 8 * 16, "optimizer_step": step,
             "loop": {"step": step, "consumed_tokens": step * 8 * 16, "guides_dropped": False},
             "guide": {"active": guided, "alpha": 0.5, "step": step - 1, "seed": 1234, "reduce_flop": True},

@@ -18,7 +18,7 @@ def test_consolidated_holds_the_full_training_state(run22, consolidated2):
     meta = json.load(open(os.path.join(consolidated2, "meta.json")))
     assert meta["step"] == 2 and meta["consumed_tokens"] == 2 * 8 * 32 and meta["optimizer_step"] == 2
     assert meta["loop"]["guides_dropped"] is False and meta["guide"]["active"] is True
-    assert meta["source"]["layout"] == {"tensor": 2, "pipeline": 2, "data": 1, "zero_stage": 1}
+    assert meta["source"]["layout"] == {"tensor": 2, "pipeline": 2, "data": 1, "zero_stage": 1, "optimizer": "deepspeed"}
     weights = load_file(os.path.join(consolidated2, "model.safetensors"))
     moments = load_file(os.path.join(consolidated2, "optimizer.safetensors"))
     assert any(".guide." in name for name in weights)  # the guided phase is not over at step 2
@@ -47,7 +47,7 @@ def test_reshaped_run_folder_records_its_new_layout(resumed):
     assert cfg["parallel"] == {**cfg["parallel"], "tensor": 1, "pipeline": 1, "zero_stage": 2}
     assert cfg["output"]["run_dir"] == run_dir
     meta = json.load(open(os.path.join(run_dir, "checkpoints", "step00000002", "meta.json")))
-    assert meta["layout"] == {"tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 2}
+    assert meta["layout"] == {"tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 2, "optimizer": "deepspeed"}
     assert meta["loop"] == {"step": 2, "consumed_tokens": 512, "guides_dropped": False}
     assert not os.path.exists(run_dir + ".partial")
 
@@ -65,5 +65,29 @@ def test_zero3_round_trip_is_bit_exact(dense_run, tmp_path):
         a, b = load_file(str(first / name)), load_file(str(second / name))
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
     meta = json.load(open(second / "meta.json"))
-    assert meta["source"]["layout"] == {"tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 3}
+    assert meta["source"]["layout"] == {"tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 3, "optimizer": "deepspeed"}
     assert meta["optimizer_step"] == 2 and meta["loop"]["step"] == 2
+
+
+def test_fused_optimizer_round_trip_is_bit_exact_and_zero_needs_the_other_implementation(tmp_path, capsys):
+    """consolidated (bf16 run) -> DeepSpeed with optimizer.implementation = fused on 2 data
+    ranks -> consolidated again: fp32 masters and moments bit-equal. Asking for ZeRO 1 while the
+    source config says fused names the flag to change."""
+    from tools.convert_checkpoint import main
+
+    from .common import call, synthetic_consolidated
+    first, fused, second = tmp_path / "c1", tmp_path / "fused", tmp_path / "c2"
+    synthetic_consolidated(str(first), precision="bf16", random_moments=True)
+    assert main(["--load", str(first), "--save", str(fused), "--to", "deepspeed", "--data-parallel", "2",
+                 "--zero-stage", "0", "--optimizer-implementation", "fused"]) == 0
+    cfg = json.load(open(fused / "config.json"))
+    assert cfg["optimizer"]["implementation"] == "fused" and cfg["parallel"]["zero_stage"] == 0
+    assert main(["--load", str(fused), "--save", str(second), "--to", "consolidated"]) == 0
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(str(first / name)), load_file(str(second / name))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.load(open(second / "meta.json"))["source"]["layout"]["optimizer"] == "fused"
+    code, _, err = call(main, ["--load", fused, "--save", tmp_path / "z1", "--to", "deepspeed", "--zero-stage", 1],
+                        capsys)
+    assert code == 2 and "optimizer.implementation" in err and "parallel.zero_stage" in err
+    assert not (tmp_path / "z1").exists()

@@ -13,7 +13,7 @@ def test_run_folder_and_consolidated(run22, consolidated2, capsys):
     code, out, _ = call(main, [run22, "--json"], capsys)
     info = json.loads(out)
     assert code == 0 and info["kind"] == "deepspeed" and info["step"] == 4 and info["consumed_tokens"] == 1024
-    assert info["layout"] == {"tensor": 2, "pipeline": 2, "data": 1, "zero_stage": 1}
+    assert info["layout"] == {"tensor": 2, "pipeline": 2, "data": 1, "zero_stage": 1, "optimizer": "deepspeed"}
     assert [t["tag"] for t in info["tags"]] == ["step00000002", "step00000004"]
     assert info["self_guided"]["guides_dropped"] is True and info["bytes"] > 0
     code, out, _ = call(main, [consolidated2], capsys)

@@ -28,6 +28,7 @@ import torch.distributed as dist  # noqa: E402
 
 from megatron_sffn.parallel.topology import build_parallel_state, init_distributed  # noqa: E402
 from megatron_sffn.training.engine import TrainEngine  # noqa: E402
+from megatron_sffn.training.optimizer import full_grad  # noqa: E402
 from tests.distributed.common import (guide_state_for, is_guided, lr_at, micro_batches, set_step,  # noqa: E402
                                       tiny_config)
 
@@ -56,15 +57,13 @@ def step(engine, guide_state, state, i: int) -> float:
 
 def replicated_grad_spread(engine: TrainEngine) -> float:
     """Largest |g_rank - g_rank0| over replicated parameters within the tensor group."""
-    from deepspeed.utils import safe_get_full_grad
-
     state = engine.state
     if state.tensor_size == 1:
         return 0.0
     grads = []
     for _, param in engine.named_parameters():
         if getattr(param, "tp_split_dim", None) is None:
-            grad = safe_get_full_grad(param)
+            grad = full_grad(param, engine.ds.optimizer)
             grads.append(torch.zeros(param.numel()) if grad is None else grad.float().reshape(-1))
     flat = torch.cat(grads)
     everyone = torch.empty(state.tensor_size * flat.numel())
@@ -80,7 +79,7 @@ def run_train(sc: Scenario, state) -> dict:
     def observe(eng):
         if eng.global_steps not in CHECKED_STEPS:
             return
-        if sc.precision == "fp32":  # parameters and gradients right before the step
+        if sc.precision in ("fp32", "bf16fused"):  # parameters and gradients right before the step
             full = eng.gather_full_state(include_grads=True, master=sc.zero == 3)
             record["states"].append({k: v.float() for k, v in full.items()})
         record["replicated_spread"] = max(record["replicated_spread"], replicated_grad_spread(eng))

@@ -1,0 +1,158 @@
+"""training/master_optimizer.py in one process: main-gradient accumulation, clipping folded
+into AdamW, skipped non-finite steps, checkpoints, and the config rules that select it.
+(The multi-rank layouts, pipeline tied embeddings included, are tests/distributed/test_layouts.py.)"""
+import io
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from megatron_sffn.config import ConfigError, OptimizerConfig, config_from_dict
+from megatron_sffn.training.master_optimizer import MasterWeightAdamW
+
+ONE_RANK = SimpleNamespace(data_size=1, tensor_size=1, pipe_size=1)
+
+
+def build(clip: float = 1.0, seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    reference = [p.detach().clone() for p in model.parameters()]
+    cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1, grad_clip=clip)
+    opt = MasterWeightAdamW(model, cfg, ONE_RANK, counted_in_norm=lambda p: True)
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return model, opt, reference, cfg
+
+
+def backward(model, seed: int, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 8, generator=g).to(torch.bfloat16)
+    loss = model(x).float().pow(2).mean() * scale
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}  # None: the hook took them
+
+
+def test_masters_start_from_the_fp32_values_and_gradients_accumulate_in_fp32():
+    model, opt, reference, _ = build()
+    for master, value in zip(opt_masters_in_module_order(opt, model), reference):
+        assert master.dtype == torch.float32 and torch.equal(master, value)
+    seen = {}
+    for n, p in model.named_parameters():  # each micro-batch's bf16 gradient, before the hook takes it
+        p.register_hook(lambda g, n=n: seen.setdefault(n, []).append(g.float()))
+    for seed in (1, 2):  # two micro-batches of one step: copy, then add
+        grads = backward(model, seed)
+        assert all(g is None for g in grads.values())  # moved into the main buffer, bf16 copy freed
+    for n, p in model.named_parameters():
+        assert len(seen[n]) == 2 and torch.equal(opt.main_grad(p), seen[n][0] + seen[n][1]), n
+    opt.step()
+    seen.clear()
+    backward(model, 3)  # the next step starts over (a copy), not on top of the last step's sum
+    for n, p in model.named_parameters():
+        assert torch.equal(opt.main_grad(p), seen[n][0]), n
+
+
+def test_a_parameter_without_gradient_this_step_steps_with_zero_not_last_steps_gradient():
+    model, opt, _, _ = build()
+    backward(model, 1)
+    opt.step()
+    last = model[2]
+    for p in last.parameters():
+        p.requires_grad_(False)
+    backward(model, 2)
+    for p in last.parameters():
+        p.requires_grad_(True)
+    opt.reduce_gradients()
+    assert all(float(opt.main_grad(p).abs().max()) == 0.0 for p in last.parameters())
+    assert float(opt.main_grad(model[0].weight).abs().max()) > 0
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3, 1e3])
+def test_one_step_equals_torch_adamw_on_fp32_with_clip_grad_norm(clip):
+    """Clipping is folded into fused AdamW's grad_scale (or a multiply without it): the
+    masters after two steps equal torch AdamW + clip_grad_norm_ on the same fp32 gradients."""
+    model, opt, reference, cfg = build(clip)
+    ref_params = [nn.Parameter(r.clone()) for r in reference]
+    names = [n for n, _ in model.named_parameters()]
+    decay = [p for p, r in zip(ref_params, reference) if r.dim() >= 2]
+    no_decay = [p for p, r in zip(ref_params, reference) if r.dim() < 2]
+    ref_opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                eps=cfg.eps)
+    for seed in (1, 2):
+        backward(model, seed)
+        for name, p in zip(names, ref_params):
+            p.grad = opt.main_grad(dict(model.named_parameters())[name]).clone()
+        norm = torch.nn.utils.clip_grad_norm_(ref_params, clip if clip > 0 else float("inf"))
+        opt.step()
+        assert not opt.overflow and opt._global_grad_norm == pytest.approx(float(norm), rel=1e-6)
+        ref_opt.step()
+        masters = {n: m for n, m in zip(names, opt_masters_in_module_order(opt, model))}
+        for name, p in zip(names, ref_params):
+            torch.testing.assert_close(masters[name], p.detach(), rtol=1e-6, atol=1e-7)
+            assert torch.equal(dict(model.named_parameters())[name], masters[name].to(torch.bfloat16))
+
+
+def opt_masters_in_module_order(opt, model):
+    by_param = {id(lp): hp for lg, hg in zip(opt.fp16_groups, opt.fp32_groups) for lp, hp in zip(lg, hg)}
+    return [by_param[id(p)] for p in model.parameters()]
+
+
+def test_a_nonfinite_gradient_skips_the_step_and_leaves_everything_untouched():
+    model, opt, _, _ = build()
+    backward(model, 1)
+    opt.step()
+    before = [m.clone() for m in opt_masters_in_module_order(opt, model)]
+    moments = {id(k): v["exp_avg"].clone() for k, v in opt.state.items()}
+    backward(model, 2, scale=float("inf"))
+    opt.step()
+    assert opt.overflow and not math.isfinite(opt._global_grad_norm)
+    assert all(torch.equal(a, b) for a, b in zip(before, opt_masters_in_module_order(opt, model)))
+    assert all(torch.equal(moments[id(k)], v["exp_avg"]) for k, v in opt.state.items())
+    assert all(int(v["step"]) == 1 for v in opt.state.values())
+    backward(model, 3)
+    opt.step()
+    assert not opt.overflow and all(int(v["step"]) == 2 for v in opt.state.values())
+
+
+def test_state_dict_round_trip_and_a_foreign_state_is_refused():
+    model, opt, _, _ = build()
+    for seed in (1, 2):
+        backward(model, seed)
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)  # as DeepSpeed's checkpoint does (state_dict() does not copy)
+    buffer.seek(0)
+    model2, opt2, _, _ = build(seed=5)
+    opt2.load_state_dict(torch.load(buffer))
+    assert all(int(v["step"]) == 2 for v in opt2.state.values()) and len(opt2.state) == 4
+    for a, b in zip(opt_masters_in_module_order(opt, model), opt_masters_in_module_order(opt2, model2)):
+        assert torch.equal(a, b)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+    backward(model, 3), backward(model2, 3)
+    opt.step(), opt2.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+    with pytest.raises(ValueError, match="implementation = 'fused'"):
+        opt2.load_state_dict({"state": {}, "param_groups": []})  # a plain torch optimizer's state
+
+
+def _config(**sections):
+    raw = {"model": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "ffn_hidden_size": 64, "vocab_size": 64,
+                     "seq_length": 16},
+           "training": {"train_steps": 2, "micro_batch_size": 1, "global_batch_size": 1}}
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return config_from_dict(raw)
+
+
+def test_config_selects_and_checks_the_implementation():
+    cfg = _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 0}, training={"precision": "bf16"})
+    assert cfg.optimizer.implementation == "fused"
+    assert _config().optimizer.implementation == "deepspeed"
+    with pytest.raises(ConfigError, match="'optimizer.implementation'.*'parallel.zero_stage' = 0, got 1"):
+        _config(optimizer={"implementation": "fused"}, training={"precision": "bf16"})
+    with pytest.raises(ConfigError, match="'optimizer.implementation'.*'training.precision'.*'fp32'"):
+        _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 0}, training={"precision": "fp32"})
+    with pytest.raises(ConfigError, match="optimizer.implementation"):
+        _config(optimizer={"implementation": "apex"})
