@@ -3,6 +3,7 @@
 
     python tools/generate.py --load CKPT --prompt "The history of" [--prompt ...]
         [--max-new-tokens 64 --temperature 0.8 --top-k 50 --top-p 0.95] [--pre-merge auto|on|off]
+        [--cuda-graphs]
     python tools/generate.py --load CKPT --calibrate      # measure the pre-merge crossover here
 
 CKPT is a consolidated checkpoint (tools/convert_checkpoint.py --to consolidated) or a run
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from megatron_sffn.inference.cuda_graph import unavailable_reason  # noqa: E402
 from megatron_sffn.inference.generation import SamplingConfig, generate  # noqa: E402
 from megatron_sffn.inference.premerge import (DEFAULT_CALIBRATION, apply_premerge, calibrate,  # noqa: E402
                                               load_thresholds, save_calibration)
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pre-merge", choices=["auto", "on", "off"], default="auto",
                    help="auto: merged dense matrix below the calibrated token count, factors above")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="decode each token by replaying a captured CUDA graph (falls back to eager without CUDA)")
     p.add_argument("--calibrate", action="store_true", help="measure the pre-merge crossover on this device")
     p.add_argument("--calibration-file", default=DEFAULT_CALIBRATION)
     p.add_argument("--tokenizer-model", default=None, help="default: the one the run was trained with")
@@ -103,11 +107,15 @@ def main(argv=None) -> int:
     prompts = [[tok.eos_id] + tok.encode(text) for text in args.prompt]
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                               stop_token=tok.eos_id, vocab_limit=tok.vocab_size)
+    reason = unavailable_reason(args.device) if args.cuda_graphs else None
+    if reason:
+        print(f"warning: --cuda-graphs: {reason}; decoding eagerly", file=sys.stderr)
+    graphs = args.cuda_graphs and not reason
     if str(args.device).startswith("cuda"):  # kernels and library handles load outside the timed call
-        generate(model, prompts, dataclasses.replace(sampling, max_new_tokens=2))
+        generate(model, prompts, dataclasses.replace(sampling, max_new_tokens=2), cuda_graphs=graphs)
         torch.cuda.synchronize()
     start = time.perf_counter()
-    outputs = generate(model, prompts, sampling)
+    outputs = generate(model, prompts, sampling, cuda_graphs=graphs)  # the timing includes the graph's capture
     if str(args.device).startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -116,12 +124,13 @@ def main(argv=None) -> int:
     for prompt, text in zip(args.prompt, texts):
         print(f"--- {prompt!r}\n{prompt}{text}\n")
     new_tokens = sum(len(o) for o in outputs)
-    print(f"{new_tokens} tokens in {elapsed:.2f} s ({new_tokens / elapsed:.1f} tokens/s), pre-merge {args.pre_merge}: "
+    print(f"{new_tokens} tokens in {elapsed:.2f} s ({new_tokens / elapsed:.1f} tokens/s), "
+          f"{'CUDA graphs' if graphs else 'eager'}, pre-merge {args.pre_merge}: "
           + ", ".join(f"{k} <= {v}" if v >= 0 else f"{k} off" for k, v in chosen.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"prompts": args.prompt, "outputs": texts, "tokens": outputs, "pre_merge": chosen,
-                       "seconds": elapsed}, f, indent=2)
+                       "cuda_graphs": graphs, "seconds": elapsed}, f, indent=2)
     return 0
 
 

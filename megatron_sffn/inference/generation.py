@@ -1,16 +1,19 @@
 """Text generation with a KV cache: greedy, temperature, top-k and top-p sampling, batches.
 
 Prompts of different lengths are left-padded; the cache's validity mask keeps padding out
-of attention and positions, so each row decodes as if it were alone.
+of attention and positions, so each row decodes as if it were alone. With cuda_graphs=True
+the one-token steps after the prompt replay a captured CUDA graph (cuda_graph.py).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 
 from ..model.gpt import GPTModel
+from .cuda_graph import DecodeGraph, unavailable_reason
 
 
 @dataclass
@@ -50,8 +53,12 @@ def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, gen: torch.Gener
 
 @torch.no_grad()
 def generate(model: GPTModel, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-             pad_id: int = 0) -> List[List[int]]:
-    """Continue every prompt by up to max_new_tokens; returns only the new tokens per prompt."""
+             pad_id: int = 0, cuda_graphs: bool = False) -> List[List[int]]:
+    """Continue every prompt by up to max_new_tokens; returns only the new tokens per prompt.
+
+    cuda_graphs: decode through a captured CUDA graph (same tokens, less host time per
+    token); where CUDA is not usable it warns and decodes eagerly.
+    """
     if model.tp.size != 1:
         raise ValueError("generate() runs a single-rank model; consolidate the checkpoint first")
     device = next(model.parameters()).device
@@ -65,17 +72,26 @@ def generate(model: GPTModel, prompts: Sequence[Sequence[int]], sampling: Sampli
         valid[row, longest - len(prompt):] = True
     cache = model.new_cache(batch, longest + sampling.max_new_tokens)
     gen = torch.Generator(device=device).manual_seed(sampling.seed)
+    step = lambda token: model(token[:, None], cache)[:, -1]  # noqa: E731
+    if cuda_graphs:
+        reason = unavailable_reason(device)
+        if reason is None:
+            step = DecodeGraph(model, cache)
+        else:
+            warnings.warn(f"{reason}; decoding eagerly")
     logits = model(ids, cache, valid)[:, -1]
     out = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    for _ in range(sampling.max_new_tokens):
+    done = [False] * batch
+    for i in range(sampling.max_new_tokens):
         token = next_tokens(logits, sampling, gen)
+        values = token.tolist()  # one device sync per step, not one per row
         for row in range(batch):
             if not done[row]:
-                out[row].append(int(token[row]))
+                out[row].append(values[row])
         if sampling.stop_token is not None:
-            done |= token == sampling.stop_token
-            if bool(done.all()):
+            done = [d or v == sampling.stop_token for d, v in zip(done, values)]
+            if all(done):
                 break
-        logits = model(token[:, None], cache)[:, -1]
+        if i + 1 < sampling.max_new_tokens:  # the last token's logits are never used
+            logits = step(token)
     return out

@@ -24,6 +24,12 @@ class KVCache:
     Rows of a batch may hold prompts of different lengths (left-padded): `valid` marks real
     tokens, each row's positions count only its valid tokens, and attention never looks at
     padding. k[i], v[i]: (B, kv_heads_local, max_len, head_dim) for layer i.
+
+    Setting `column` (a (1,) long tensor on the cache's device) turns a call into the
+    fixed-shape decode step CUDA graphs need: one valid token per row, written at that column
+    by index ops, and attention over all max_len columns with `valid` as the mask. Nothing in it
+    depends on a Python int that changes per step, and `length` is left to whoever advances
+    `column` (inference/cuda_graph.py).
     """
 
     def __init__(self, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
@@ -34,10 +40,17 @@ class KVCache:
         self.max_len = max_len
         self.length = 0                      # columns filled so far
         self.positions = None                # (B, S) positions of the tokens of the current call
+        self.column: Optional[torch.Tensor] = None  # (1,) long: set during a fixed-shape step
 
     def begin(self, new_valid: torch.Tensor) -> None:
         """Register the (B, S) validity of the tokens about to be processed."""
         seq = new_valid.shape[1]
+        if self.column is not None:
+            if seq != 1:
+                raise ValueError(f"a fixed-shape decode step takes one token per row, got {seq}")
+            self.valid.index_fill_(1, self.column, True)
+            self.positions = self.valid.sum(dim=1, keepdim=True) - 1  # valid tokens before this one
+            return
         if self.length + seq > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.length + seq} requested")
         before = self.valid[:, : self.length].sum(dim=1, keepdim=True)
@@ -46,9 +59,14 @@ class KVCache:
         self.valid[:, self.length: self.length + seq] = new_valid
 
     def end(self, seq: int) -> None:
-        self.length += seq
+        if self.column is None:
+            self.length += seq
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.column is not None:
+            self.k[layer].index_copy_(2, self.column, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(2, self.column, v.to(self.v[layer].dtype))
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
@@ -56,6 +74,8 @@ class KVCache:
 
     def mask(self, seq: int) -> torch.Tensor:
         """(B, 1, S, L) boolean: causal over cache columns and no padding."""
+        if self.column is not None:  # columns after `column` are not valid yet: no causal part needed
+            return self.valid[:, None, None, :]
         end = self.length + seq
         causal = torch.ones(seq, end, dtype=torch.bool, device=self.valid.device).tril(diagonal=self.length)
         return (causal[None] & self.valid[:, None, :end]).unsqueeze(1)
