@@ -27,6 +27,7 @@ SHORTCUTS = {
     "--exit-interval": ("training.exit_interval", int),
     "--lr": ("optimizer.lr", float),
     "--precision": ("training.precision", str),
+    "--optimizer-implementation": ("optimizer.implementation", str),
 }
 
 

@@ -37,7 +37,7 @@ LAYOUTS = {
                 "drop/lowrank_sgt/0/bf16fused"],
     (1, 2, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/1/bf16", "resume/lowrank_sgt/1/fp32",
                 "drop/lowrank_sgt/0/fp32", "nonfinite/lowrank/1/bf16", "train/lowrank_sgt/0/bf16fused",
-                "resume/lowrank_sgt/0/bf16fused"],
+                "resume/lowrank_sgt/0/bf16fused", "train/lowrank_ckpt/0/bf16fused"],
     (2, 1, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/0/fp32", "train/lowrank_sgt/2/fp32",
                 "train/lowrank/3/fp32", "train/lowrank/2/bf16", "train/lowrank/0/bf16", "resume/lowrank/2/fp32",
                 "drop/lowrank_sgt/2/fp32", "drop/lowrank_sgt/0/bf16", "nonfinite/lowrank/0/fp32",
