@@ -206,9 +206,14 @@ class TrainEngine:
         else:
             self.ds.train()
             losses = []
-            for _ in range(self.micro_batches):
+            overlap = isinstance(self.ds.optimizer, MasterWeightAdamW)
+            if overlap:
+                self.ds.optimizer.buckets_overlapped = 0
+            for i in range(self.micro_batches):
                 ids, labels = self._to_device(next(data_iter))
                 loss = self.ds(ids, labels)
+                if overlap:  # its gradients are final: all-reduce buckets during this backward
+                    self.ds.optimizer.last_micro_batch = i == self.micro_batches - 1
                 self.ds.backward(loss)
                 self.ds.step()
                 losses.append(loss.detach().float())

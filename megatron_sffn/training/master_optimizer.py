@@ -6,9 +6,12 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
 
   backward   a post-accumulate hook moves each bf16 gradient into its slice of one flat fp32
              buffer (a copy for the first micro-batch of a step, an add after) and frees it
-  step       the tied embedding copies of a pipeline summed (DeepSpeed's tied-gradient
-             reduction looks for .grad, which is gone); one all-reduce of the flat buffer
-             over data-parallel ranks (averaged); the
+  overlap    on the last micro-batch of a step (data parallel, no pipeline), each ~100 MB
+             bucket of the flat buffer is all-reduced (averaged) asynchronously as soon as
+             its last gradient is in, while backward goes on
+  step       the remaining buckets reduced (all of them in a pipeline), then the tied
+             embedding copies of a pipeline summed (DeepSpeed's tied-gradient reduction
+             looks for .grad, which is gone); the
              gradient norm from torch._foreach_norm, summed over the model-parallel group;
              torch's AdamW (fused where available) on the fp32 masters, whose .grad are views
              of the flat buffer, with the clip factor passed as its grad_scale instead of a
@@ -34,6 +37,13 @@ from ..config import OptimizerConfig
 from .optimizer import param_groups
 
 
+def _average_op(state):
+    """NCCL averages in the all-reduce itself; gloo sums (then one division)."""
+    if state.data_size > 1 and dist.get_backend(state.data_group) == "nccl":
+        return dist.ReduceOp.AVG
+    return dist.ReduceOp.SUM
+
+
 def _adamw(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
     try:
         return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -43,10 +53,26 @@ def _adamw(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
                                  weight_decay=cfg.weight_decay, foreach=True)
 
 
+class _Bucket:
+    """A contiguous range of the flat gradient, all-reduced as one once its last gradient is in."""
+
+    def __init__(self, start: int):
+        self.start, self.size, self.params, self.pending, self.handle = start, 0, 0, 0, None
+
+    def add(self, numel: int) -> None:
+        self.size += numel
+        self.params += 1
+
+
 class MasterWeightAdamW(torch.optim.Optimizer):
-    """Build it over the module in fp32 (the masters copy those values), then cast the module."""
+    """Build it over the module in fp32 (the masters copy those values), then cast the module.
+
+    With data parallelism outside a pipeline, the engine marks the last micro-batch of a step
+    (`last_micro_batch`); its gradients are all-reduced bucket by bucket as backward produces
+    them, overlapping the communication with the rest of backward (DDP's design)."""
 
     wraps_optimizer = True
+    BUCKET_ELEMENTS = 25_000_000  # 100 MB of fp32 per all-reduce
 
     def __init__(self, module: nn.Module, cfg: OptimizerConfig, state, counted_in_norm):
         """state: ParallelState (groups); counted_in_norm(param) -> bool says whether this rank
@@ -54,18 +80,27 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         groups = param_groups(module.named_parameters(), cfg.weight_decay)
         self.fp16_groups: List[List[nn.Parameter]] = [list(g["params"]) for g in groups]
         params = [p for group in self.fp16_groups for p in group]
-        device = params[0].device
-        self._main_flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
+        in_groups = {id(p) for p in params}
+        module_order = [p for p in module.parameters() if id(p) in in_groups]
+        # the flat buffer follows module order, so backward (roughly the reverse) fills it bucket by bucket
+        self._main_flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
         self._main: Dict[int, torch.Tensor] = {}
-        self.fp32_groups: List[List[torch.Tensor]] = []
+        self._bucket_of: Dict[int, int] = {}
+        self._buckets: List[_Bucket] = []
         offset = 0
+        for p in module_order:
+            self._main[id(p)] = self._main_flat[offset:offset + p.numel()].view_as(p)
+            if not self._buckets or self._buckets[-1].size >= self.BUCKET_ELEMENTS:
+                self._buckets.append(_Bucket(offset))
+            self._buckets[-1].add(p.numel())
+            self._bucket_of[id(p)] = len(self._buckets) - 1
+            offset += p.numel()
+        self.fp32_groups: List[List[torch.Tensor]] = []
         for group in self.fp16_groups:
             masters = []
             for p in group:
                 master = p.detach().clone().float()
-                master.grad = self._main_flat[offset:offset + p.numel()].view_as(p)
-                self._main[id(p)] = master.grad
-                offset += p.numel()
+                master.grad = self._main[id(p)]
                 masters.append(master)
             self.fp32_groups.append(masters)
         self.optimizer = _adamw([{**g, "params": m} for g, m in zip(groups, self.fp32_groups)], cfg)
@@ -77,6 +112,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._counted = [self._main[id(p)] for p in params if counted_in_norm(p)]
         self._fresh = {id(p): False for p in params}  # has this step's gradient arrived?
         self._reduced = False
+        self.last_micro_batch = False  # set by the engine; overlap only then
+        self.buckets_overlapped = 0  # buckets launched during the last step's backward
+        self._average_op = _average_op(state)
         self.tied_groups: List = []  # (parameter, process group): copies whose gradients are summed
         self._hooks = [p.register_post_accumulate_grad_hook(self._take_gradient) for p in params]
         self.overflow = False
@@ -92,6 +130,19 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             main.copy_(param.grad)
             self._fresh[id(param)] = True
         param.grad = None
+        if self.last_micro_batch and self._pstate.data_size > 1:
+            bucket = self._buckets[self._bucket_of[id(param)]]
+            if bucket.handle is not None:  # a second gradient in one backward: would race the all-reduce
+                raise RuntimeError("a parameter received two gradients in the last micro-batch's backward after "
+                                   "its bucket was all-reduced; use optimizer.implementation = 'deepspeed'")
+            bucket.pending += 1
+            if bucket.pending == bucket.params:
+                self._launch(bucket)
+                self.buckets_overlapped += 1
+
+    def _launch(self, bucket: _Bucket) -> None:
+        view = self._main_flat[bucket.start:bucket.start + bucket.size]
+        bucket.handle = dist.all_reduce(view, op=self._average_op, group=self._pstate.data_group, async_op=True)
 
     def main_grad(self, param: nn.Parameter) -> torch.Tensor:
         """This step's fp32 gradient of `param` (averaged over data ranks once reduced)."""
@@ -112,17 +163,25 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if self._reduced:
             return
         self.zero_missing_gradients()
-        for param, group in self.tied_groups:
-            dist.all_reduce(self._main[id(param)], group=group)
         st = self._pstate
         if st.data_size > 1:
-            dist.all_reduce(self._main_flat, group=st.data_group)
-            self._main_flat.div_(st.data_size)
+            for bucket in self._buckets:  # those backward did not complete (or no overlap at all)
+                if bucket.handle is None:
+                    self._launch(bucket)
+            for bucket in self._buckets:
+                bucket.handle.wait()
+                bucket.handle = None
+            if self._average_op == dist.ReduceOp.SUM:
+                self._main_flat.div_(st.data_size)
+        for param, group in self.tied_groups:  # after the data-parallel reduction: same memory
+            dist.all_reduce(self._main[id(param)], group=group)
         self._reduced = True
 
     def _end_of_step(self) -> None:
         for key in self._fresh:
             self._fresh[key] = False
+        for bucket in self._buckets:
+            bucket.pending = 0
         self._reduced = False
 
     # -- step ---------------------------------------------------------------------------------

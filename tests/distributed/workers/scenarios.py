@@ -28,6 +28,7 @@ import torch.distributed as dist  # noqa: E402
 
 from megatron_sffn.parallel.topology import build_parallel_state, init_distributed  # noqa: E402
 from megatron_sffn.training.engine import TrainEngine  # noqa: E402
+from megatron_sffn.training.master_optimizer import MasterWeightAdamW  # noqa: E402
 from megatron_sffn.training.optimizer import full_grad  # noqa: E402
 from tests.distributed.common import (guide_state_for, is_guided, lr_at, micro_batches, set_step,  # noqa: E402
                                       tiny_config)
@@ -45,6 +46,8 @@ class Scenario:
         self.args = args
 
     def engine(self, state):
+        # small buckets: the tiny model's gradient is all-reduced in several pieces during backward
+        MasterWeightAdamW.BUCKET_ELEMENTS = 3000
         guide_state = guide_state_for(self.kind)
         return TrainEngine.build(self.cfg, state, guide_state, guided=is_guided(self.kind)), guide_state
 
@@ -94,6 +97,8 @@ def run_train(sc: Scenario, state) -> dict:
     record["params"] = {k: v.float() for k, v in engine.gather_full_state(master=True).items()}
     record["moments"] = engine.gather_optimizer_state()
     record["global_steps"] = engine.global_steps
+    if isinstance(engine.ds.optimizer, MasterWeightAdamW):  # (launched in backward, buckets) of the last step
+        record["overlap"] = (engine.ds.optimizer.buckets_overlapped, len(engine.ds.optimizer._buckets))
     return record
 
 
