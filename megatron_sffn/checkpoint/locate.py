@@ -112,7 +112,7 @@ def missing_deepspeed_files(src: CheckpointSource) -> list:
         layers = int(model.get("num_layers", 0)) + 2 + (0 if model.get("tie_embeddings", True) else 1)
         wanted += [f"layer_{i:02d}-model_{t:02d}-model_states.pt" for i in range(layers) for t in range(tensor)]
     zero_prefixes = {n.split("zero_pp_rank_")[0] for n in present if "zero_pp_rank_" in n and n.endswith("optim_states.pt")}
-    if int(layout.get("zero_stage", 0)) > 0 and not zero_prefixes:
+    if int(layout.get("zero_stage", 0)) > 0 and layout.get("optimizer") != "fused" and not zero_prefixes:
         zero_prefixes = {""}
     for prefix in zero_prefixes:
         wanted += [f"{prefix}zero_pp_rank_{d}_mp_rank_{m:02d}_optim_states.pt"

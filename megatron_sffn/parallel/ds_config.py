@@ -11,8 +11,9 @@ Precision choices:
         without ZeRO, so stage 0 accumulates in bf16.
   fp16  dynamic loss scaling (scale 2^16, halved on overflow, doubled after 1000 clean steps).
   fp32  everything in fp32 (what the CPU tests compare across layouts).
-  optimizer.implementation = fused (bf16, ZeRO 0): DeepSpeed's bf16 mode and clipping are
-        off; training/master_optimizer.py keeps fp32 masters and main gradients itself.
+  optimizer.implementation = fused (bf16, ZeRO 0 or 1): DeepSpeed's bf16 mode, ZeRO and
+        clipping are off; training/master_optimizer.py keeps fp32 masters and main gradients
+        itself (and shards them for ZeRO 1).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def deepspeed_config(cfg: Config, data_parallel_size: int) -> Dict[str, Any]:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": 0.0 if fused else cfg.optimizer.grad_clip,
-        "zero_optimization": {"stage": p.zero_stage},
+        "zero_optimization": {"stage": 0 if fused else p.zero_stage},
         "bf16": {"enabled": t.precision == "bf16" and not fused},
         "fp16": {"enabled": t.precision == "fp16"},
         "steps_per_print": NEVER_PRINT,
@@ -52,7 +53,7 @@ def deepspeed_config(cfg: Config, data_parallel_size: int) -> Dict[str, Any]:
     if t.precision == "fp16":
         ds["fp16"].update(loss_scale=0, initial_scale_power=16, loss_scale_window=1000, hysteresis=2,
                           min_loss_scale=1)
-    if t.precision == "bf16" and p.zero_stage >= 1:
+    if t.precision == "bf16" and p.zero_stage >= 1 and not fused:
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return deep_merge(ds, cfg.deepspeed)
 

@@ -32,7 +32,7 @@ from ..parallel.ds_config import check_engine_support, deepspeed_config
 from ..parallel.full_state import gather_tensor_parallel, merge_over_pipeline
 from ..parallel.topology import ParallelState
 from ..structured.guide import GuideState
-from .master_optimizer import MasterWeightAdamW
+from .master_optimizer import MasterWeightAdamW, ShardedMasterAdamW
 from .optimizer import (ADAM_STATE_KEYS, base_optimizer, build_optimizer, carry_state, full_grad, full_master,
                         full_moment, initialise_adam_state, optimizer_step_count, undo_initialisation_step)
 
@@ -118,14 +118,11 @@ class TrainEngine:
         return ds
 
     def _master_weight_optimizer(self, module: nn.Module) -> MasterWeightAdamW:
-        """Masters from the fp32 module on its training device, then the parameters in bf16
-        (buffers stay fp32, as DeepSpeed's own cast leaves them)."""
+        """Masters from the fp32 module on its training device; the optimizer then makes the
+        parameters bf16. ZeRO 1 shards masters and moments over the data-parallel group."""
         module.to(torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu")
-        optimizer = MasterWeightAdamW(module, self.cfg.optimizer, self.state, self._counted_in_norm)
-        with torch.no_grad():
-            for param in module.parameters():
-                param.data = param.data.to(torch.bfloat16)
-        return optimizer
+        kind = ShardedMasterAdamW if self.cfg.parallel.zero_stage == 1 else MasterWeightAdamW
+        return kind(module, self.cfg.optimizer, self.state, self._counted_in_norm)
 
     def _counted_in_norm(self, param: nn.Parameter) -> bool:
         """Whether this rank adds `param` to the gradient norm (see global_grad_norm)."""
@@ -279,6 +276,8 @@ class TrainEngine:
     def save_checkpoint(self, save_dir: str, tag: str, client_state: Dict) -> None:
         """DeepSpeed's own layout under save_dir/tag. `latest` is left to the caller, which
         writes it only once every rank has finished (training/checkpointing.py)."""
+        if isinstance(self.ds.optimizer, MasterWeightAdamW):  # whole state on data rank 0, which saves it
+            self.ds.optimizer.gather_for_save()
         self.ds.save_checkpoint(save_dir, tag=tag, client_state={CLIENT_KEY: dict(client_state)},
                                 save_latest=False)
 

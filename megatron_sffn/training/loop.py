@@ -321,6 +321,8 @@ def _check_layout_resumable(cfg: Config, state, meta: Dict, run_dir: str, tag: s
     saved = {"optimizer": "deepspeed", **saved}  # written before optimizer.implementation existed
     same_model_layout = (saved["tensor"] == now["tensor"] and saved["pipeline"] == now["pipeline"]
                          and saved["optimizer"] == now["optimizer"])
+    if same_model_layout and now["optimizer"] == "fused":  # saves whole tensors: any data size, ZeRO 0 or 1
+        return
     zero_partitioned = saved["zero_stage"] > 0 or now["zero_stage"] > 0
     if same_model_layout and saved["zero_stage"] == now["zero_stage"] and (
             saved["data"] == now["data"] or not zero_partitioned):

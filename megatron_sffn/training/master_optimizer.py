@@ -7,27 +7,32 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
   backward   a post-accumulate hook moves each bf16 gradient into its slice of one flat fp32
              buffer (a copy for the first micro-batch of a step, an add after) and frees it
   overlap    on the last micro-batch of a step (data parallel, no pipeline), each ~100 MB
-             bucket of the flat buffer is all-reduced (averaged) asynchronously as soon as
-             its last gradient is in, while backward goes on
-  step       the remaining buckets reduced (all of them in a pipeline), then the tied
-             embedding copies of a pipeline summed (DeepSpeed's tied-gradient reduction
-             looks for .grad, which is gone); the
-             gradient norm from torch._foreach_norm, summed over the model-parallel group;
-             torch's AdamW (fused where available) on the fp32 masters, whose .grad are views
-             of the flat buffer, with the clip factor passed as its grad_scale instead of a
-             separate multiply; one foreach copy of the masters into the bf16 weights
+             bucket of the flat buffer is reduced over data-parallel ranks asynchronously as
+             soon as its last gradient is in, while backward goes on
+  step       the tied embedding copies of a pipeline summed first (DeepSpeed's tied-gradient
+             reduction looks for .grad, which is gone), the remaining buckets reduced; the
+             gradient norm from torch._foreach_norm; torch's AdamW (fused where available) on
+             the fp32 masters, whose .grad are views of the reduced buffer, with the clip
+             factor passed as its grad_scale instead of a separate multiply; the masters
+             copied into the bf16 weights
 
-The state is replicated over data-parallel ranks (ZeRO 0), so DeepSpeed saves it with the
-model states of data-parallel rank 0 and any data-parallel size can load it. To DeepSpeed this
-is a plain client optimizer (its bf16 mode off); `overflow` and `_global_grad_norm` are the
-attributes its engine reads to count skipped steps and report the norm. `fp16_groups` /
-`fp32_groups` / `optimizer` follow DeepSpeed's wrapper conventions so training/optimizer.py's
-state accessors (guide drop, checkpoint tools) work unchanged.
+Two layouts of the optimizer state over data-parallel ranks:
+  MasterWeightAdamW   (parallel.zero_stage 0) whole on every rank; buckets all-reduced
+  ShardedMasterAdamW  (parallel.zero_stage 1) each rank owns 1/D of every bucket: buckets
+                      reduce-scattered, masters and moments kept for the owned slices only,
+                      the updated bf16 slices all-gathered into the weights (ZeRO-1)
+
+Both save one format (`state_dict`: whole fp32 masters and moments per parameter, gathered
+before DeepSpeed writes the model-states file of data-parallel rank 0), so a checkpoint
+resumes on any data-parallel size and with either layout. To DeepSpeed this is a plain
+client optimizer (its bf16 mode and ZeRO off); `overflow` and `_global_grad_norm` are what
+its engine reads to count skipped steps and report the norm. training/optimizer.py's state
+accessors (guide drop, checkpoint tools) call the `*_of` methods.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,9 +41,12 @@ import torch.nn as nn
 from ..config import OptimizerConfig
 from .optimizer import param_groups
 
+STATE_FORMAT = "megatron_sffn.fused_adamw/1"
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
 
 def _average_op(state):
-    """NCCL averages in the all-reduce itself; gloo sums (then one division)."""
+    """NCCL averages in the collective itself; gloo sums (then one division)."""
     if state.data_size > 1 and dist.get_backend(state.data_group) == "nccl":
         return dist.ReduceOp.AVG
     return dist.ReduceOp.SUM
@@ -54,10 +62,11 @@ def _adamw(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
 
 
 class _Bucket:
-    """A contiguous range of the flat gradient, all-reduced as one once its last gradient is in."""
+    """A contiguous range of the flat gradient, reduced as one once its last gradient is in.
+    `padded` rounds the size up to a multiple of the data-parallel size (sharded layout)."""
 
     def __init__(self, start: int):
-        self.start, self.size, self.params, self.pending, self.handle = start, 0, 0, 0, None
+        self.start, self.size, self.padded, self.params, self.pending, self.handle = start, 0, 0, 0, 0, None
 
     def add(self, numel: int) -> None:
         self.size += numel
@@ -65,51 +74,28 @@ class _Bucket:
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):
-    """Build it over the module in fp32 (the masters copy those values), then cast the module.
-
-    With data parallelism outside a pipeline, the engine marks the last micro-batch of a step
-    (`last_micro_batch`); its gradients are all-reduced bucket by bucket as backward produces
-    them, overlapping the communication with the rest of backward (DDP's design)."""
+    """Build it over the module in fp32: the masters copy those values, then the module's
+    parameters become bf16 (buffers stay fp32, as DeepSpeed's own cast leaves them)."""
 
     wraps_optimizer = True
-    BUCKET_ELEMENTS = 25_000_000  # 100 MB of fp32 per all-reduce
+    BUCKET_ELEMENTS = 25_000_000  # 100 MB of fp32 per collective
 
     def __init__(self, module: nn.Module, cfg: OptimizerConfig, state, counted_in_norm):
         """state: ParallelState (groups); counted_in_norm(param) -> bool says whether this rank
         adds the parameter to the gradient norm (replicated copies count once)."""
+        self.cfg, self._pstate = cfg, state
         groups = param_groups(module.named_parameters(), cfg.weight_decay)
         self.fp16_groups: List[List[nn.Parameter]] = [list(g["params"]) for g in groups]
         params = [p for group in self.fp16_groups for p in group]
-        in_groups = {id(p) for p in params}
-        module_order = [p for p in module.parameters() if id(p) in in_groups]
-        # the flat buffer follows module order, so backward (roughly the reverse) fills it bucket by bucket
-        self._main_flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
-        self._main: Dict[int, torch.Tensor] = {}
-        self._bucket_of: Dict[int, int] = {}
-        self._buckets: List[_Bucket] = []
-        offset = 0
-        for p in module_order:
-            self._main[id(p)] = self._main_flat[offset:offset + p.numel()].view_as(p)
-            if not self._buckets or self._buckets[-1].size >= self.BUCKET_ELEMENTS:
-                self._buckets.append(_Bucket(offset))
-            self._buckets[-1].add(p.numel())
-            self._bucket_of[id(p)] = len(self._buckets) - 1
-            offset += p.numel()
-        self.fp32_groups: List[List[torch.Tensor]] = []
-        for group in self.fp16_groups:
-            masters = []
-            for p in group:
-                master = p.detach().clone().float()
-                master.grad = self._main[id(p)]
-                masters.append(master)
-            self.fp32_groups.append(masters)
-        self.optimizer = _adamw([{**g, "params": m} for g, m in zip(groups, self.fp32_groups)], cfg)
+        self._params = params
+        self._layout(module, params)
+        masters = self._build_masters()
+        self.optimizer = _adamw([{**g, "params": m} for g, m in zip(groups, masters) if m] or
+                                [{"params": [torch.zeros(1, device=self._main_flat.device)]}], cfg)
         super().__init__(params, dict(lr=cfg.lr))
         self.param_groups = self.optimizer.param_groups  # lr set on either reaches AdamW
         self.state = self.optimizer.state  # type: ignore[assignment]
-        self._clip = cfg.grad_clip
-        self._pstate = state
-        self._counted = [self._main[id(p)] for p in params if counted_in_norm(p)]
+        self._counted = self._norm_tensors(counted_in_norm)
         self._fresh = {id(p): False for p in params}  # has this step's gradient arrived?
         self._reduced = False
         self.last_micro_batch = False  # set by the engine; overlap only then
@@ -119,6 +105,53 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._hooks = [p.register_post_accumulate_grad_hook(self._take_gradient) for p in params]
         self.overflow = False
         self._global_grad_norm: Optional[float] = None
+        self._to_save: Optional[Dict] = None
+
+    # -- layout -------------------------------------------------------------------------------
+    def _pad(self) -> int:
+        return 1
+
+    def _layout(self, module: nn.Module, params: List[nn.Parameter]) -> None:
+        """The flat buffer follows module order, so backward (roughly the reverse) fills it bucket by bucket."""
+        in_groups = {id(p) for p in params}
+        self._offset: Dict[int, int] = {}
+        self._bucket_of: Dict[int, int] = {}
+        self._buckets: List[_Bucket] = []
+        pad, offset = self._pad(), 0
+        for p in (p for p in module.parameters() if id(p) in in_groups):
+            if not self._buckets or self._buckets[-1].size >= self.BUCKET_ELEMENTS:
+                if self._buckets:
+                    offset = self._close(self._buckets[-1], pad)
+                self._buckets.append(_Bucket(offset))
+            self._buckets[-1].add(p.numel())
+            self._bucket_of[id(p)], self._offset[id(p)] = len(self._buckets) - 1, offset
+            offset += p.numel()
+        total = self._close(self._buckets[-1], pad)
+        self._main_flat = torch.zeros(total, dtype=torch.float32, device=params[0].device)
+        self._main = {id(p): self._main_flat[self._offset[id(p)]:self._offset[id(p)] + p.numel()].view_as(p)
+                      for p in params}
+
+    @staticmethod
+    def _close(bucket: _Bucket, pad: int) -> int:
+        bucket.padded = -(-bucket.size // pad) * pad
+        return bucket.start + bucket.padded
+
+    def _build_masters(self) -> List[List[torch.Tensor]]:
+        self.fp32_groups: List[List[torch.Tensor]] = []
+        for group in self.fp16_groups:
+            masters = []
+            for p in group:
+                master = p.detach().clone().float()
+                master.grad = self._main[id(p)]
+                masters.append(master)
+            self.fp32_groups.append(masters)
+        with torch.no_grad():
+            for p in self._params:
+                p.data = p.data.to(torch.bfloat16)
+        return self.fp32_groups
+
+    def _norm_tensors(self, counted_in_norm) -> List[torch.Tensor]:
+        return [self._main[id(p)] for p in self._params if counted_in_norm(p)]
 
     # -- backward -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -132,49 +165,46 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         param.grad = None
         if self.last_micro_batch and self._pstate.data_size > 1:
             bucket = self._buckets[self._bucket_of[id(param)]]
-            if bucket.handle is not None:  # a second gradient in one backward: would race the all-reduce
+            if bucket.handle is not None:  # a second gradient in one backward: would race the reduction
                 raise RuntimeError("a parameter received two gradients in the last micro-batch's backward after "
-                                   "its bucket was all-reduced; use optimizer.implementation = 'deepspeed'")
+                                   "its bucket was reduced; use optimizer.implementation = 'deepspeed'")
             bucket.pending += 1
             if bucket.pending == bucket.params:
                 self._launch(bucket)
                 self.buckets_overlapped += 1
 
     def _launch(self, bucket: _Bucket) -> None:
-        view = self._main_flat[bucket.start:bucket.start + bucket.size]
+        view = self._main_flat[bucket.start:bucket.start + bucket.padded]
         bucket.handle = dist.all_reduce(view, op=self._average_op, group=self._pstate.data_group, async_op=True)
 
-    def main_grad(self, param: nn.Parameter) -> torch.Tensor:
-        """This step's fp32 gradient of `param` (averaged over data ranks once reduced)."""
-        return self._main[id(param)]
+    def _after_reduction(self) -> None:
+        if self._average_op == dist.ReduceOp.SUM:
+            self._main_flat.div_(self._pstate.data_size)
 
     @torch.no_grad()
     def zero_missing_gradients(self) -> None:
         """Zero the slices no gradient reached this step (they still hold the last step's)."""
-        for group in self.fp16_groups:
-            for p in group:
-                if not self._fresh[id(p)]:
-                    self._main[id(p)].zero_()
-                    self._fresh[id(p)] = True
+        for p in self._params:
+            if not self._fresh[id(p)]:
+                self._main[id(p)].zero_()
+                self._fresh[id(p)] = True
 
     @torch.no_grad()
     def reduce_gradients(self) -> None:
-        """Sum tied copies' gradients, average the flat gradient over data-parallel ranks; once per step."""
+        """Sum tied copies' gradients, reduce the buckets over data-parallel ranks; once per step."""
         if self._reduced:
             return
         self.zero_missing_gradients()
-        st = self._pstate
-        if st.data_size > 1:
+        for param, group in self.tied_groups:  # pipelines only, where no bucket was launched yet
+            dist.all_reduce(self._main[id(param)], group=group)
+        if self._pstate.data_size > 1:
             for bucket in self._buckets:  # those backward did not complete (or no overlap at all)
                 if bucket.handle is None:
                     self._launch(bucket)
             for bucket in self._buckets:
                 bucket.handle.wait()
                 bucket.handle = None
-            if self._average_op == dist.ReduceOp.SUM:
-                self._main_flat.div_(st.data_size)
-        for param, group in self.tied_groups:  # after the data-parallel reduction: same memory
-            dist.all_reduce(self._main[id(param)], group=group)
+            self._after_reduction()
         self._reduced = True
 
     def _end_of_step(self) -> None:
@@ -185,16 +215,27 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._reduced = False
 
     # -- step ---------------------------------------------------------------------------------
+    def _norm_groups(self) -> List:
+        st = self._pstate
+        return [st.model_group] if st.tensor_size * st.pipe_size > 1 else []
+
     @torch.no_grad()
     def grad_norm(self) -> float:
         if self._counted:
             squares = torch.stack(torch._foreach_norm(self._counted)).double().pow(2).sum()
         else:
             squares = torch.zeros((), dtype=torch.float64, device=self._main_flat.device)
-        st = self._pstate
-        if st.tensor_size * st.pipe_size > 1:
-            dist.all_reduce(squares, group=st.model_group)
+        for group in self._norm_groups():
+            dist.all_reduce(squares, group=group)
         return float(squares.sqrt())
+
+    def _scale_gradients(self, factor: float) -> None:
+        self._main_flat.mul_(factor)
+
+    def _write_back(self) -> None:
+        lows = [p for g in self.fp16_groups for p in g]
+        highs = [m for g in self.fp32_groups for m in g]
+        torch._foreach_copy_(lows, highs)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -203,47 +244,261 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._global_grad_norm = norm
         self.overflow = not math.isfinite(norm)
         if not self.overflow:
-            clipping = self._clip > 0 and norm > self._clip  # factor clip / (norm + 1e-6), as DeepSpeed's
+            clip = self.cfg.grad_clip
+            clipping = clip > 0 and norm > clip  # factor clip / (norm + 1e-6), as DeepSpeed's
             if clipping and self.optimizer.param_groups[0].get("fused"):
-                self.optimizer.grad_scale = torch.tensor((norm + 1e-6) / self._clip, device=self._main_flat.device)
+                self.optimizer.grad_scale = torch.tensor((norm + 1e-6) / clip, device=self._main_flat.device)
             elif clipping:
-                self._main_flat.mul_(self._clip / (norm + 1e-6))
+                self._scale_gradients(clip / (norm + 1e-6))
             self.optimizer.step()
             self.optimizer.grad_scale = None
-            lows = [p for g in self.fp16_groups for p in g]
-            highs = [m for g in self.fp32_groups for m in g]
-            torch._foreach_copy_(lows, highs)
+            self._write_back()
         self._end_of_step()
         return None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients live in the main buffer and are overwritten by the next step's first hook."""
-        for group in self.fp16_groups:
-            for p in group:
-                p.grad = None
+        for p in self._params:
+            p.grad = None
+
+    # -- whole tensors of one parameter (collective over data-parallel ranks when sharded) ---------
+    def step_count(self) -> int:
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                return int(state["step"])
+        return 0
+
+    def _master_of(self, param) -> torch.Tensor:
+        for lows, highs in zip(self.fp16_groups, self.fp32_groups):
+            for low, high in zip(lows, highs):
+                if low is param:
+                    return high
+        raise KeyError("parameter not in this optimizer")
+
+    def full_master_of(self, param) -> torch.Tensor:
+        return self._master_of(param).detach()
+
+    def full_moment_of(self, param, key: str) -> Optional[torch.Tensor]:
+        state = self.optimizer.state.get(self._master_of(param), {})
+        return state[key].detach() if key in state else None
+
+    def full_grad_of(self, param) -> torch.Tensor:
+        """This step's fp32 gradient (data-parallel average once reduced)."""
+        return self._main[id(param)]
+
+    @torch.no_grad()
+    def set_master_of(self, param, value: torch.Tensor) -> None:
+        self._master_of(param).copy_(value)
+        param.copy_(value)
+
+    @torch.no_grad()
+    def set_moment_of(self, param, key: str, value: torch.Tensor) -> None:
+        self.optimizer.state[self._master_of(param)][key].copy_(value)
 
     # -- checkpoints --------------------------------------------------------------------------
+    def gather_for_save(self) -> None:
+        """Collective over data-parallel ranks: whole tensors for state_dict() (rank 0 keeps them)."""
+        step = self.step_count()
+        keep = self._pstate.data_rank == 0
+        entries = []
+        for p in self._params:
+            entry = {"master": self.full_master_of(p)}
+            for key in MOMENTS:
+                value = self.full_moment_of(p, key) if step > 0 else None
+                entry[key] = value
+            if keep:
+                entries.append(_to_cpu(entry) if self._is_sharded() else entry)
+        self._to_save = {"format": STATE_FORMAT, "step": step, "params": entries} if keep else \
+            {"format": STATE_FORMAT, "saved_by_data_rank_0": True}
+
+    def _is_sharded(self) -> bool:
+        return False
+
     def state_dict(self) -> Dict:
-        return {"adamw": self.optimizer.state_dict(),
-                "masters": [[m.detach().clone() for m in g] for g in self.fp32_groups]}
+        """Whole tensors on data rank 0 (the rank DeepSpeed writes), a stub on the others."""
+        if self._to_save is None:
+            if self._is_sharded():
+                raise RuntimeError("ShardedMasterAdamW.state_dict() needs gather_for_save() on every data rank first")
+            self.gather_for_save()
+        saved, self._to_save = self._to_save, None
+        return saved
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: Dict) -> None:
-        saved = state_dict.get("masters")
-        if saved is None or [len(g) for g in saved] != [len(g) for g in self.fp32_groups]:
+        from .optimizer import initialise_adam_state
+        if state_dict.get("format") != STATE_FORMAT or len(state_dict.get("params", ())) != len(self._params):
             raise ValueError("checkpoint optimizer state was not written by optimizer.implementation = 'fused' "
                              "for this model (convert it with tools/convert_checkpoint.py)")
-        for masters, values, lows in zip(self.fp32_groups, saved, self.fp16_groups):
-            for master, value, low in zip(masters, values, lows):
-                if master.shape != value.shape:
-                    raise ValueError(f"checkpoint master weight of shape {tuple(value.shape)} does not fit a "
-                                     f"parameter of shape {tuple(master.shape)}")
-                master.copy_(value)
-                low.copy_(value)
-        self.optimizer.load_state_dict(state_dict["adamw"])
-        self.param_groups, self.state = self.optimizer.param_groups, self.optimizer.state  # replaced by the load
+        step = int(state_dict["step"])
+        if step > 0:
+            initialise_adam_state(self, step)
+        for p, entry in zip(self._params, state_dict["params"]):
+            if tuple(entry["master"].shape) != tuple(p.shape):
+                raise ValueError(f"checkpoint master weight of shape {tuple(entry['master'].shape)} does not fit a "
+                                 f"parameter of shape {tuple(p.shape)}")
+            self.set_master_of(p, entry["master"].to(self._main_flat.device))
+            if step > 0:
+                for key in MOMENTS:
+                    self.set_moment_of(p, key, entry[key].to(self._main_flat.device))
 
     def remove_hooks(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+
+def _to_cpu(entry: Dict) -> Dict:
+    return {k: (v.cpu() if v is not None else None) for k, v in entry.items()}
+
+
+class ShardedMasterAdamW(MasterWeightAdamW):
+    """ZeRO-1 over the data-parallel group: rank r owns slice r of every bucket (1/D of it).
+
+    Gradients are reduce-scattered bucket by bucket (overlapping backward as above); AdamW
+    runs on the owned pieces of each parameter (fp32 master + moments only there); the bf16
+    weights live in one flat buffer with the same layout, whose buckets are all-gathered after
+    the update. Memory per parameter and rank: 2 (bf16) + 4 (main gradient) + 12 / D."""
+
+    def _pad(self) -> int:
+        return self._pstate.data_size
+
+    def _is_sharded(self) -> bool:
+        return True
+
+    def _owned(self, bucket: _Bucket) -> Tuple[int, int]:
+        share = bucket.padded // self._pstate.data_size
+        start = bucket.start + self._pstate.data_rank * share
+        return start, start + share
+
+    def _build_masters(self) -> List[List[torch.Tensor]]:
+        d = self._pstate.data_size
+        self._shard_start = []  # bucket -> offset in the shard gradient buffer
+        total = 0
+        for bucket in self._buckets:
+            self._shard_start.append(total)
+            total += bucket.padded // d
+        self._shard_grad = torch.zeros(total, dtype=torch.float32, device=self._main_flat.device)
+        self._low_flat = torch.zeros(self._main_flat.numel(), dtype=torch.bfloat16, device=self._main_flat.device)
+        self._pieces: Dict[int, Tuple[torch.Tensor, int, int]] = {}  # id(p) -> (master piece, lo, hi) in p
+        self.fp32_groups = []
+        for group in self.fp16_groups:
+            masters = []
+            for p in group:
+                b = self._bucket_of[id(p)]
+                own_lo, own_hi = self._owned(self._buckets[b])
+                lo, hi = max(self._offset[id(p)], own_lo), min(self._offset[id(p)] + p.numel(), own_hi)
+                if lo >= hi:
+                    continue
+                start = self._shard_start[b] + lo - own_lo
+                piece = p.detach().reshape(-1)[lo - self._offset[id(p)]:hi - self._offset[id(p)]].clone().float()
+                piece.grad = self._shard_grad[start:start + hi - lo]
+                self._pieces[id(p)] = (piece, lo - self._offset[id(p)], hi - self._offset[id(p)])
+                masters.append(piece)
+            self.fp32_groups.append(masters)
+        with torch.no_grad():  # the weights become bf16 views of one flat buffer in the bucket layout
+            for p in self._params:
+                view = self._low_flat[self._offset[id(p)]:self._offset[id(p)] + p.numel()]
+                view.copy_(p.data.reshape(-1))
+                p.data = view.view_as(p)
+        return self.fp32_groups
+
+    def _norm_tensors(self, counted_in_norm) -> List[torch.Tensor]:
+        return [self._pieces[id(p)][0].grad for p in self._params if id(p) in self._pieces and counted_in_norm(p)]
+
+    def _norm_groups(self) -> List:
+        return [self._pstate.data_group] + super()._norm_groups()
+
+    def _launch(self, bucket: _Bucket) -> None:
+        b = self._buckets.index(bucket)
+        out = self._shard_grad[self._shard_start[b]:self._shard_start[b] + bucket.padded // self._pstate.data_size]
+        view = self._main_flat[bucket.start:bucket.start + bucket.padded]
+        if self._pstate.data_size == 1:
+            out.copy_(view)
+            bucket.handle = _Done()
+            return
+        bucket.handle = dist.reduce_scatter_tensor(out, view, op=self._average_op, group=self._pstate.data_group,
+                                                   async_op=True)
+
+    @torch.no_grad()
+    def reduce_gradients(self) -> None:
+        if self._reduced:
+            return
+        if self._pstate.data_size > 1:
+            return super().reduce_gradients()
+        self.zero_missing_gradients()
+        for param, group in self.tied_groups:
+            dist.all_reduce(self._main[id(param)], group=group)
+        for bucket in self._buckets:
+            self._launch(bucket)
+            bucket.handle = None
+        self._reduced = True
+
+    def _after_reduction(self) -> None:
+        if self._average_op == dist.ReduceOp.SUM:
+            self._shard_grad.div_(self._pstate.data_size)
+
+    def _scale_gradients(self, factor: float) -> None:
+        self._shard_grad.mul_(factor)
+
+    def _write_back(self) -> None:
+        lows, highs = [], []
+        for p in self._params:
+            if id(p) in self._pieces:
+                piece, lo, hi = self._pieces[id(p)]
+                lows.append(self._low_flat[self._offset[id(p)] + lo:self._offset[id(p)] + hi])
+                highs.append(piece)
+        if lows:
+            torch._foreach_copy_(lows, highs)
+        if self._pstate.data_size > 1:
+            for bucket in self._buckets:
+                own_lo, own_hi = self._owned(bucket)
+                dist.all_gather_into_tensor(self._low_flat[bucket.start:bucket.start + bucket.padded],
+                                            self._low_flat[own_lo:own_hi].clone(), group=self._pstate.data_group)
+
+    # -- whole tensors: each rank contributes its piece, summed over the data-parallel group ------
+    def _assemble(self, param, piece_value: Optional[torch.Tensor]) -> torch.Tensor:
+        full = torch.zeros(param.numel(), dtype=torch.float32, device=self._main_flat.device)
+        if piece_value is not None:
+            _, lo, hi = self._pieces[id(param)]
+            full[lo:hi] = piece_value
+        if self._pstate.data_size > 1:
+            dist.all_reduce(full, group=self._pstate.data_group)
+        return full.view_as(param)
+
+    def full_master_of(self, param) -> torch.Tensor:
+        piece = self._pieces.get(id(param))
+        return self._assemble(param, piece[0].detach() if piece else None)
+
+    def full_moment_of(self, param, key: str) -> Optional[torch.Tensor]:
+        piece = self._pieces.get(id(param))
+        value = self.optimizer.state.get(piece[0], {}).get(key) if piece else None
+        return self._assemble(param, value)
+
+    def full_grad_of(self, param) -> torch.Tensor:
+        piece = self._pieces.get(id(param))
+        return self._assemble(param, piece[0].grad if piece else None)
+
+    @torch.no_grad()
+    def set_master_of(self, param, value: torch.Tensor) -> None:
+        piece = self._pieces.get(id(param))
+        if piece:
+            piece[0].copy_(value.reshape(-1)[piece[1]:piece[2]])
+        param.copy_(value)
+
+    @torch.no_grad()
+    def set_moment_of(self, param, key: str, value: torch.Tensor) -> None:
+        piece = self._pieces.get(id(param))
+        if piece:
+            self.optimizer.state[piece[0]][key].copy_(value.reshape(-1)[piece[1]:piece[2]])
+
+    def step_count(self) -> int:
+        """Equal on every rank (a rank without pieces reads it from the others)."""
+        count = torch.tensor([float(super().step_count())], device=self._main_flat.device)
+        if self._pstate.data_size > 1:
+            dist.all_reduce(count, op=dist.ReduceOp.MAX, group=self._pstate.data_group)
+        return int(count.item())
+
+
+class _Done:
+    def wait(self) -> None:
+        pass

@@ -66,6 +66,8 @@ def undo_initialisation_step(ds_optimizer) -> None:
 
 def optimizer_step_count(ds_optimizer) -> int:
     """Adam's step count (the bias-correction step); 0 before the first step."""
+    if hasattr(ds_optimizer, "step_count"):  # MasterWeightAdamW (collective when sharded)
+        return ds_optimizer.step_count()
     for state in base_optimizer(ds_optimizer).state.values():
         if "step" in state:
             return int(state["step"])
@@ -91,6 +93,8 @@ def full_master(param, ds_optimizer) -> torch.Tensor:
     """fp32 master weight of `param`, whole (collective over data-parallel ranks under ZeRO)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
+    if hasattr(ds_optimizer, "full_master_of"):
+        return ds_optimizer.full_master_of(param).float()
     if partitioned(param):
         return safe_get_full_fp32_param(param)
     return master_of(param, ds_optimizer).detach().float()
@@ -101,8 +105,8 @@ def full_grad(param, ds_optimizer) -> Optional[torch.Tensor]:
     gradient of MasterWeightAdamW, else what DeepSpeed's accessor finds."""
     from deepspeed.utils import safe_get_full_grad
 
-    if hasattr(ds_optimizer, "main_grad"):
-        return ds_optimizer.main_grad(param)
+    if hasattr(ds_optimizer, "full_grad_of"):
+        return ds_optimizer.full_grad_of(param)
     return safe_get_full_grad(param)
 
 
@@ -112,6 +116,8 @@ def full_moment(param, key: str, ds_optimizer) -> Optional[torch.Tensor]:
 
     if optimizer_step_count(ds_optimizer) == 0:
         return None
+    if hasattr(ds_optimizer, "full_moment_of"):
+        return ds_optimizer.full_moment_of(param, key)
     if partitioned(param):
         link_optimizer_state(ds_optimizer)
         return safe_get_full_optimizer_state(param, key)
@@ -123,6 +129,9 @@ def full_moment(param, key: str, ds_optimizer) -> Optional[torch.Tensor]:
 def set_full_master(param, ds_optimizer, value: torch.Tensor) -> None:
     from deepspeed.utils import safe_set_full_fp32_param
 
+    if hasattr(ds_optimizer, "set_master_of"):
+        ds_optimizer.set_master_of(param, value)
+        return
     if partitioned(param):
         safe_set_full_fp32_param(param, value)
         return
@@ -136,6 +145,9 @@ def set_full_master(param, ds_optimizer, value: torch.Tensor) -> None:
 def set_full_moment(param, ds_optimizer, key: str, value: torch.Tensor) -> None:
     from deepspeed.utils import safe_set_full_optimizer_state
 
+    if hasattr(ds_optimizer, "set_moment_of"):
+        ds_optimizer.set_moment_of(param, key, value)
+        return
     if partitioned(param):
         link_optimizer_state(ds_optimizer)
         safe_set_full_optimizer_state(param, value, key)

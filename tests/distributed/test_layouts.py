@@ -30,19 +30,22 @@ KINDS = all_kinds()
 TRAIN_ALL = [f"train/{kind}/1/fp32" for kind in KINDS]
 LAYOUTS = {
     # (tensor, pipe, data): extra scenarios beyond every FFN kind with ZeRO-1 in fp32.
-    # "bf16fused" is bf16 with optimizer.implementation = fused (training/master_optimizer.py)
-    (2, 2, 2): ["drop/lowrank_sgt/1/fp32", "train/blockshuffle/0/bf16fused"],
+    # "bf16fused" is bf16 with optimizer.implementation = fused (training/master_optimizer.py;
+    # ZeRO 0: state on every rank, ZeRO 1: sharded over the data-parallel group)
+    (2, 2, 2): ["drop/lowrank_sgt/1/fp32", "train/blockshuffle/0/bf16fused", "train/lowrank/1/bf16fused"],
     (2, 2, 1): ["train/lowrank/0/fp32", "train/lowrank/0/bf16", "nonfinite/lowrank/0/fp32", "nonfinite/lowrank/0/bf16",
                 "drop/lowrank_sgt/1/bf16", "train/lowrank/0/bf16fused", "nonfinite/lowrank/0/bf16fused",
                 "drop/lowrank_sgt/0/bf16fused"],
     (1, 2, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/1/bf16", "resume/lowrank_sgt/1/fp32",
                 "drop/lowrank_sgt/0/fp32", "nonfinite/lowrank/1/bf16", "train/lowrank_sgt/0/bf16fused",
-                "resume/lowrank_sgt/0/bf16fused", "train/lowrank_ckpt/0/bf16fused"],
+                "resume/lowrank_sgt/0/bf16fused", "train/lowrank_ckpt/0/bf16fused", "train/lowrank/1/bf16fused",
+                "drop/lowrank_sgt/1/bf16fused"],
     (2, 1, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/0/fp32", "train/lowrank_sgt/2/fp32",
                 "train/lowrank/3/fp32", "train/lowrank/2/bf16", "train/lowrank/0/bf16", "resume/lowrank/2/fp32",
                 "drop/lowrank_sgt/2/fp32", "drop/lowrank_sgt/0/bf16", "nonfinite/lowrank/0/fp32",
                 "nonfinite/lowrank/2/bf16", "train/dense/0/bf16fused", "resume/lowrank/0/bf16fused",
-                "drop/lowrank_sgt/0/bf16fused", "nonfinite/lowrank/0/bf16fused", "train/lowrank_ckpt/0/bf16fused"],
+                "drop/lowrank_sgt/0/bf16fused", "nonfinite/lowrank/0/bf16fused", "train/lowrank_ckpt/0/bf16fused",
+                "train/lowrank_sgt/1/bf16fused", "resume/lowrank/1/bf16fused", "nonfinite/lowrank/1/bf16fused"],
 }
 LAYOUT_IDS = {layout: "t{}p{}d{}".format(*layout) for layout in LAYOUTS}
 

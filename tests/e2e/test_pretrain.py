@@ -98,12 +98,20 @@ def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(referenc
 FUSED = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--override", 'optimizer.implementation="fused"']
 
 
-def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation(tmp_path):
+@pytest.fixture(scope="module")
+def fused_reference(tmp_path_factory):
+    """An uninterrupted 2-rank run with optimizer.implementation = fused, ZeRO 0."""
+    ref_dir = str(tmp_path_factory.mktemp("fused_reference"))
+    out = run(2, FUSED + ["--run-dir", ref_dir], os.path.join(ref_dir, "logs"))
+    return ref_dir, out
+
+
+def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation(fused_reference, tmp_path):
     """optimizer.implementation = fused through the launcher: guides dropped (the optimizer
     rebuilt with its fp32 state), bit-exact resume, and a checkpoint it wrote is refused by a
     run using DeepSpeed's optimizer, with the conversion command, before anything is touched."""
-    ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
-    out = run(2, FUSED + ["--run-dir", ref_dir], str(tmp_path / "r"))
+    ref_dir, out = fused_reference
+    run_dir = str(tmp_path / "run")
     assert "guides dropped, optimizer rebuilt" in out and "done: 10 steps" in out
     ref = losses(ref_dir)
     assert ref[STEPS] < ref[1]
@@ -114,6 +122,25 @@ def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementa
     assert latest(run_dir) == "step00000004"
     run(2, FUSED + ["--run-dir", run_dir], str(tmp_path / "c"))
     assert losses(run_dir) == ref  # bit for bit: fp32 masters, main gradients, Adam state
+
+
+def test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero(fused_reference, tmp_path):
+    """The sharded fused optimizer (ZeRO 1 over 2 ranks) trains like the replicated one and
+    saves whole tensors, so its checkpoint resumes on 1 rank with ZeRO 0, no conversion."""
+    ref = losses(fused_reference[0])
+    run_dir = str(tmp_path / "run")
+    zero1 = FUSED + ["--zero-stage", "1", "--run-dir", run_dir]
+    run(2, zero1 + ["--exit-interval", "6"], str(tmp_path / "a"))
+    first = losses(run_dir)
+    assert sorted(first) == list(range(1, 7))
+    for step in first:
+        assert first[step] == pytest.approx(ref[step], rel=1e-4), step
+    out = run(1, FUSED + ["--run-dir", run_dir], str(tmp_path / "b"))
+    assert "resume     from step00000006 at step 6" in out
+    resumed = losses(run_dir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(7, STEPS + 1):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-3), step
 
 
 def test_bf16_pipeline_without_zero_resumes(tmp_path):

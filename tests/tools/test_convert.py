@@ -70,24 +70,24 @@ def test_zero3_round_trip_is_bit_exact(dense_run, tmp_path):
 
 
 def test_fused_optimizer_round_trip_is_bit_exact_and_zero_needs_the_other_implementation(tmp_path, capsys):
-    """consolidated (bf16 run) -> DeepSpeed with optimizer.implementation = fused on 2 data
-    ranks -> consolidated again: fp32 masters and moments bit-equal. Asking for ZeRO 1 while the
-    source config says fused names the flag to change."""
+    """consolidated (bf16 run) -> DeepSpeed with optimizer.implementation = fused, sharded
+    (ZeRO 1) over 2 data ranks -> consolidated again: fp32 masters and moments bit-equal.
+    Asking for ZeRO 2 while the source config says fused names the flag to change."""
     from tools.convert_checkpoint import main
 
     from .common import call, synthetic_consolidated
     first, fused, second = tmp_path / "c1", tmp_path / "fused", tmp_path / "c2"
     synthetic_consolidated(str(first), precision="bf16", random_moments=True)
     assert main(["--load", str(first), "--save", str(fused), "--to", "deepspeed", "--data-parallel", "2",
-                 "--zero-stage", "0", "--optimizer-implementation", "fused"]) == 0
+                 "--zero-stage", "1", "--optimizer-implementation", "fused"]) == 0
     cfg = json.load(open(fused / "config.json"))
-    assert cfg["optimizer"]["implementation"] == "fused" and cfg["parallel"]["zero_stage"] == 0
+    assert cfg["optimizer"]["implementation"] == "fused" and cfg["parallel"]["zero_stage"] == 1
     assert main(["--load", str(fused), "--save", str(second), "--to", "consolidated"]) == 0
     for name in ("model.safetensors", "optimizer.safetensors"):
         a, b = load_file(str(first / name)), load_file(str(second / name))
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
     assert json.load(open(second / "meta.json"))["source"]["layout"]["optimizer"] == "fused"
-    code, _, err = call(main, ["--load", fused, "--save", tmp_path / "z1", "--to", "deepspeed", "--zero-stage", 1],
+    code, _, err = call(main, ["--load", fused, "--save", tmp_path / "z2", "--to", "deepspeed", "--zero-stage", 2],
                         capsys)
     assert code == 2 and "optimizer.implementation" in err and "parallel.zero_stage" in err
-    assert not (tmp_path / "z1").exists()
+    assert not (tmp_path / "z2").exists()

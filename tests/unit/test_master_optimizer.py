@@ -12,7 +12,7 @@ import torch.nn as nn
 from megatron_sffn.config import ConfigError, OptimizerConfig, config_from_dict
 from megatron_sffn.training.master_optimizer import MasterWeightAdamW
 
-ONE_RANK = SimpleNamespace(data_size=1, tensor_size=1, pipe_size=1)
+ONE_RANK = SimpleNamespace(data_size=1, data_rank=0, tensor_size=1, pipe_size=1)
 
 
 def build(clip: float = 1.0, seed: int = 0):
@@ -45,12 +45,12 @@ def test_masters_start_from_the_fp32_values_and_gradients_accumulate_in_fp32():
         grads = backward(model, seed)
         assert all(g is None for g in grads.values())  # moved into the main buffer, bf16 copy freed
     for n, p in model.named_parameters():
-        assert len(seen[n]) == 2 and torch.equal(opt.main_grad(p), seen[n][0] + seen[n][1]), n
+        assert len(seen[n]) == 2 and torch.equal(opt.full_grad_of(p), seen[n][0] + seen[n][1]), n
     opt.step()
     seen.clear()
     backward(model, 3)  # the next step starts over (a copy), not on top of the last step's sum
     for n, p in model.named_parameters():
-        assert torch.equal(opt.main_grad(p), seen[n][0]), n
+        assert torch.equal(opt.full_grad_of(p), seen[n][0]), n
 
 
 def test_a_parameter_without_gradient_this_step_steps_with_zero_not_last_steps_gradient():
@@ -64,8 +64,8 @@ def test_a_parameter_without_gradient_this_step_steps_with_zero_not_last_steps_g
     for p in last.parameters():
         p.requires_grad_(True)
     opt.reduce_gradients()
-    assert all(float(opt.main_grad(p).abs().max()) == 0.0 for p in last.parameters())
-    assert float(opt.main_grad(model[0].weight).abs().max()) > 0
+    assert all(float(opt.full_grad_of(p).abs().max()) == 0.0 for p in last.parameters())
+    assert float(opt.full_grad_of(model[0].weight).abs().max()) > 0
 
 
 @pytest.mark.parametrize("clip", [0.0, 1e-3, 1e3])
@@ -83,7 +83,7 @@ def test_one_step_equals_torch_adamw_on_fp32_with_clip_grad_norm(clip):
     for seed in (1, 2):
         backward(model, seed)
         for name, p in zip(names, ref_params):
-            p.grad = opt.main_grad(dict(model.named_parameters())[name]).clone()
+            p.grad = opt.full_grad_of(dict(model.named_parameters())[name]).clone()
         norm = torch.nn.utils.clip_grad_norm_(ref_params, clip if clip > 0 else float("inf"))
         opt.step()
         assert not opt.overflow and opt._global_grad_norm == pytest.approx(float(norm), rel=1e-6)
@@ -150,8 +150,9 @@ def test_config_selects_and_checks_the_implementation():
     cfg = _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 0}, training={"precision": "bf16"})
     assert cfg.optimizer.implementation == "fused"
     assert _config().optimizer.implementation == "deepspeed"
-    with pytest.raises(ConfigError, match="'optimizer.implementation'.*'parallel.zero_stage' = 0, got 1"):
-        _config(optimizer={"implementation": "fused"}, training={"precision": "bf16"})
+    assert _config(optimizer={"implementation": "fused"}, training={"precision": "bf16"}).parallel.zero_stage == 1
+    with pytest.raises(ConfigError, match="'optimizer.implementation'.*'parallel.zero_stage' = 0 or 1, got 2"):
+        _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 2}, training={"precision": "bf16"})
     with pytest.raises(ConfigError, match="'optimizer.implementation'.*'training.precision'.*'fp32'"):
         _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 0}, training={"precision": "fp32"})
     with pytest.raises(ConfigError, match="optimizer.implementation"):
