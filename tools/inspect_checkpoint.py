@@ -115,6 +115,7 @@ def format_info(info: dict) -> str:
     if lay:
         lines.append(f"layout       tensor {lay.get('tensor')} x pipeline {lay.get('pipeline')} x data "
                      f"{lay.get('data')} | ZeRO {lay.get('zero_stage')} | {info['precision']}"
+                     + (" | fused optimizer" if lay.get("optimizer") == "fused" else "")
                      + (" (source of this consolidated copy)" if info["kind"] == "consolidated" else ""))
     if info["kind"] == "consolidated":
         lines.append(f"tensors      {info['tensors']} ({', '.join(info['dtypes'])}), optimizer state "

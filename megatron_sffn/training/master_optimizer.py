@@ -42,6 +42,9 @@ from ..config import OptimizerConfig
 from .optimizer import param_groups
 
 STATE_FORMAT = "megatron_sffn.fused_adamw/1"
+# torch 2.13 renamed the single-tensor collectives (the old names warn); 2.11 has only the old ones
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -416,7 +419,7 @@ class ShardedMasterAdamW(MasterWeightAdamW):
             out.copy_(view)
             bucket.handle = _Done()
             return
-        bucket.handle = dist.reduce_scatter_tensor(out, view, op=self._average_op, group=self._pstate.data_group,
+        bucket.handle = _reduce_scatter(out, view, op=self._average_op, group=self._pstate.data_group,
                                                    async_op=True)
 
     @torch.no_grad()
@@ -452,7 +455,7 @@ class ShardedMasterAdamW(MasterWeightAdamW):
         if self._pstate.data_size > 1:
             for bucket in self._buckets:
                 own_lo, own_hi = self._owned(bucket)
-                dist.all_gather_into_tensor(self._low_flat[bucket.start:bucket.start + bucket.padded],
+                _all_gather(self._low_flat[bucket.start:bucket.start + bucket.padded],
                                             self._low_flat[own_lo:own_hi].clone(), group=self._pstate.data_group)
 
     # -- whole tensors: each rank contributes its piece, summed over the data-parallel group ------
