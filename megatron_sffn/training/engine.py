@@ -68,6 +68,7 @@ class TrainEngine:
         self._own_guard = uses_own_guard(cfg)
         self._own_grad_norm: Optional[float] = None
         self._observers: List[GradientObserver] = []
+        self.compiled_blocks = 0  # blocks under torch.compile in the current module
         self.ds = None
 
     # -- construction ------------------------------------------------------------------
@@ -91,7 +92,7 @@ class TrainEngine:
         builder = build_pipeline_module if self.uses_pipeline else build_data_parallel_module
         module = builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
         if self.cfg.training.compile and not guided:  # guided blocks stay eager until the guides go
-            compile_blocks(module)
+            self.compiled_blocks = compile_blocks(module)
         return module
 
     def _initialize(self, module: nn.Module):

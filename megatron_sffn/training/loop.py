@@ -117,7 +117,10 @@ class Trainer:
                f"{plan.repeat_steps} repeat steps, reduce_flop={cfg.self_guided.reduce_flop}"
                if cfg.self_guided.enabled else ""),
             f"layout     world {st.world_size} = tensor {st.tensor_size} x pipeline {st.pipe_size} x data "
-            f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision}",
+            f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
+            f"{cfg.optimizer.implementation}" + (" | torch.compile of the blocks"
+                                                  + (" after the guides are dropped" if cfg.self_guided.enabled else "")
+                                                  if cfg.training.compile else ""),
             f"batch      global {cfg.training.global_batch_size} x {m.seq_length} = {tokens_per_step:,} tokens/step, "
             f"micro {cfg.training.micro_batch_size}, grad accumulation "
             f"{cfg.training.global_batch_size // (cfg.training.micro_batch_size * st.data_size)}",
@@ -140,7 +143,8 @@ class Trainer:
         self.loop.guides_dropped = True
         self.logger.print(f"[step {self.loop.step}] guide weight reached 0: guides dropped, optimizer rebuilt | "
                           + ", ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v:,}"
-                                      for k, v in info.items()))
+                                      for k, v in info.items())
+                          + (f" | {self.engine.compiled_blocks} blocks compiled" if self.engine.compiled_blocks else ""))
         self.logger.scalars({f"mem/{k}": v for k, v in info.items() if "gb" in k}, self.loop.step,
                             self.loop.consumed_tokens)
 
