@@ -25,7 +25,6 @@ rewritten after every run, so whatever finished is reported even if the command 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os

@@ -210,7 +210,7 @@ def _early_expectation(rows) -> Dict:
     guided_close = early["lowrank_32_sgt"] <= 0.5 * max(early["lowrank_32"], 0.0)
     held = all(unguided_slow) and guided_close
     return {"claim": claim, "held": held,
-            "evidence": f"validation loss minus dense's at the same tokens: " + "; ".join(parts)
+            "evidence": "validation loss minus dense's at the same tokens: " + "; ".join(parts)
                         + (f"; dense's largest train-loss rise {d_rise:.3f}" if d_rise is not None else "")}
 
 

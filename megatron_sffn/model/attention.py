@@ -6,7 +6,7 @@ ranks then hands each rank whole groups, so no rank needs another's keys or valu
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -1,7 +1,6 @@
 """The paper's model sizes and 32% structured settings, and its published parameter counts."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Dict, List
 
 from ..config import FFNConfig, ModelConfig
