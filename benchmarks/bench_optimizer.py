@@ -28,8 +28,8 @@ CASES = {  # name -> overrides
     "fused_zero0": ['optimizer.implementation="fused"', "parallel.zero_stage=0"],
     "fused_zero1": ['optimizer.implementation="fused"', "parallel.zero_stage=1"],
 }
-SMOKE = ["model.hidden_size=512", "model.num_layers=8", "model.num_heads=8", "model.ffn_hidden_size=2048",
-         "model.ffn.rank=128", "model.vocab_size=8192"]
+SMOKE = ["model.hidden_size=128", "model.num_layers=2", "model.num_heads=4", "model.ffn_hidden_size=512",
+         "model.ffn.rank=32", "model.vocab_size=1024"]
 
 
 def parse_args(argv=None):
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     ap.add_argument("--grad-accumulation", type=int, default=1)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--smoke", action="store_true", help="a ~50M-parameter model, a few steps (CPU)")
+    ap.add_argument("--smoke", action="store_true", help="a ~0.6M-parameter model, a few steps (CPU check)")
     ap.add_argument("--out", default=None, help="JSON results")
     return ap.parse_args(argv)
 
