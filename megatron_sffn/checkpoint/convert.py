@@ -56,8 +56,11 @@ def _config_of(src: CheckpointSource, flag: str = "--load") -> Config:
 
 
 def source_world(src: CheckpointSource) -> int:
-    """Ranks needed to load a DeepSpeed checkpoint: its own layout (ZeRO refuses another data size)."""
+    """Ranks needed to load a DeepSpeed checkpoint: its own layout (ZeRO refuses another data
+    size); the fused optimizer saves whole tensors, so one data rank reads it."""
     layout = src.layout
+    if layout.get("optimizer") == "fused":
+        return int(layout["tensor"]) * int(layout["pipeline"])
     if layout.get("data") is None:
         raise CheckpointSourceError(f"{src.path}/meta.json does not record the data-parallel size ('layout')")
     return int(layout["tensor"]) * int(layout["pipeline"]) * int(layout["data"])

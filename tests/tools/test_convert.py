@@ -82,6 +82,9 @@ def test_fused_optimizer_round_trip_is_bit_exact_and_zero_needs_the_other_implem
                  "--zero-stage", "1", "--optimizer-implementation", "fused"]) == 0
     cfg = json.load(open(fused / "config.json"))
     assert cfg["optimizer"]["implementation"] == "fused" and cfg["parallel"]["zero_stage"] == 1
+    from megatron_sffn.checkpoint.convert import source_world
+    from megatron_sffn.checkpoint.locate import locate
+    assert source_world(locate(str(fused))) == 1  # whole tensors: read back by one data rank, not two
     assert main(["--load", str(fused), "--save", str(second), "--to", "consolidated"]) == 0
     for name in ("model.safetensors", "optimizer.safetensors"):
         a, b = load_file(str(first / name)), load_file(str(second / name))
