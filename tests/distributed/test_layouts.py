@@ -85,6 +85,16 @@ def references():
     return get
 
 
+def at_own_weights(record, reference: Reference):
+    """(step, recorded gradients, the reference's loss/gradients at the recorded weights) for
+    the first and the last step."""
+    assert len(record["states"]) == 2
+    for step, state in zip((0, 4), record["states"]):
+        params = {k: v for k, v in state.items() if not k.endswith(".grad")}
+        grads = {k: v for k, v in state.items() if k.endswith(".grad")}
+        yield step, grads, reference.gradients_at(params, step)
+
+
 def check_fp32_training(record, kind, reference):
     assert record["skipped"] == [False] * 5
     assert record["global_steps"] == 5
@@ -93,11 +103,7 @@ def check_fp32_training(record, kind, reference):
     for got, want in zip(record["grad_norms"], reference["grad_norms"]):
         assert relative(got, want) <= 1e-4, (record["grad_norms"], reference["grad_norms"])
     at_own = Reference(kind)
-    assert len(record["states"]) == 2
-    for step, state in zip((0, 4), record["states"]):
-        params = {k: v for k, v in state.items() if not k.endswith(".grad")}
-        grads = {k: v for k, v in state.items() if k.endswith(".grad")}
-        want = at_own.gradients_at(params, step)
+    for step, grads, want in at_own_weights(record, at_own):
         assert relative(record["losses"][step], want["loss"]) <= 1e-5
         assert relative(record["grad_norms"][step], want["grad_norm"]) <= 1e-5
         worst, name = compare_tensors(grads, want["grads"])  # also: same names, same full shapes
@@ -155,12 +161,7 @@ def check_fused_gradients(record, kind):
     """The fp32 main gradients the fused optimizer steps with, against fp32 autograd at the
     run's own (bf16-valued) weights: every tensor to bf16 noise. A missing tied-embedding
     reduction, data-parallel average or tensor-parallel reduction is off by O(1)."""
-    at_own = Reference(kind)
-    assert len(record["states"]) == 2
-    for step, state in zip((0, 4), record["states"]):
-        params = {k: v for k, v in state.items() if not k.endswith(".grad")}
-        grads = {k: v for k, v in state.items() if k.endswith(".grad")}
-        want = at_own.gradients_at(params, step)
+    for step, grads, want in at_own_weights(record, Reference(kind)):
         assert relative(record["grad_norms"][step], want["grad_norm"]) <= 2e-2
         worst, name = compare_tensors(grads, want["grads"], norm_relative_error)
         assert worst <= 5e-2, f"step {step}: gradient of {name} off by {worst:.2e}"
