@@ -42,6 +42,9 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="a ~0.6M-parameter model, a few steps (CPU check)")
     ap.add_argument("--out", default=None, help="JSON results")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every case in this process (default: one fresh process per case, so each "
+                         "peak-memory figure is the case's own and not what an earlier engine left behind)")
     return ap.parse_args(argv)
 
 
@@ -89,6 +92,26 @@ def run_case(name: str, args, state_cache: dict) -> dict:
     return result
 
 
+def run_case_in_subprocess(name: str, index: int, argv) -> dict:
+    """One case in a fresh process (its own port): returns that process's row."""
+    import subprocess
+    import tempfile
+    rest, skip = [], False
+    for a in argv:  # drop --cases/--out (and their values); the child gets its own
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in ("--cases", "--out")
+        if not skip:
+            rest.append(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        env = dict(os.environ, MASTER_PORT=str(int(os.environ.get("MASTER_PORT", "29531")) + index))
+        subprocess.run([sys.executable, os.path.abspath(__file__), *rest, "--cases", name, "--out", out],
+                       check=True, env=env)
+        with open(out) as f:
+            return json.load(f)["rows"][0]
+
+
 def environment() -> dict:
     import datetime
 
@@ -102,11 +125,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.smoke:
         args.steps, args.warmup = min(args.steps, 5), min(args.warmup, 2)
-    os.environ.setdefault("MASTER_PORT", "29531")
-    from megatron_sffn.parallel.topology import init_distributed
-    init_distributed()
-    cache: dict = {}
-    rows = [run_case(name, args, cache) for name in args.cases]
+    if len(args.cases) > 1 and not args.in_process:
+        rows = [run_case_in_subprocess(name, i, argv if argv is not None else sys.argv[1:])
+                for i, name in enumerate(args.cases)]
+    else:
+        os.environ.setdefault("MASTER_PORT", "29531")
+        from megatron_sffn.parallel.topology import init_distributed
+        init_distributed()
+        cache: dict = {}
+        rows = [run_case(name, args, cache) for name in args.cases]
     base = rows[0]["step_ms"]
     print(f"\n{'case':<18} {'params':>10} {'ms/step':>9} {'ms/1M params':>13} {'vs ' + rows[0]['case']:>22} {'peak GB':>8}")
     for r in rows:

@@ -142,7 +142,7 @@ def run_once(args) -> dict:
     with TrafficCounter(groups) as traffic:
         engine.train_batch(random_batches(cfg, state.data_size, seed=123))
     if args.profile:
-        profile_steps(engine, cfg, state, args.profile)
+        profile_steps(engine, cfg, state, args.profile, timed_step_s=statistics.median(times))
     step_time = statistics.median(times)
     tokens = cfg.training.global_batch_size * cfg.model.seq_length
     guide_fraction = (1.0 if not cfg.self_guided.reduce_flop else guide_state.alpha) if guided else 0.0
@@ -163,22 +163,34 @@ def run_once(args) -> dict:
     }
 
 
-def profile_steps(engine, cfg, state, path: str, steps: int = 3) -> None:
-    """Kernel time table of a few steps: where the step time goes (sorted by device time)."""
+def profile_steps(engine, cfg, state, path: str, steps: int = 3, timed_step_s=None) -> None:
+    """Kernel time table of a few steps (sorted by device time), preceded by the busy/idle
+    summary of benchmarks/profile_summary.py; its JSON goes next to the table."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from profile_summary import events_of, summarize
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
+        started = time.perf_counter()
         for step in range(steps):
             engine.train_batch(random_batches(cfg, state.data_size, seed=7 + step))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+        wall_ms = 1000 * (time.perf_counter() - started) / steps
     if state.rank == 0:
+        summary, text = summarize(*events_of(prof), steps=steps, wall_ms_per_step=wall_ms)
+        summary["unprofiled_step_ms"] = 1000 * timed_step_s if timed_step_s else None
         key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         with open(path, "w") as f:
             f.write(f"{steps} steps, {cfg.model.ffn.kind}, micro-batch {cfg.training.micro_batch_size}, "
-                    f"global {cfg.training.global_batch_size}\n")
+                    f"global {cfg.training.global_batch_size}, optimizer {cfg.optimizer.implementation}, "
+                    f"compile {cfg.training.compile}; unprofiled step "
+                    f"{summary['unprofiled_step_ms'] or float('nan'):.1f} ms\n{text}\n\n")
             f.write(prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=90))
+        with open(os.path.splitext(path)[0] + ".json", "w") as f:
+            json.dump(summary, f, indent=2)
+        print(text, flush=True)
 
 
 # ---------------------------------------------------------------------------- sweep

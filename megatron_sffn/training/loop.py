@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, fused_optimizer_applies, optimizer_chosen_automatically
 from ..model.accounting import model_stats, train_flops_per_token
 from ..model.paper import describe_ffn
 from ..structured.guide import GuideState
@@ -78,8 +78,10 @@ class Trainer:
         self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), cfg.training.keep_last, self.state.rank)
         tag = self.ckpt.latest_tag()
         meta = self.ckpt.read_meta(tag) if tag else None
+        self.optimizer_note = None
         if meta is not None:
             _check_resumable(cfg, meta, os.path.join(self.ckpt.directory, tag))
+            self.optimizer_note = _follow_checkpoint_optimizer(cfg, meta)
             _check_layout_resumable(cfg, self.state, meta, run_dir, tag)
         self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard,
                                 resumed_step=meta["step"] if meta else None)
@@ -130,6 +132,8 @@ class Trainer:
         if self.resumed_from:
             lines.append(f"resume     from {self.resumed_from} at step {self.loop.step}, "
                          f"{self.loop.consumed_tokens:,} tokens")
+        if self.optimizer_note:
+            lines.append(f"optimizer  {self.optimizer_note}")
         lines.append("=" * 100)
         self.logger.print("\n".join(lines))
         self.logger.config(cfg.to_dict())
@@ -312,6 +316,22 @@ def _check_resumable(cfg: Config, meta: Dict, path: str) -> None:
             diff = _first_difference(saved.get(section, {}), dataclasses.asdict(getattr(cfg, section)), section)
             raise CheckpointError(f"checkpoint {path} was written with a different '{section}' config "
                                   f"({diff}); use a new --run-dir or the config it was trained with")
+
+
+def _follow_checkpoint_optimizer(cfg: Config, meta: Dict) -> Optional[str]:
+    """With optimizer.implementation 'auto', resume with the implementation the checkpoint was
+    written with (a run started before 'auto' chose 'fused' keeps DeepSpeed's optimizer) rather
+    than refusing it. An explicit choice is left alone: the layout check then names the
+    conversion. Returns a line for the run header, or None."""
+    saved = (meta.get("layout") or {}).get("optimizer", "deepspeed" if meta.get("layout") else None)
+    now = cfg.optimizer.implementation
+    if not optimizer_chosen_automatically(cfg) or saved in (None, now):
+        return None
+    if saved == "fused" and not fused_optimizer_applies(cfg):
+        return None  # this config cannot run it; the layout check explains
+    cfg.optimizer.implementation = saved
+    return (f"optimizer.implementation 'auto' follows the checkpoint: {saved} (a new run would choose {now}; "
+            f"tools/convert_checkpoint.py --optimizer-implementation {now} switches it)")
 
 
 def _check_layout_resumable(cfg: Config, state, meta: Dict, run_dir: str, tag: str) -> None:

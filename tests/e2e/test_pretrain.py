@@ -116,12 +116,30 @@ def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementa
     ref = losses(ref_dir)
     assert ref[STEPS] < ref[1]
     run(2, FUSED + ["--run-dir", run_dir, "--exit-interval", "4"], str(tmp_path / "a"))
-    other = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--run-dir", run_dir]
+    other = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--run-dir", run_dir,
+                      "--optimizer-implementation", "deepspeed"]
     out = run(2, other, str(tmp_path / "b"), expect=2)
     assert "optimizer.implementation fused" in out and "--optimizer-implementation deepspeed" in out
     assert latest(run_dir) == "step00000004"
     run(2, FUSED + ["--run-dir", run_dir], str(tmp_path / "c"))
     assert losses(run_dir) == ref  # bit for bit: fp32 masters, main gradients, Adam state
+
+
+def test_auto_implementation_resumes_a_deepspeed_checkpoint_with_deepspeed(tmp_path):
+    """optimizer.implementation 'auto' (the default) picks fused for bf16 with ZeRO 0/1, but a
+    run whose checkpoint DeepSpeed's optimizer wrote resumes with DeepSpeed's optimizer (and
+    says so) instead of being refused."""
+    run_dir = str(tmp_path / "run")
+    bf16 = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--run-dir", run_dir]
+    out = run(2, bf16 + ["--optimizer-implementation", "deepspeed", "--exit-interval", "4"], str(tmp_path / "a"))
+    assert "| optimizer deepspeed" in out and latest(run_dir) == "step00000004"
+    out = run(2, bf16, str(tmp_path / "b"))
+    assert "'auto' follows the checkpoint: deepspeed (a new run would choose fused" in out
+    assert "| optimizer deepspeed" in out and "done: 10 steps" in out
+    assert read_meta(run_dir, latest(run_dir))["layout"]["optimizer"] == "deepspeed"
+    fresh = run(1, COMMON + ["--zero-stage", "0", "--precision", "bf16", "--run-dir", str(tmp_path / "new"),
+                             "--train-steps", "2"], str(tmp_path / "c"))
+    assert "| optimizer fused" in fresh
 
 
 def test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero(fused_reference, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from megatron_sffn.config import ConfigError, OptimizerConfig, config_from_dict
+from megatron_sffn.config import ConfigError, OptimizerConfig, config_from_dict, optimizer_chosen_automatically
 from megatron_sffn.training.master_optimizer import MasterWeightAdamW
 
 ONE_RANK = SimpleNamespace(data_size=1, data_rank=0, tensor_size=1, pipe_size=1)
@@ -149,7 +149,14 @@ def _config(**sections):
 def test_config_selects_and_checks_the_implementation():
     cfg = _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 0}, training={"precision": "bf16"})
     assert cfg.optimizer.implementation == "fused"
-    assert _config().optimizer.implementation == "deepspeed"
+    auto = _config()  # 'auto': fused where it applies (bf16 + ZeRO 0/1), DeepSpeed's otherwise
+    assert auto.optimizer.implementation == "fused" and optimizer_chosen_automatically(auto)
+    assert auto.to_dict()["optimizer"]["implementation"] == "fused"  # saved configs name the one that ran
+    for sections in ({"training": {"precision": "fp32"}}, {"training": {"precision": "fp16"}},
+                     {"parallel": {"zero_stage": 2}}):
+        assert _config(**sections).optimizer.implementation == "deepspeed", sections
+    explicit = _config(optimizer={"implementation": "deepspeed"})
+    assert explicit.optimizer.implementation == "deepspeed" and not optimizer_chosen_automatically(explicit)
     assert _config(optimizer={"implementation": "fused"}, training={"precision": "bf16"}).parallel.zero_stage == 1
     with pytest.raises(ConfigError, match="'optimizer.implementation'.*'parallel.zero_stage' = 0 or 1, got 2"):
         _config(optimizer={"implementation": "fused"}, parallel={"zero_stage": 2}, training={"precision": "bf16"})
