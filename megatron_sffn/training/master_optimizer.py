@@ -380,7 +380,11 @@ class ShardedMasterAdamW(MasterWeightAdamW):
         for bucket in self._buckets:
             self._shard_start.append(total)
             total += bucket.padded // d
-        self._shard_grad = torch.zeros(total, dtype=torch.float32, device=self._main_flat.device)
+        if d == 1 and self._shard_start == [bucket.start for bucket in self._buckets]:
+            # one data rank owns everything: the main gradients are the shard (no copy, no 4 B/param)
+            self._shard_grad = self._main_flat
+        else:
+            self._shard_grad = torch.zeros(total, dtype=torch.float32, device=self._main_flat.device)
         self._low_flat = torch.zeros(self._main_flat.numel(), dtype=torch.bfloat16, device=self._main_flat.device)
         self._pieces: Dict[int, Tuple[torch.Tensor, int, int]] = {}  # id(p) -> (master piece, lo, hi) in p
         self.fp32_groups = []
@@ -416,7 +420,8 @@ class ShardedMasterAdamW(MasterWeightAdamW):
         out = self._shard_grad[self._shard_start[b]:self._shard_start[b] + bucket.padded // self._pstate.data_size]
         view = self._main_flat[bucket.start:bucket.start + bucket.padded]
         if self._pstate.data_size == 1:
-            out.copy_(view)
+            if out.data_ptr() != view.data_ptr():
+                out.copy_(view)
             bucket.handle = _Done()
             return
         bucket.handle = _reduce_scatter(out, view, op=self._average_op, group=self._pstate.data_group,

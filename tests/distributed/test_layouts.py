@@ -35,7 +35,7 @@ LAYOUTS = {
     (2, 2, 2): ["drop/lowrank_sgt/1/fp32", "train/blockshuffle/0/bf16fused", "train/lowrank/1/bf16fused"],
     (2, 2, 1): ["train/lowrank/0/fp32", "train/lowrank/0/bf16", "nonfinite/lowrank/0/fp32", "nonfinite/lowrank/0/bf16",
                 "drop/lowrank_sgt/1/bf16", "train/lowrank/0/bf16fused", "nonfinite/lowrank/0/bf16fused",
-                "drop/lowrank_sgt/0/bf16fused"],
+                "drop/lowrank_sgt/0/bf16fused", "train/lowrank/1/bf16fused", "nonfinite/lowrank/1/bf16fused"],
     (1, 2, 2): ["train/lowrank_ckpt/1/fp32", "train/lowrank_sgt/1/bf16", "resume/lowrank_sgt/1/fp32",
                 "drop/lowrank_sgt/0/fp32", "nonfinite/lowrank/1/bf16", "train/lowrank_sgt/0/bf16fused",
                 "resume/lowrank_sgt/0/bf16fused", "train/lowrank_ckpt/0/bf16fused", "train/lowrank/1/bf16fused",

@@ -10,17 +10,17 @@ import torch
 import torch.nn as nn
 
 from megatron_sffn.config import ConfigError, OptimizerConfig, config_from_dict, optimizer_chosen_automatically
-from megatron_sffn.training.master_optimizer import MasterWeightAdamW
+from megatron_sffn.training.master_optimizer import MasterWeightAdamW, ShardedMasterAdamW
 
-ONE_RANK = SimpleNamespace(data_size=1, data_rank=0, tensor_size=1, pipe_size=1)
+ONE_RANK = SimpleNamespace(data_size=1, data_rank=0, tensor_size=1, pipe_size=1, data_group=None)
 
 
-def build(clip: float = 1.0, seed: int = 0):
+def build(clip: float = 1.0, seed: int = 0, cls=MasterWeightAdamW):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
     reference = [p.detach().clone() for p in model.parameters()]
     cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1, grad_clip=clip)
-    opt = MasterWeightAdamW(model, cfg, ONE_RANK, counted_in_norm=lambda p: True)
+    opt = cls(model, cfg, ONE_RANK, counted_in_norm=lambda p: True)
     for p in model.parameters():
         p.data = p.data.to(torch.bfloat16)
     return model, opt, reference, cfg
@@ -92,6 +92,33 @@ def test_one_step_equals_torch_adamw_on_fp32_with_clip_grad_norm(clip):
         for name, p in zip(names, ref_params):
             torch.testing.assert_close(masters[name], p.detach(), rtol=1e-6, atol=1e-7)
             assert torch.equal(dict(model.named_parameters())[name], masters[name].to(torch.bfloat16))
+
+
+def test_zero1_on_one_data_rank_keeps_no_second_gradient_buffer_and_steps_like_zero0(monkeypatch):
+    """ZeRO 1 with one data rank (a 1-GPU run of a ZeRO-1 config) owns every element: its shard
+    gradients are the main buffer itself (no 4 bytes/parameter more, no copy per step), and it
+    steps exactly like the replicated optimizer, clipping included."""
+    import torch.distributed as dist
+    started_here = not dist.is_initialized()
+    if started_here:  # the norm's data-parallel all-reduce needs a (one-rank) group
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", "29583")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model0, opt0, _, _ = build(clip=1e-2)
+        model1, opt1, _, _ = build(clip=1e-2, cls=ShardedMasterAdamW)
+        assert opt1._shard_grad.data_ptr() == opt1._main_flat.data_ptr()
+        assert opt1._shard_grad.numel() == opt0._main_flat.numel()
+        for seed in (1, 2, 3):
+            backward(model0, seed), backward(model1, seed)
+            opt0.step(), opt1.step()
+            assert opt1._global_grad_norm == opt0._global_grad_norm
+        for p0, p1 in zip(model0.parameters(), model1.parameters()):
+            assert torch.equal(p0, p1)
+            assert torch.equal(opt0.full_master_of(p0), opt1.full_master_of(p1))
+    finally:
+        if started_here:
+            dist.destroy_process_group()
 
 
 def opt_masters_in_module_order(opt, model):
