@@ -22,7 +22,7 @@ CATEGORIES = (
     ("optimizer (foreach)", re.compile(r"multi_tensor_apply|foreach|adam", re.I)),
     ("compiled (triton)", re.compile(r"^triton_")),
     ("own triton kernels", re.compile(r"^_")),
-    ("copies and casts", re.compile(r"copy|CatArray|cast", re.I)),
+    ("copies and casts", re.compile(r"copy|CatArray|(?<!no)cast", re.I)),  # not "gpu_kernel_impl_nocast"
     ("reductions", re.compile(r"reduce|norm", re.I)),
     ("elementwise", re.compile(r"elementwise|vectorized", re.I)),
 )

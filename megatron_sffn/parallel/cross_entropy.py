@@ -8,7 +8,8 @@ T x V tensor kept for backward. fp32 work happens on row chunks of about CHUNK_E
 forward (max, then exp-sum and target logit) and in backward (softmax recomputed from the
 saved log-sum-exp, minus the one-hot, times the incoming gradient, written in the logits'
 dtype). The usual `logits.float()` + log_softmax path instead keeps two fp32 T x V tensors
-(1 GB each for 8192 tokens x 32000) and passes over them several times.
+(1 GB each for 8192 tokens x 32000) and passes over them several times. With
+training.compile both passes are compiled instead (one fused kernel each, see _FUSED).
 """
 from __future__ import annotations
 
@@ -20,6 +21,33 @@ import torch.distributed as dist
 from .mappings import TensorParallel
 
 CHUNK_ELEMENTS = 1 << 25  # 128 MiB of fp32 per chunk
+
+# With training.compile the two T x V passes run as torch.compile'd functions over all rows at
+# once: Inductor fuses the fp32 upcast, exp and sum (forward) and the exp, one-hot, scale and
+# bf16 cast (backward) into one kernel each, so no fp32 T x V tensor exists even briefly and
+# each pass reads the bf16 logits once. (sum_exp, grad) or None for the eager chunked loops.
+_FUSED = None
+
+
+def _sum_exp_rows(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    return (logits.float() - row_max.unsqueeze(-1)).exp().sum(dim=-1)
+
+
+def _softmax_grad_rows(logits, log_sum_exp, local_target, inside, grad_loss) -> torch.Tensor:
+    """(softmax - one_hot(target) where the target is in this slice) * grad, in logits' dtype."""
+    columns = torch.arange(logits.shape[-1], device=logits.device)
+    hit = (columns.unsqueeze(0) == local_target.unsqueeze(-1)) & inside.unsqueeze(-1)
+    softmax = (logits.float() - log_sum_exp.unsqueeze(-1)).exp()
+    return ((softmax - hit.float()) * grad_loss.float().unsqueeze(-1)).to(logits.dtype)
+
+
+def use_compiled_passes(enabled: bool = True) -> None:
+    """Run the loss's two T x V passes through torch.compile (set by training.compile)."""
+    global _FUSED
+    if not enabled:
+        _FUSED = None
+    elif _FUSED is None:  # kept across engine rebuilds (the guide drop): no second compilation
+        _FUSED = (torch.compile(_sum_exp_rows, dynamic=False), torch.compile(_softmax_grad_rows, dynamic=False))
 
 
 def _row_chunks(rows: int, width: int, chunk_elements: int):
@@ -34,18 +62,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         # logits: (N, V_local) any float dtype, target: (N,) global ids
         rows, vocab_local = logits.shape
         chunks = list(_row_chunks(rows, vocab_local, chunk_elements))
-        row_max = torch.empty(rows, dtype=torch.float32, device=logits.device)
-        for c in chunks:
-            row_max[c] = logits[c].max(dim=-1).values.float()
+        row_max = logits.max(dim=-1).values.float()  # in logits' dtype: no fp32 copy
         if group is not None:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
         outside = (target < vocab_start) | (target >= vocab_start + vocab_local)
         local_target = (target - vocab_start).masked_fill(outside, 0)
         target_logit = logits.gather(1, local_target.unsqueeze(1)).squeeze(1).float() - row_max
         target_logit.masked_fill_(outside, 0.0)
-        sum_exp = torch.empty(rows, dtype=torch.float32, device=logits.device)
-        for c in chunks:
-            sum_exp[c] = (logits[c].float() - row_max[c].unsqueeze(-1)).exp_().sum(dim=-1)
+        if _FUSED is not None:
+            sum_exp = _FUSED[0](logits, row_max)
+        else:
+            sum_exp = torch.empty(rows, dtype=torch.float32, device=logits.device)
+            for c in chunks:
+                sum_exp[c] = (logits[c].float() - row_max[c].unsqueeze(-1)).exp_().sum(dim=-1)
         if group is not None:
             dist.all_reduce(target_logit, group=group)
             dist.all_reduce(sum_exp, group=group)
@@ -57,6 +86,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         logits, local_target, outside, log_sum_exp = ctx.saved_tensors
+        if _FUSED is not None:
+            return _FUSED[1](logits, log_sum_exp, local_target, ~outside, grad_loss), None, None, None, None
         grad = torch.empty_like(logits)
         rows = torch.arange(logits.shape[0], device=logits.device)
         inside = (~outside).to(torch.float32)

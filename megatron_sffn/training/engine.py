@@ -28,6 +28,7 @@ from ..config import Config
 from ..model.gpt import drop_guides
 from ..model.compile import compile_blocks
 from ..model.pipeline import build_data_parallel_module, build_pipeline_module, layout_free_names
+from ..parallel.cross_entropy import use_compiled_passes
 from ..parallel.ds_config import check_engine_support, deepspeed_config
 from ..parallel.full_state import gather_tensor_parallel, merge_over_pipeline
 from ..parallel.topology import ParallelState
@@ -91,6 +92,7 @@ class TrainEngine:
     def _build_module(self, guided: bool, initialize: bool = True) -> nn.Module:
         builder = build_pipeline_module if self.uses_pipeline else build_data_parallel_module
         module = builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
+        use_compiled_passes(self.cfg.training.compile)  # the loss's T x V passes (no guide involved)
         if self.cfg.training.compile and not guided:  # guided blocks stay eager until the guides go
             self.compiled_blocks = compile_blocks(module)
         return module

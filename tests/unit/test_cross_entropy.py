@@ -34,3 +34,32 @@ def test_extreme_logits_stay_finite():
     loss.sum().backward()
     torch.testing.assert_close(loss, torch.tensor([2e4, float(torch.log(torch.tensor(3.0)))]))
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_compiled_passes_match_the_eager_chunks_on_a_vocab_slice(dtype, tolerance):
+    """training.compile runs both T x V passes through torch.compile (one fused kernel each);
+    on a tensor-parallel-like vocab slice (targets outside it included) loss and gradient
+    equal the eager chunked path's."""
+    from megatron_sffn.parallel import cross_entropy as ce
+    g = torch.Generator().manual_seed(1)
+    logits = (4 * torch.randn(37, 40, generator=g)).to(dtype)
+    target = torch.randint(0, 120, (37,), generator=g)  # this slice holds ids 40..79
+    upstream = torch.rand(37, generator=g)
+    results = []
+    for compiled in (False, True):
+        ce.use_compiled_passes(compiled)
+        try:
+            x = logits.clone().requires_grad_()
+            loss = ce._ChunkedCrossEntropy.apply(x, target, None, 40, 7 * 40)
+            (loss * upstream).sum().backward()
+            results.append((loss.detach(), x.grad))
+        finally:
+            ce.use_compiled_passes(False)
+    (loss0, grad0), (loss1, grad1) = results
+    assert grad1.dtype == dtype and loss1.dtype == torch.float32
+    torch.testing.assert_close(loss1, loss0, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(grad1.float(), grad0.float(), rtol=tolerance, atol=tolerance)
+    inside = (target >= 40) & (target < 80)
+    assert bool(inside.any()) and bool((~inside).any())
+    assert float(grad1.float()[inside.nonzero()[0, 0]].sum()) == pytest.approx(0.0, abs=tolerance)  # softmax - 1
