@@ -49,6 +49,13 @@ def print_calibration(results) -> None:
                   f"{row['merged_s'] / row['structured_s']:>18.2f} {picks:>11}")
 
 
+def describe_threshold(signature: str, threshold: int) -> str:
+    """How a pre-merge threshold reads in the summary line ('on' stores an unreachable bound)."""
+    if threshold < 0:
+        return f"{signature} off"
+    return f"{signature} always merged" if threshold >= 1 << 62 else f"{signature} merged up to {threshold} tokens"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
     new_tokens = sum(len(o) for o in outputs)
     print(f"{new_tokens} tokens in {elapsed:.2f} s ({new_tokens / elapsed:.1f} tokens/s), "
           f"{'CUDA graphs' if graphs else 'eager'}, pre-merge {args.pre_merge}: "
-          + ", ".join(f"{k} <= {v}" if v >= 0 else f"{k} off" for k, v in chosen.items()))
+          + ", ".join(describe_threshold(k, v) for k, v in chosen.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"prompts": args.prompt, "outputs": texts, "tokens": outputs, "pre_merge": chosen,

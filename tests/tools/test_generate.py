@@ -23,6 +23,7 @@ def test_same_tokens_with_pre_merge_on_and_off(consolidated4, tmp_path, capsys, 
         result = json.load(open(path))
         tokens[mode] = result["tokens"]
         assert len(result["outputs"]) == 2 and f"pre-merge {mode}" in out
+        assert ("always merged" in out) == (mode == "on") and str(1 << 62) not in out
     assert tokens["on"] == tokens["off"]
     assert all(len(t) == 12 or t[-1] == 2 for t in tokens["on"])  # max-new-tokens, or stopped at end of document
 
