@@ -129,6 +129,9 @@ class ParallelConfig:
     pipeline: int = 1
     zero_stage: int = 1
     partition_method: str = "parameters"
+    # Megatron-style sequence parallelism: outside the tensor-parallel regions (norms, residual
+    # adds) each tensor rank keeps 1/tensor of the tokens; needs tensor > 1 to do anything
+    sequence_parallel: bool = False
 
 
 @dataclass
@@ -372,6 +375,11 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
     _choice(p.zero_stage, (0, 1, 2, 3), "parallel.zero_stage")
     _choice(p.partition_method, ("parameters", "uniform", "type:TransformerBlock"), "parallel.partition_method")
     validate_model(cfg.model, p.tensor)
+    if p.sequence_parallel:
+        _divides(p.tensor, cfg.model.seq_length, "parallel.tensor", "model.seq_length")
+        _require(p.zero_stage < 3, "config key 'parallel.sequence_parallel' = true is not supported with "
+                 "'parallel.zero_stage' = 3 (its partitioned replicated weights cannot take the tensor-group "
+                 "gradient sum); use ZeRO 0, 1 or 2")
     _require(p.pipeline <= cfg.model.num_layers,
              f"config key 'parallel.pipeline' = {p.pipeline} exceeds 'model.num_layers' = "
              f"{cfg.model.num_layers}: a pipeline stage needs at least one block")

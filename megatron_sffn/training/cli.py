@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=tp, default=None, help=f"sets {key}")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the transformer blocks (sets training.compile)")
+    p.add_argument("--sequence-parallel", action="store_true", default=None,
+                   help="shard norms and residuals along the sequence over the tensor group "
+                        "(sets parallel.sequence_parallel; needs --tensor-parallel > 1 to matter)")
     p.add_argument("--no-save", action="store_true", default=None,
                    help="write no checkpoints (sets output.checkpoints=false), e.g. for benchmarks")
     p.add_argument("--data-path", nargs="+", default=None, metavar="PREFIX",
@@ -81,6 +84,8 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
         overrides.append("training.compile=true")
     if args.no_save:
         overrides.append("output.checkpoints=false")
+    if args.sequence_parallel:
+        overrides.append("parallel.sequence_parallel=true")
     if args.data_path:
         overrides += data_path_overrides(args.data_path)
     return overrides
