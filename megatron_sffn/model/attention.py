@@ -95,8 +95,11 @@ class Attention(nn.Module):
         self.rotary = Rotary(self.head_dim, cfg.rope_base)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        qkv = self.qkv(x).view(batch, seq, self.groups, self.q_per_group + 2, self.head_dim)
+        if cache is not None and self.tp.sequence_sharded:
+            raise ValueError("incremental decoding runs without sequence parallelism")
+        qkv = self.qkv(x)  # under sequence parallelism x is a token shard, qkv covers every token
+        batch, seq = qkv.shape[:2]
+        qkv = qkv.view(batch, seq, self.groups, self.q_per_group + 2, self.head_dim)
         q = qkv[:, :, :, : self.q_per_group].reshape(batch, seq, -1, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.q_per_group].transpose(1, 2)
         v = qkv[:, :, :, self.q_per_group + 1].transpose(1, 2)

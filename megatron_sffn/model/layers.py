@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..parallel.mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
+from ..parallel.mappings import TensorParallel
+from ..parallel.regions import column_product, leave_tensor_region
 from ..structured.base import sharded_parameter
 
 
@@ -86,11 +87,11 @@ class VocabParallelEmbedding(nn.Module):
         outside = (local < 0) | (local >= self.weight.shape[0])
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tensor_region(self.tp, out)
+        return leave_tensor_region(self.tp, out)  # under SP: this rank's token shard
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Local vocab slice of the logits: (..., V / tp)."""
-        return F.linear(copy_to_tensor_region(self.tp, hidden), self.weight)
+        """Local vocab slice of the logits: (..., V / tp) for every token (gathered under SP)."""
+        return column_product(self.tp, hidden, self.weight)
 
     def init_full(self, gen, std, init, device):
         return {"weight": torch.empty(self.weight.full_shape, device=device).normal_(0.0, std, generator=gen)}
@@ -105,7 +106,7 @@ class LMHead(nn.Module):
         self.weight = sharded_parameter((vocab_size, width), 0, tp)
 
     def forward(self, hidden):
-        return F.linear(copy_to_tensor_region(self.tp, hidden), self.weight)
+        return column_product(self.tp, hidden, self.weight)
 
     def init_full(self, gen, std, init, device):
         return {"weight": torch.empty(self.weight.full_shape, device=device).normal_(0.0, std, generator=gen)}

@@ -19,10 +19,15 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class TensorParallel:
-    """Where this rank sits in its tensor-parallel group. size 1 means no communication."""
+    """Where this rank sits in its tensor-parallel group. size 1 means no communication.
+
+    sequence_parallel: outside the tensor-parallel regions each rank holds 1/size of the
+    tokens (parallel/sequence.py); it changes nothing at size 1.
+    """
     group: Optional[object] = None
     size: int = 1
     rank: int = 0
+    sequence_parallel: bool = False
 
     @staticmethod
     def single() -> "TensorParallel":
@@ -31,6 +36,11 @@ class TensorParallel:
     @property
     def enabled(self) -> bool:
         return self.size > 1
+
+    @property
+    def sequence_sharded(self) -> bool:
+        """Activations outside the tensor-parallel regions are split along the tokens."""
+        return self.enabled and self.sequence_parallel
 
 
 def _all_reduce_fused(tensors: Sequence[torch.Tensor], group) -> Tuple[torch.Tensor, ...]:

@@ -104,7 +104,8 @@ def build_parallel_state(cfg: Config) -> ParallelState:
     embedding_lists = [sorted({p[0], p[-1]}) for p in topo.get_axis_comm_lists("pipe")]
     embedding_g = _my_group(embedding_lists, rank)
 
-    tp = TensorParallel(tensor_g.group if tensor > 1 else None, tensor, coord.model)
+    tp = TensorParallel(tensor_g.group if tensor > 1 else None, tensor, coord.model,
+                        sequence_parallel=cfg.parallel.sequence_parallel)
     mpu = ModelParallelUnit(topo, rank, tensor=tensor_g, data=data_g, pipe=pipe_g, model=model_g)
     return ParallelState(
         world_size=world, rank=rank, tensor_size=tensor, tensor_rank=coord.model, pipe_size=pipe,

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..parallel.mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
+from ..parallel.mappings import TensorParallel
+from ..parallel.regions import column_product, enter_tensor_region, leave_tensor_region
 
 MODES = ("column", "row")
 
@@ -91,11 +92,21 @@ class LinearMap(nn.Module):
         raise NotImplementedError
 
     # -- shared machinery ---------------------------------------------------------------
+    def output_weight(self) -> Optional[torch.Tensor]:
+        """Column mode: the 2-D factor applied last, straight to the one region input, if
+        that is all region_outputs does (then the product runs fused with the region's edge,
+        its backward collective overlapped with the weight gradient: parallel/regions.py)."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "column":
-            inside = copy_to_tensor_region(self.tp, *self.region_inputs(x))
+            inputs = self.region_inputs(x)
+            weight = self.output_weight()
+            if weight is not None and len(inputs) == 1:
+                return column_product(self.tp, inputs[0], weight)
+            inside = enter_tensor_region(self.tp, *inputs)
             return self.region_outputs(list(inside) if isinstance(inside, tuple) else [inside])
-        reduced = reduce_from_tensor_region(self.tp, *self.partials(x))
+        reduced = leave_tensor_region(self.tp, *self.partials(x))
         return self.combine(list(reduced) if isinstance(reduced, tuple) else [reduced])
 
     def load_full(self, full: Dict[str, torch.Tensor]) -> None:

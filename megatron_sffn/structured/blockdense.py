@@ -44,6 +44,9 @@ class BlockDenseMap(LinearMap):
     def input_weight(self):
         return self.blocks_v
 
+    def output_weight(self):
+        return self.weight_u
+
     def partials_after_input(self, z):
         return [pad_to_full(z, self.tp)]
 

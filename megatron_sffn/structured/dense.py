@@ -36,6 +36,9 @@ class DenseMap(LinearMap):
     def input_weight(self):
         return self.weight
 
+    def output_weight(self):
+        return self.weight
+
     def partials_after_input(self, z):
         return [z]
 

@@ -14,7 +14,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..parallel.mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
+from ..parallel.mappings import TensorParallel
+from ..parallel.regions import enter_tensor_region, leave_tensor_region
 from .base import LinearMap, sharded_parameter
 from .blockdense import BlockDenseMap
 from .blockshuffle import BlockShuffleMap
@@ -86,7 +87,7 @@ class ParallelLinear(nn.Module):
 
     def last_product_operands(self, x: torch.Tensor):
         """Column mode: (input, factor) of the last product; forward = add_bias(apply_product(...))."""
-        inside = copy_to_tensor_region(self.tp, *self.structure.region_inputs(x))
+        inside = enter_tensor_region(self.tp, *self.structure.region_inputs(x))
         return self.structure.output_operands(_as_list(inside))
 
     def first_product_weight(self) -> torch.Tensor:
@@ -96,18 +97,18 @@ class ParallelLinear(nn.Module):
     def finish_from_first_product(self, p: torch.Tensor) -> torch.Tensor:
         """Row mode: the layer's output given p = apply_product(x, first_product_weight())."""
         s = self.structure
-        reduced = reduce_from_tensor_region(self.tp, *s.partials_after_input(p))
+        reduced = leave_tensor_region(self.tp, *s.partials_after_input(p))
         return self.add_bias(s.combine(_as_list(reduced)))
 
     def _guided_forward(self, x, alpha: float):
         s, g = self.structure, self.guide
         if self.mode == "column":
             inputs = s.region_inputs(x)
-            inside = _as_list(copy_to_tensor_region(self.tp, *inputs, x))
+            inside = _as_list(enter_tensor_region(self.tp, *inputs, x))
             ys, yg = s.region_outputs(inside[:-1]), g.region_outputs(inside[-1:])
         else:
             partials = s.partials(x)
-            reduced = _as_list(reduce_from_tensor_region(self.tp, *partials, *g.partials(x)))
+            reduced = _as_list(leave_tensor_region(self.tp, *partials, *g.partials(x)))
             ys, yg = s.combine(reduced[: len(partials)]), g.combine(reduced[len(partials):])
         return alpha * yg + (1.0 - alpha) * ys
 

@@ -45,6 +45,9 @@ class LowRankMap(LinearMap):
     def input_weight(self):
         return self.weight_v
 
+    def output_weight(self):
+        return self.weight_u
+
     def partials_after_input(self, z):
         return [z]
 

@@ -1,0 +1,116 @@
+"""The two edges of a tensor-parallel region, with or without sequence parallelism.
+
+  enter_tensor_region  (column-parallel input)  copy in / all-reduce back, or, with
+                       sequence parallelism, all-gather the token shards / reduce-scatter back
+  leave_tensor_region  (row-parallel output)    all-reduce the partials, or reduce-scatter
+                       them to token shards / all-gather back
+  column_product       enter_tensor_region(x) @ W^T as one autograd function whose backward
+                       overlaps the input-gradient collective with the weight-gradient GEMM
+
+Layers call these and never ask which mode is on. With tensor size 1 all are local.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
+from .sequence import (_apart, gather_from_sequence, gather_tokens, reduce_scatter_to_sequence,
+                       start_token_gather, start_token_reduce_scatter)
+
+
+def enter_tensor_region(tp: TensorParallel, *tensors: torch.Tensor):
+    """Inputs of a column-parallel region, replicated over the tensor ranks inside it."""
+    if not tp.enabled:
+        return tensors if len(tensors) > 1 else tensors[0]
+    if tp.sequence_sharded:
+        return gather_from_sequence(tp, *tensors)
+    return _copy_in(tp, *tensors)
+
+
+def leave_tensor_region(tp: TensorParallel, *tensors: torch.Tensor):
+    """Partial sums of a row-parallel region, summed (on this rank's token shard under SP)."""
+    if not tp.enabled:
+        return tensors if len(tensors) > 1 else tensors[0]
+    if tp.sequence_sharded:
+        return reduce_scatter_to_sequence(tp, *tensors)
+    return _reduce_out(tp, *tensors)
+
+
+@torch.compiler.disable
+def _copy_in(tp, *tensors):
+    return copy_to_tensor_region(tp, *tensors)
+
+
+@torch.compiler.disable
+def _reduce_out(tp, *tensors):
+    return reduce_from_tensor_region(tp, *tensors)
+
+
+def _autocast_dtype(x: torch.Tensor):
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return None
+
+
+class _ColumnProduct(torch.autograd.Function):
+    """y = enter(x) W^T. Backward, Megatron's order: (SP: start re-gathering x) -> dx = dy W
+    -> start reducing dx (all-reduce, or reduce-scatter under SP) -> dW = dy^T x while it
+    runs -> wait. Under SP only the token shard of x is kept for backward, not the gathered
+    input (the memory sequence parallelism is for)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, group, size, sequence, cast_dtype):
+        ctx.in_dtypes = (x.dtype, weight.dtype)
+        ctx.group, ctx.size, ctx.sequence = group, size, sequence
+        if cast_dtype is not None:
+            x, weight = x.to(cast_dtype), weight.to(cast_dtype)
+        full = gather_tokens([x], group, size)[0] if sequence else x
+        ctx.save_for_backward(x if sequence else full, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(full, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved, weight = ctx.saved_tensors
+        group, size, sequence = ctx.group, ctx.size, ctx.sequence
+        need_x, need_w = ctx.needs_input_grad[:2]
+        if sequence and need_w:
+            gathered, gather_work = start_token_gather([saved], group, size, async_op=True)
+        with torch.autocast(grad_out.device.type, enabled=False):
+            g = grad_out.to(weight.dtype)
+            grad_x = work = None
+            if need_x:
+                full_grad_x = torch.matmul(g, weight)
+                if sequence:
+                    shard, work = start_token_reduce_scatter([full_grad_x], group, size, async_op=True)
+                    grad_x = _apart(shard, [full_grad_x], 1.0 / size)[0]
+                else:
+                    grad_x = full_grad_x
+                    work = dist.all_reduce(grad_x, group=group, async_op=True)
+            grad_w = None
+            if need_w:
+                if sequence:
+                    gather_work.wait()
+                    full = gathered
+                else:
+                    full = saved.reshape(-1, saved.shape[-1])
+                grad_w = g.reshape(-1, g.shape[-1]).t().matmul(full).to(ctx.in_dtypes[1])
+            if work is not None:
+                work.wait()
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.in_dtypes[0])
+        return grad_x, grad_w, None, None, None, None
+
+
+def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """enter_tensor_region(x) @ weight^T for a 2-D (out_local, in) weight, overlapped in backward."""
+    if not tp.enabled:
+        return F.linear(x, weight)
+    return _parallel_column_product(tp, x, weight)
+
+
+@torch.compiler.disable  # collectives stay outside compiled graphs (a graph break, not a failure)
+def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _ColumnProduct.apply(x, weight, tp.group, tp.size, tp.sequence_sharded, _autocast_dtype(x))

@@ -1,0 +1,146 @@
+"""Sequence parallelism: collectives between token shards and the tensor-parallel regions.
+
+Outside the tensor-parallel regions (norms, residual adds, the loss's input norm) each of
+the t tensor ranks keeps 1/t of a micro-batch's B x S tokens (Megatron-SP). Rank r's shard
+is rows [r n, (r+1) n) of the tokens flattened batch-major (n = B S / t), viewed as
+(B, S / t, width). That view does not keep positions, but nothing outside the regions needs
+them (every op there is per token), and the t shards gathered in rank order are the
+(B, S, width) tensor again with no copy: the collective's output buffer is the result.
+
+  gather_from_sequence        (B, S/t, w) -> (B, S, w): all-gather; backward reduce-scatter
+  reduce_scatter_to_sequence  (B, S, w) partial sums -> (B, S/t, w) summed: reduce-scatter;
+                              backward all-gather
+Both take several tensors and move them with ONE collective (concatenated along the width),
+so a guided layer gathers its structure's bottleneck and the guide's input together.
+
+Replicated parameters used on token shards (norms, row-parallel biases, the replicated
+factors of the structured maps) see only their rank's tokens, so their gradients are
+partial: `sum_partial_gradients_over_tensor_group` registers the hook that sums them.
+"""
+from __future__ import annotations
+
+import functools
+from typing import List, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .mappings import TensorParallel
+
+# torch 2.13 renamed the single-tensor collectives (the old names warn); 2.11 has only the old ones
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _scaled_lead(t: torch.Tensor, factor: float) -> List[int]:
+    """t's leading shape with its token dim (the one before the width) scaled by `factor`."""
+    lead = list(t.shape[:-1])
+    lead[-1] = int(lead[-1] * factor)
+    return lead
+
+
+def _side_by_side(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(tokens, sum of widths), contiguous: one buffer for one collective."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1, tensors[0].shape[-1]).contiguous()
+    if len({t.dtype for t in tensors}) > 1:
+        raise TypeError(f"tensors moved in one collective need one dtype, got {[t.dtype for t in tensors]}")
+    return torch.cat([t.reshape(-1, t.shape[-1]) for t in tensors], dim=-1)
+
+
+def _apart(buffer: torch.Tensor, like: Sequence[torch.Tensor], factor: float) -> List[torch.Tensor]:
+    """Split a (tokens, widths) buffer back into views shaped like `like` with tokens scaled."""
+    widths = [t.shape[-1] for t in like]
+    pieces = buffer.split(widths, dim=-1) if len(like) > 1 else [buffer]
+    return [p.view(*_scaled_lead(t, factor), t.shape[-1]) for p, t in zip(pieces, like)]
+
+
+def start_token_gather(tensors: Sequence[torch.Tensor], group, size: int, async_op: bool = False):
+    """All-gather the token shards of `tensors` into one buffer: (buffer, work or None)."""
+    local = _side_by_side(tensors)
+    out = torch.empty(size * local.shape[0], local.shape[1], dtype=local.dtype, device=local.device)
+    work = _all_gather(out, local, group=group, async_op=async_op)
+    return out, work
+
+
+def start_token_reduce_scatter(tensors: Sequence[torch.Tensor], group, size: int, async_op: bool = False):
+    """Reduce-scatter full-token partial sums of `tensors` into one shard buffer: (buffer, work or None)."""
+    full = _side_by_side(tensors)
+    if full.shape[0] % size:
+        raise ValueError(f"{full.shape[0]} tokens cannot be split over {size} tensor ranks")
+    out = torch.empty(full.shape[0] // size, full.shape[1], dtype=full.dtype, device=full.device)
+    work = _reduce_scatter(out, full, group=group, async_op=async_op)
+    return out, work
+
+
+def gather_tokens(tensors: Sequence[torch.Tensor], group, size: int) -> List[torch.Tensor]:
+    buffer, _ = start_token_gather(tensors, group, size)
+    return _apart(buffer, tensors, size)
+
+
+def reduce_scatter_tokens(tensors: Sequence[torch.Tensor], group, size: int) -> List[torch.Tensor]:
+    buffer, _ = start_token_reduce_scatter(tensors, group, size)
+    return _apart(buffer, tensors, 1.0 / size)
+
+
+class _GatherFromSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, group, size, *tensors):
+        ctx.group, ctx.size = group, size
+        return tuple(gather_tokens(tensors, group, size))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None) + tuple(reduce_scatter_tokens(grads, ctx.group, ctx.size))
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, group, size, *tensors):
+        ctx.group, ctx.size = group, size
+        return tuple(reduce_scatter_tokens(tensors, group, size))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None) + tuple(gather_tokens(grads, ctx.group, ctx.size))
+
+
+@torch.compiler.disable
+def gather_from_sequence(tp: TensorParallel, *tensors: torch.Tensor):
+    """Token shards -> all tokens (one all-gather for all tensors); one tensor or a tuple."""
+    out = _GatherFromSequence.apply(tp.group, tp.size, *tensors)
+    return out if len(tensors) > 1 else out[0]
+
+
+@torch.compiler.disable
+def reduce_scatter_to_sequence(tp: TensorParallel, *tensors: torch.Tensor):
+    """Partial sums over all tokens -> this rank's summed token shard (one reduce-scatter)."""
+    out = _ReduceScatterToSequence.apply(tp.group, tp.size, *tensors)
+    return out if len(tensors) > 1 else out[0]
+
+
+def _sum_over_group(grad: torch.Tensor, group) -> torch.Tensor:
+    summed = grad.clone()
+    dist.all_reduce(summed, group=group)
+    return summed
+
+
+def sum_partial_gradients_over_tensor_group(module: nn.Module, tp: TensorParallel) -> int:
+    """Under sequence parallelism, make every replicated parameter's gradient the full one.
+
+    A replicated parameter (tp_split_dim None) is applied to this rank's token shard only,
+    so autograd hands it the shard's share; a hook sums the shares over the tensor group
+    before the gradient is accumulated, whatever engine or optimizer then takes it, and
+    every tensor rank ends with the identical full gradient it had without sequence
+    parallelism. Tags each such parameter `sequence_parallel`; returns how many.
+    """
+    if not tp.sequence_sharded:
+        return 0
+    count = 0
+    for param in module.parameters():
+        if getattr(param, "tp_split_dim", None) is None and not getattr(param, "sequence_parallel", False):
+            param.register_hook(functools.partial(_sum_over_group, group=tp.group))
+            param.sequence_parallel = True
+            count += 1
+    return count
