@@ -2,9 +2,9 @@
 """Rebuild an English prose corpus, as jsonl.gz, from Debian packages (nothing but the Debian
 archive is needed; `apt-get download` fetches the .deb files, `dpkg -x` unpacks them).
 
-    python tools/build_corpus.py --preset embedded --output corpus.jsonl.gz   # the bundled corpus
-    python tools/build_corpus.py --preset large --output large.jsonl.gz       # the 50M-token one
-    python tools/build_corpus.py --list                                       # sources and licences
+    python experiments/sweep/build_corpus.py --preset embedded --output corpus.jsonl.gz   # the bundled corpus
+    python experiments/sweep/build_corpus.py --preset large --output large.jsonl.gz       # the 50M-token one
+    python experiments/sweep/build_corpus.py --list                                       # sources and licences
 
 Each record is {"text", "title", "source", "licence"}; one record per chapter, dictionary
 entry or documentation page. Run `apt-get update` once first if `apt-get download` finds

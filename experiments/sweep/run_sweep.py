@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Issue 8's sweep on one GPU: dense vs structured FFNs vs self-guided training, on real text.
 
-    python tools/run_sweep.py --carry .sweep_carry --deadline-minutes 8     # GPU: unpack, run, write docs/
-    python tools/run_sweep.py --smoke --out-dir /tmp/s --runs-dir /tmp/s/runs   # CPU, tiny, bundled corpus
-    python tools/run_sweep.py --report-only                                  # re-read runs/sweep -> docs/
-    python tools/run_sweep.py --write-configs                                # regenerate configs/sweep/
+    python experiments/sweep/run_sweep.py --carry .sweep_carry --deadline-minutes 8     # GPU: unpack, run, write docs/
+    python experiments/sweep/run_sweep.py --smoke --out-dir /tmp/s --runs-dir /tmp/s/runs   # CPU, tiny, bundled corpus
+    python experiments/sweep/run_sweep.py --report-only                                  # re-read runs/sweep -> docs/
+    python experiments/sweep/run_sweep.py --write-configs                                # regenerate experiments/sweep/configs/
 
-Nine runs of one model family (configs/sweep/, width 512, 8 layers, ffn 2048, seq 1024, the
+Nine runs of one model family (experiments/sweep/configs/, width 512, 8 layers, ffn 2048, seq 1024, the
 paper's LayerNorm + GELU + biases + RoPE + tied embeddings, bf16), all with the same seed
 (same initial dense weights, same data order) and the paper's LR schedule: dense;
 LowRank, BlockDense, BlockShuffle at ~63% and ~32% of the FFN parameters (PAPER.md
@@ -36,14 +36,14 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from megatron_sffn.config import ConfigError, load_config  # noqa: E402
 from megatron_sffn.model.accounting import dense_equivalent, model_stats, plan_self_guided  # noqa: E402
-from tools import sweep_data, sweep_report  # noqa: E402
+from experiments.sweep import sweep_data, sweep_report  # noqa: E402
 
-CONFIG_DIR = os.path.join(ROOT, "configs", "sweep")
+CONFIG_DIR = os.path.join(ROOT, "experiments", "sweep", "configs")
 
 # The model family. Vocabulary 16000 (a tokenizer trained on the corpus): with 32000 the
 # tied embedding / LM head would be 40% of the matmul parameters at width 512 and dilute the
@@ -56,7 +56,7 @@ EVAL_ITERS = 7                              # 7 x 64 sequences: the whole held-o
 SEED = 1234
 DEFAULT_DENSE_TOKENS = 12_582_912           # 192 steps of 65,536 tokens
 DATA_DIR = os.path.join(".cache", "sweep", "data")   # relative to the repository root, as in the configs
-# Document counts of the held-out split of the packed corpus (tools/sweep_data.py); the
+# Document counts of the held-out split of the packed corpus (experiments/sweep/sweep_data.py); the
 # unpacked data's own manifest wins when it differs.
 DATA_SPLIT = "303387,2955,0"
 
@@ -330,7 +330,7 @@ def settings(args, plans: List[Dict], data: Optional[Dict]) -> Dict:
     """The setup paragraph, from the effective config (overrides applied) of the first run."""
     cfg = next((p["cfg"] for p in plans if "cfg" in p), None)
     dense_steps = next((p["dense_steps"] for p in plans if "dense_steps" in p), None)
-    command = " ".join(["python tools/run_sweep.py", *args.argv])
+    command = " ".join(["python experiments/sweep/run_sweep.py", *args.argv])
     out = {"family_name": "smoke test (tiny models, CPU)" if args.smoke else "sweep", "dense_steps": dense_steps,
            "command": command, "reproduce": ["# corpus, tokenizer and carry folder: docs/sweep.md", command],
            "setup": "No run could be configured."}
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     p.add_argument("--dense-tokens", type=int, default=DEFAULT_DENSE_TOKENS,
                    help="tokens of every equal-token run (rounded to whole steps); the same-FLOPs runs follow")
     p.add_argument("--only", nargs="+", choices=list(BY_NAME), help="these runs only (in sweep order)")
-    p.add_argument("--carry", default=None, help="folder from tools/sweep_data.py pack: unpack it first")
+    p.add_argument("--carry", default=None, help="folder from experiments/sweep/sweep_data.py pack: unpack it first")
     p.add_argument("--data-dir", default=os.path.join(ROOT, DATA_DIR), help="where the carried corpus is (or was) unpacked")
     p.add_argument("--deadline-minutes", type=float, default=None,
                    help="whole sweep (unpacking included): skip runs that would not fit, stop one at the deadline")
@@ -402,13 +402,14 @@ def main(argv=None) -> int:
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny models on the bundled corpus, on CPU")
     p.add_argument("--report-only", action="store_true", help="re-read the runs and rewrite the report")
-    p.add_argument("--write-configs", action="store_true", help="regenerate configs/sweep/ and exit")
+    p.add_argument("--write-configs", action="store_true", help="regenerate experiments/sweep/configs/ and exit")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.write_configs:
         for path in write_configs(args.configs_dir):
             print(f"wrote {path}")
         return 0
+    sweep_report.require_matplotlib()
     start = time.perf_counter()
     deadline = start + 60 * args.deadline_minutes if args.deadline_minutes else None
     data = None

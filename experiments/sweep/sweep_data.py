@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """The sweep's tokenized corpus in a form small enough to travel with a GPU command, and back.
 
-    # here, after tools/build_corpus.py --preset large and tools/train_tokenizer.py:
-    python tools/sweep_data.py pack --corpus .cache/sweep/large.jsonl.gz \\
+    # here, after experiments/sweep/build_corpus.py --preset large and tools/train_tokenizer.py:
+    python experiments/sweep/sweep_data.py pack --corpus .cache/sweep/large.jsonl.gz \\
         --tokenizer .cache/sweep/large16k_tokenizer.model --carry .sweep_carry --data-dir .cache/sweep/data
-    # on the GPU host (tools/run_sweep.py --carry .sweep_carry does this itself):
-    python tools/sweep_data.py unpack --carry .sweep_carry --data-dir .cache/sweep/data
+    # on the GPU host (experiments/sweep/run_sweep.py --carry .sweep_carry does this itself):
+    python experiments/sweep/sweep_data.py unpack --carry .sweep_carry --data-dir .cache/sweep/data
 
 `pack` tokenizes the corpus with tools/preprocess_data.py's code and `--split 99,1` (each
 document's split is a hash of its position, so held-out documents come from every
@@ -35,7 +35,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from megatron_sffn.data.assets import file_sha256  # noqa: E402
 from megatron_sffn.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter  # noqa: E402
@@ -148,7 +148,7 @@ def unpack(carry: str, data_dir: str, force: bool = False) -> Dict:
     """Rebuild the dataset in `data_dir` from the carry folder (skipped when already there)."""
     manifest = read_manifest(carry)
     if manifest is None:
-        raise SystemExit(f"error: {carry} holds no {MANIFEST_FILE}; make it with `tools/sweep_data.py pack`")
+        raise SystemExit(f"error: {carry} holds no {MANIFEST_FILE}; make it with `experiments/sweep/sweep_data.py pack`")
     expected = manifest["dataset"]
     done = read_manifest(data_dir)
     if not force and done is not None and all(done.get(k) == expected[k] for k in ("bin_sha256", "idx_sha256")) \
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pk = sub.add_parser("pack", help="corpus + tokenizer -> dataset in --data-dir and the carry folder")
-    pk.add_argument("--corpus", required=True, help="jsonl(.gz/.xz) from tools/build_corpus.py")
+    pk.add_argument("--corpus", required=True, help="jsonl(.gz/.xz) from experiments/sweep/build_corpus.py")
     pk.add_argument("--tokenizer", required=True, help="sentencepiece .model trained on it")
     pk.add_argument("--carry", default=".sweep_carry")
     pk.add_argument("--data-dir", default=os.path.join(".cache", "sweep", "data"))

@@ -1,6 +1,6 @@
 """Read the sweep's runs back and write results.md, results.json and results.png.
 
-Everything comes from the run folders: `sweep_record.json` (what tools/run_sweep.py
+Everything comes from the run folders: `sweep_record.json` (what experiments/sweep/run_sweep.py
 launched, how it ended) and the TensorBoard events the training loop wrote
 (`val/loss`, `train/loss`, `perf/tokens_per_s`, all against the optimizer step). Tokens
 and training FLOPs at each step are recomputed from the run's config with the project's
@@ -20,7 +20,7 @@ from megatron_sffn.model.accounting import dense_equivalent, model_stats, struct
 from megatron_sffn.model.paper import describe_ffn
 
 RECORD_FILE = "sweep_record.json"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,6 +73,14 @@ def ffn_shares(cfg: Config) -> Dict[str, float]:
             "structured_percent": 100.0 * one / one_dense}
 
 
+def config_path(recorded: str) -> str:
+    """A record's config, relative to the repository; records written before the sweep moved
+    out of tools/ name configs/sweep/, now experiments/sweep/configs/."""
+    path = os.path.join(ROOT, recorded)
+    moved = os.path.join(ROOT, "experiments", "sweep", "configs", os.path.basename(recorded))
+    return moved if not os.path.isfile(path) and recorded.startswith("configs/sweep/") else path
+
+
 def summarize(run_dir: str) -> Optional[Dict]:
     """One run's row and curves, or None when the run was never launched."""
     path = os.path.join(run_dir, RECORD_FILE)
@@ -82,7 +90,7 @@ def summarize(run_dir: str) -> Optional[Dict]:
         rec = json.load(f)
     row = dict(rec)
     try:
-        cfg = load_config(os.path.join(ROOT, rec["config"]), rec["overrides"])
+        cfg = load_config(config_path(rec["config"]), rec["overrides"])
     except Exception as error:   # a config that no longer loads: keep the record, say why
         row.setdefault("reason", f"config does not load: {error}")
         return row
@@ -264,8 +272,6 @@ def markdown(report: Dict) -> str:
     for e in report["expectations"]:
         verdict = {True: "**held**", False: "**did not hold**", None: "**not measured**"}[e["held"]]
         lines.append(f"- {e['claim']}: {verdict}. {e['evidence']}.")
-    if report.get("plot_error"):
-        lines += ["", f"(plot not drawn: {report['plot_error']})"]
     lines += ["", f"![validation loss against tokens and FLOPs]({os.path.basename(report['plot'])})", "",
               "Left: validation loss against tokens trained; middle: against training FLOPs; right: training "
               "loss (log-interval means) over the first half of the dense run's tokens.", "",
@@ -282,7 +288,21 @@ STYLE = {  # name -> (colour, line style)
 EARLY = ("dense", "lowrank_32", "blockdense_32", "blockshuffle_32", "lowrank_32_sgt")
 
 
+PLOTS_EXTRA = 'pip install -e ".[plots]"'
+
+
+def require_matplotlib() -> None:
+    """matplotlib is an optional dependency: stop with one line naming the extra that installs it
+    (called before any training, so a sweep never runs for minutes and then lacks its plots)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"error: the sweep report draws its plots with matplotlib, which is not installed: "
+                         f"{PLOTS_EXTRA}") from None
+
+
 def plot(report: Dict, path: str) -> None:
+    require_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -328,10 +348,7 @@ def write_report(runs: List[Dict], environment: Dict, settings: Dict, out_dir: s
     os.makedirs(out_dir, exist_ok=True)
     report = {"environment": environment, "settings": settings, "runs": runs,
               "expectations": expectations(runs), "plot": os.path.join(out_dir, "results.png")}
-    try:
-        plot(report, report["plot"])
-    except Exception as error:   # no matplotlib, odd data: the table still matters more
-        report["plot_error"] = f"{type(error).__name__}: {error}"
+    plot(report, report["plot"])
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(report))
     with open(os.path.join(out_dir, "results.json"), "w") as f:

@@ -1,7 +1,7 @@
 """The bundled corpus and tokenizer, so the demo run and the tests work offline.
 
 megatron_sffn/assets/ holds corpus.jsonl.gz (public-domain English prose taken from Debian
-packages; see LICENSE-corpus.txt and tools/build_corpus.py --preset embedded) and
+packages; see LICENSE-corpus.txt and experiments/sweep/build_corpus.py --preset embedded) and
 tokenizer.model (an 8000-piece sentencepiece BPE model trained on it).
 `default_data_prefix()` tokenizes the corpus into an indexed dataset the first time it is
 asked for, in a user cache folder, and reuses it afterwards.

@@ -1,4 +1,4 @@
-"""tools/run_sweep.py: the sweep's configs, its FLOP bookkeeping, and the whole command in
+"""experiments/sweep/run_sweep.py: the sweep's configs, its FLOP bookkeeping, and the whole command in
 --smoke mode (real launcher runs on CPU) writing results.md / .json / .png."""
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 
 from megatron_sffn.config import load_config
 from megatron_sffn.model.accounting import dense_equivalent, model_stats, plan_self_guided
-from tools import run_sweep, sweep_report
+from experiments.sweep import run_sweep, sweep_report
 
 
 def _config(name, overrides=()):
@@ -101,3 +101,21 @@ def test_smoke_sweep_writes_the_report(tmp_path):
     assert run_sweep.main(args + ["--report-only"]) == 0
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table == [line for line in open(tmp_path / "results.md").read().splitlines() if line.startswith("| ")]
+
+
+def test_sweep_configs_are_in_sync_with_their_generator(tmp_path):
+    run_sweep.write_configs(str(tmp_path))
+    for run in run_sweep.SWEEP:
+        name = f"{run.config_name}.json"
+        shipped = os.path.join(run_sweep.CONFIG_DIR, name)
+        assert json.load(open(tmp_path / name)) == json.load(open(shipped)), name
+
+
+def test_without_matplotlib_the_sweep_stops_before_any_run_naming_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib -> ImportError
+    monkeypatch.setattr(run_sweep, "run_one", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as stop:
+        run_sweep.main(["--smoke", "--only", "dense", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "r")])
+    message = str(stop.value)
+    assert message.startswith("error:") and "\n" not in message and 'pip install -e ".[plots]"' in message
+    assert not os.path.exists(tmp_path / "results.md")

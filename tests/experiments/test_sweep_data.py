@@ -1,4 +1,4 @@
-"""tools/sweep_data.py: pack here, unpack elsewhere, byte-identical dataset with the held-out
+"""experiments/sweep/sweep_data.py: pack here, unpack elsewhere, byte-identical dataset with the held-out
 documents last, selected exactly by the manifest's split string."""
 import gzip
 import json
@@ -10,7 +10,7 @@ import pytest
 from megatron_sffn.data import assets
 from megatron_sffn.data.gpt_dataset import split_document_ranges
 from megatron_sffn.data.indexed_dataset import IndexedDataset
-from tools import sweep_data
+from experiments.sweep import sweep_data
 
 
 @pytest.fixture(scope="module")
