@@ -23,13 +23,15 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 import torch
 
 from ..config import Config, ConfigError, config_from_dict
+from ..optional import MissingDependency, require
 from .consolidated import CONFIG_FILE, ConsolidatedError, check_weights_fit, model_from_consolidated
 from .hf_export import ExportError
 from .locate import PARTIAL_SUFFIX, CheckpointSource, CheckpointSourceError, locate
 from .local_ranks import WorkerError, run_local_ranks
 from .reshard import ConversionError
 
-USER_ERRORS = (ConversionError, CheckpointSourceError, ConsolidatedError, ConfigError, ExportError, WorkerError)
+USER_ERRORS = (ConversionError, CheckpointSourceError, ConsolidatedError, ConfigError, ExportError, WorkerError,
+               MissingDependency)
 Source = Union[str, CheckpointSource]
 
 
@@ -216,6 +218,7 @@ def export_to_hf(source: Source, out: str, keep_factors: bool = False, tokenizer
                  verbose: bool = False) -> str:
     """transformers folder (LlamaForCausalLM or GPTNeoXForCausalLM) + tokenizer; returns the architecture."""
     from .hf_export import export_hf, hf_architecture
+    require("transformers", "--to hf")
     src = _source(source)
     cfg = _config_of(src)
     hf_architecture(cfg.model)  # refuse before any conversion work
