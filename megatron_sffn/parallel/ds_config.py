@@ -55,6 +55,11 @@ def deepspeed_config(cfg: Config, data_parallel_size: int) -> Dict[str, Any]:
                           min_loss_scale=1)
     if t.precision == "bf16" and p.zero_stage >= 1 and not fused:
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    if p.sequence_parallel and p.tensor > 1 and p.pipeline > 1:
+        # DeepSpeed's pipeline sends 1/t of an activation per tensor rank and all-gathers it on
+        # arrival, assuming the tensor ranks hold the same activation; under sequence
+        # parallelism each holds its own token shard, which is already 1/t: send it whole
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     return deep_merge(ds, cfg.deepspeed)
 
 

@@ -23,6 +23,12 @@ KINDS = {
     "blockshuffle": dict(kind="blockshuffle", blocks=4),
     "lowrank_sgt": dict(kind="lowrank", rank=8),
 }
+# self-guided training of the other structures: run where a layout must show every kind
+# guided (the sequence-parallel layouts), not in every layout
+GUIDED_EXTRA = {
+    "blockdense_sgt": dict(kind="blockdense", rank=16, blocks=4),
+    "blockshuffle_sgt": dict(kind="blockshuffle", blocks=4),
+}
 # variants of a kind that change how it is trained, not what it computes
 VARIANTS = {"lowrank_ckpt": "lowrank"}  # activation checkpointing of every layer
 GUIDED_STEPS = 8          # a falls 1 -> 0 over 8 steps: 5 test steps see both branches of reduce_flop
@@ -32,8 +38,8 @@ N_SAMPLES = 256
 
 
 def tiny_config(kind: str, tensor: int = 1, pipe: int = 1, zero: int = 1, precision: str = "fp32",
-                grad_clip: float = 0.5, **training) -> Config:
-    ffn = FFNConfig(**KINDS[VARIANTS.get(kind, kind)])
+                grad_clip: float = 0.5, sequence_parallel: bool = False, **training) -> Config:
+    ffn = FFNConfig(**{**KINDS, **GUIDED_EXTRA}[VARIANTS.get(kind, kind)])
     if kind.endswith("_ckpt"):
         training = dict(activation_checkpointing=True, checkpoint_interval=1, **training)
     model = ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -47,7 +53,8 @@ def tiny_config(kind: str, tensor: int = 1, pipe: int = 1, zero: int = 1, precis
                   optimizer=OptimizerConfig(lr=3e-3, weight_decay=0.1, grad_clip=grad_clip,
                                             implementation=implementation),
                   self_guided=SelfGuidedConfig(enabled=kind.endswith("_sgt")),
-                  parallel=ParallelConfig(tensor=tensor, pipeline=pipe, zero_stage=zero))
+                  parallel=ParallelConfig(tensor=tensor, pipeline=pipe, zero_stage=zero,
+                                          sequence_parallel=sequence_parallel))
 
 
 def is_guided(kind: str) -> bool:

@@ -47,7 +47,18 @@ LAYOUTS = {
                 "drop/lowrank_sgt/0/bf16fused", "nonfinite/lowrank/0/bf16fused", "train/lowrank_ckpt/0/bf16fused",
                 "train/lowrank_sgt/1/bf16fused", "resume/lowrank/1/bf16fused", "nonfinite/lowrank/1/bf16fused"],
 }
-LAYOUT_IDS = {layout: "t{}p{}d{}".format(*layout) for layout in LAYOUTS}
+# Sequence parallelism (parallel/sequence.py): the same checks with the norms and residuals on
+# token shards, every kind with and without self-guided training, DeepSpeed's optimizers and
+# the fused one, activation checkpointing, resume and the guide drop.
+SEQUENCE_PARALLEL = ["train/blockdense_sgt/1/fp32", "train/blockshuffle_sgt/1/fp32"]
+LAYOUTS.update({
+    (2, 1, 2, "sp"): SEQUENCE_PARALLEL + ["train/lowrank_ckpt/1/fp32", "resume/lowrank/1/fp32",
+                                          "drop/lowrank_sgt/1/fp32", "train/lowrank/1/bf16fused",
+                                          "train/lowrank_sgt/0/bf16fused", "train/dense/1/bf16"],
+    (2, 2, 1, "sp"): SEQUENCE_PARALLEL + ["train/lowrank/0/bf16", "train/lowrank/0/bf16fused",
+                                          "drop/lowrank_sgt/0/bf16fused", "nonfinite/lowrank/0/fp32"],
+})
+LAYOUT_IDS = {layout: "t{}p{}d{}".format(*layout[:3]) + "".join(layout[3:]) for layout in LAYOUTS}
 
 
 def _scenario_name(spec: str) -> str:
@@ -62,11 +73,12 @@ def layout_records(tmp_path_factory):
 
     def get(layout):
         if layout not in cache:
-            tensor, pipe, data = layout
+            tensor, pipe, data = layout[:3]
             out = tmp_path_factory.mktemp(LAYOUT_IDS[layout])
             specs = TRAIN_ALL + LAYOUTS[layout]
+            flags = ["--sequence-parallel"] if "sp" in layout[3:] else []
             run_ranks(tensor * pipe * data, "tests/distributed/workers/scenarios.py",
-                      ["--tensor", str(tensor), "--pipe", str(pipe), "--scenarios", ",".join(specs)], str(out))
+                      ["--tensor", str(tensor), "--pipe", str(pipe), "--scenarios", ",".join(specs), *flags], str(out))
             cache[layout] = {_scenario_name(s): torch.load(out / f"{_scenario_name(s)}.pt") for s in specs}
         return cache[layout]
 

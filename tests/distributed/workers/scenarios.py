@@ -41,7 +41,8 @@ class Scenario:
     def __init__(self, spec: str, args):
         self.what, self.kind, zero, self.precision = spec.split("/")
         self.zero = int(zero)
-        self.cfg = tiny_config(self.kind, args.tensor, args.pipe, self.zero, self.precision)
+        self.cfg = tiny_config(self.kind, args.tensor, args.pipe, self.zero, self.precision,
+                               sequence_parallel=args.sequence_parallel)
         self.name = f"{self.what}-{self.kind}-z{self.zero}-{self.precision}"
         self.args = args
 
@@ -154,6 +155,7 @@ def main():
     ap.add_argument("--pipe", type=int, required=True)
     ap.add_argument("--scenarios", required=True, help="comma-separated what/kind/zero/precision")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--sequence-parallel", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     init_distributed()
