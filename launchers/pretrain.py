@@ -26,9 +26,14 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from megatron_sffn.training.agree import StartupError
     from megatron_sffn.training.loop import TrainingStopped, run
     try:
         result = run(cfg)
+    except StartupError as e:  # every rank stops; rank 0 alone says why
+        if e.report:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

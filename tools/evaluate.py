@@ -31,10 +31,11 @@ from megatron_sffn.config import config_from_dict  # noqa: E402
 from megatron_sffn.data.gpt_dataset import DatasetConfigError  # noqa: E402
 from megatron_sffn.data.indexed_dataset import IndexedDatasetError  # noqa: E402
 from megatron_sffn.data.tokenizer import TokenizerError  # noqa: E402
+from megatron_sffn.training.agree import StartupError  # noqa: E402
 from megatron_sffn.training.cli import data_path_overrides  # noqa: E402
 from tools.checkpoint_io import USER_ERRORS, load_single_rank_checkpoint  # noqa: E402
 
-DATA_ERRORS = (DatasetConfigError, IndexedDatasetError, TokenizerError)
+DATA_ERRORS = (DatasetConfigError, IndexedDatasetError, TokenizerError, StartupError)
 SINGLE_DEVICE = SimpleNamespace(data_size=1, data_rank=0, rank=0)  # what DataFeed needs of the layout
 
 

@@ -10,11 +10,11 @@ Pipeline stages and tensor ranks of one data-parallel replica read the same samp
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, Tuple
+from contextlib import nullcontext
+from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from .phases import RunPhases
@@ -40,34 +40,76 @@ def resolve_data(cfg: Config) -> Tuple[List[str], str]:
     return prefixes, tokenizer
 
 
-def check_vocab(tokenizer_path: str, vocab_size: int) -> None:
-    from ..data.tokenizer import SentencePieceTokenizer
-    vocab = SentencePieceTokenizer(tokenizer_path).vocab_size
-    if vocab > vocab_size:
-        raise ConfigError(f"config key 'model.vocab_size' = {vocab_size} is smaller than the tokenizer's "
-                          f"vocabulary ({vocab}, {tokenizer_path})")
+DATA_ERRORS = (ConfigError, OSError)  # + the data layer's own, added in _data_errors (imported lazily)
+
+
+def _data_errors():
+    from ..data.gpt_dataset import DatasetConfigError
+    from ..data.index_cache import CacheError
+    from ..data.indexed_dataset import IndexedDatasetError
+    from ..data.preflight import DataProblem
+    from ..data.tokenizer import TokenizerError
+    return DATA_ERRORS + (DataProblem, DatasetConfigError, IndexedDatasetError, CacheError, TokenizerError)
+
+
+def _attempt(work: Callable):
+    """(result, None), or (None, the problem in one line) for errors a user's data causes."""
+    try:
+        return work(), None
+    except _data_errors() as error:
+        return None, " ".join(str(error).split())
+
+
+def open_training_data(cfg: Config, rank: int, num_samples: Tuple[int, int], show_progress: bool,
+                       watch=None):
+    """(train, valid, tokenizer path), on every rank, or StartupError on every rank.
+
+    Rank 0 checks the data (data/preflight.py), then builds the sample indices while the other
+    ranks wait; then they open them. After each of the three steps all ranks compare notes
+    (stop_together), so a problem any rank finds stops every rank with one line from rank 0,
+    before the engine is built, instead of a traceback on one rank and a hang on the others.
+    """
+    from ..data.gpt_dataset import build_gpt_datasets
+    from ..data.index_cache import default_cache_dir
+    from ..data.preflight import check_training_data
+    from .agree import stop_together
+
+    resolved, problem = _attempt(lambda: resolve_data(cfg))
+    if resolved is not None and rank == 0:
+        _, problem = _attempt(lambda: check_training_data(
+            resolved[0], cfg.data.split, cfg.model.seq_length, (*num_samples, 0), cfg.model.vocab_size,
+            resolved[1], cfg.data.cache_dir))
+    stop_together(problem)
+    prefixes, tokenizer = resolved
+    cache_dir = cfg.data.cache_dir or default_cache_dir(prefixes[0])
+
+    def build(is_builder: bool):
+        return build_gpt_datasets(prefixes, cfg.data.weights, cfg.data.split, cfg.model.seq_length,
+                                  cfg.training.seed, num_samples=(*num_samples, 0), cache_dir=cfg.data.cache_dir,
+                                  is_builder_rank=is_builder, barrier=lambda: None,
+                                  show_progress=show_progress and is_builder)
+    datasets, problem = _attempt(lambda: build(True)) if rank == 0 else (None, None)
+    waiting = watch.phase(f"rank 0 to build the sample indices in {cache_dir}") if (watch and rank) else nullcontext()
+    with waiting:
+        stop_together(problem)
+    if rank != 0:
+        datasets, problem = _attempt(lambda: build(False))
+    stop_together(problem)
+    train, valid, _ = datasets
+    if valid is None or len(valid) == 0:
+        raise ConfigError(f"config key 'data.split' = {cfg.data.split!r} leaves no validation documents")
+    return train, valid, tokenizer
 
 
 class DataFeed:
-    def __init__(self, cfg: Config, state, phases: RunPhases, show_progress: bool = True):
-        from ..data.gpt_dataset import build_gpt_datasets
+    def __init__(self, cfg: Config, state, phases: RunPhases, show_progress: bool = True, watch=None):
         self.cfg, self.state = cfg, state
         t = cfg.training
         self.global_batch, self.micro_batch = t.global_batch_size, t.micro_batch_size
         self.per_replica = self.global_batch // state.data_size
-        prefixes, tokenizer = resolve_data(cfg)
-        if tokenizer:
-            check_vocab(tokenizer, cfg.model.vocab_size)
-        self.tokenizer_path = tokenizer
-        n_train = phases.plan.base_steps * self.global_batch
-        n_valid = t.eval_iters * self.global_batch
-        barrier = dist.barrier if dist.is_available() and dist.is_initialized() else None
-        self.train, self.valid, _ = build_gpt_datasets(
-            prefixes, cfg.data.weights, cfg.data.split, cfg.model.seq_length, t.seed,
-            num_samples=(n_train, n_valid, 0), cache_dir=cfg.data.cache_dir,
-            is_builder_rank=state.rank == 0, barrier=barrier, show_progress=show_progress)
-        if self.valid is None or len(self.valid) == 0:
-            raise ConfigError(f"config key 'data.split' = {cfg.data.split!r} leaves no validation documents")
+        num_samples = (phases.plan.base_steps * self.global_batch, t.eval_iters * self.global_batch)
+        self.train, self.valid, self.tokenizer_path = open_training_data(cfg, state.rank, num_samples,
+                                                                         show_progress, watch)
         self.show_progress = show_progress
 
     def _micro_batches(self, dataset, first_sample: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

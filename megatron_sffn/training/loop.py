@@ -66,12 +66,23 @@ class Trainer:
     """Holds the run's components; `run()` is the loop."""
 
     def __init__(self, cfg: Config):
+        from .startup_watch import StartupWatch
+        self.cfg = cfg
+        watch = StartupWatch().start()
+        try:
+            self._start(cfg, watch)
+        finally:
+            watch.close()
+
+    def _start(self, cfg: Config, watch) -> None:
+        """Everything before the first step; each wait on other processes runs in a watched phase."""
         from ..parallel.topology import build_parallel_state, init_distributed
         from .engine import TrainEngine
+        from .startup_watch import rendezvous_description
 
-        self.cfg = cfg
-        init_distributed()
-        self.state = build_parallel_state(cfg)  # layout errors stop here, before any tensors
+        with watch.phase(rendezvous_description()):
+            init_distributed()
+            self.state = build_parallel_state(cfg)  # layout errors stop here, before any tensors
         seed_everything(cfg.training.seed)
         self.phases = RunPhases.from_config(cfg)
         run_dir = cfg.output.run_dir
@@ -83,18 +94,21 @@ class Trainer:
             _check_resumable(cfg, meta, os.path.join(self.ckpt.directory, tag))
             self.optimizer_note = _follow_checkpoint_optimizer(cfg, meta)
             _check_layout_resumable(cfg, self.state, meta, run_dir, tag)
+        # the data before the run folder: a data problem stops every rank and leaves nothing behind
+        self.feed = DataFeed(cfg, self.state, self.phases, show_progress=self.state.is_logging_rank, watch=watch)
         self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard,
                                 resumed_step=meta["step"] if meta else None)
-        self.feed = DataFeed(cfg, self.state, self.phases, show_progress=self.state.is_logging_rank)
         sg = cfg.self_guided
         guided = sg.enabled and not (meta and meta["loop"]["guides_dropped"])
         self.guide_state = GuideState(active=guided, seed=cfg.training.seed, reduce_flop=sg.reduce_flop)
-        self.engine = TrainEngine.build(cfg, self.state, self.guide_state, guided=guided)
+        with watch.phase("the DeepSpeed engine: JIT-built ops, and every rank for the parameter broadcast"):
+            self.engine = TrainEngine.build(cfg, self.state, self.guide_state, guided=guided)
         self.loop = LoopState()
         self.guard = NonFiniteGuard(cfg.training.max_nonfinite_steps)
         self.resumed_from = None
         if tag is not None:
-            client = self.ckpt.load(self.engine, tag)
+            with watch.phase(f"every rank to load checkpoint {os.path.join(self.ckpt.directory, tag)}"):
+                client = self.ckpt.load(self.engine, tag)
             self.loop = LoopState(**client["loop"])
             self.guard.load_state_dict(client["nonfinite"])
             self.resumed_from = tag

@@ -1,0 +1,137 @@
+"""A dataset that cannot train the run stops every rank of launchers/pretrain.py with one line
+from rank 0 naming the file and the fix, exit code 2, before the engine is built; nothing on
+disk changes (no run folder, no index cache, the data untouched).
+
+Real files (written with IndexedDatasetWriter, then damaged), real ranks (tests/e2e/runs.py).
+"""
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from megatron_sffn.data.indexed_dataset import IndexedDatasetWriter
+
+from .runs import TINY, Ranks
+
+pytestmark = pytest.mark.slow
+
+ARGS = TINY + ["--train-steps", "2", "--eval-interval", "100", "--save-interval", "100"]
+VOCAB = 8192   # configs/tiny_demo.json
+
+
+def write_dataset(prefix, documents, low=5, high=7000, seed=0):
+    """`documents` documents of 40..200 random token ids in [low, high)."""
+    rng = np.random.default_rng(seed)
+    with IndexedDatasetWriter(str(prefix), dtype=np.uint16) as writer:
+        for _ in range(documents):
+            writer.add_document(rng.integers(low, high, size=int(rng.integers(40, 200))))
+    return str(prefix)
+
+
+def snapshot(root):
+    """Every file under root with the hash of its bytes."""
+    found = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def fails_on_every_rank(tmp_path, data_dir, args, world=2):
+    """Run; assert every rank exits 2, rank 0 prints exactly one error line and the others none,
+    nothing under data_dir changed and no run folder exists. Returns rank 0's error line."""
+    before = snapshot(data_dir)
+    run_dir = tmp_path / "run"
+    ranks = Ranks(world, ARGS + ["--run-dir", str(run_dir), *args], str(tmp_path / "logs"))
+    codes, out = ranks.wait(timeout=300)
+    logs = [ranks.output(r) for r in range(world)]
+    assert codes == [2] * world, logs
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    for r in range(1, world):
+        assert "error" not in logs[r].lower() and "Traceback" not in logs[r], logs[r][-3000:]
+    assert snapshot(data_dir) == before
+    assert not run_dir.exists()
+    return errors[0]
+
+
+@pytest.fixture
+def data(tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    return directory
+
+
+def test_missing_dataset(tmp_path, data):
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", str(data / "nope")])
+    assert f"dataset file {data / 'nope'}.bin not found" in line and "tools/preprocess_data.py" in line
+
+
+def test_truncated_bin(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200)
+    os.truncate(prefix + ".bin", os.path.getsize(prefix + ".bin") - 6)
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix])
+    assert f"{prefix}.bin is truncated" in line and "rebuild it with tools/preprocess_data.py" in line
+    assert f"tools/inspect_data.py {prefix}" in line
+
+
+def test_bin_of_another_dataset(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200)
+    other = write_dataset(data / "other", 300, seed=1)
+    shutil.copyfile(other + ".bin", prefix + ".bin")
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix])
+    assert f"{prefix}.bin does not match {prefix}.idx" in line and "rebuild it" in line
+
+
+def test_index_that_is_not_an_index(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200)
+    with open(prefix + ".idx", "r+b") as f:
+        f.write(b"NOTANIDX!")
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix], world=1)
+    assert f"{prefix}.idx is not a Megatron indexed-dataset index" in line and "rebuild it" in line
+
+
+def test_split_that_leaves_the_validation_split_empty(tmp_path, data):
+    """10 documents and the default split 969,30,1: documents 0..10 train, none for valid."""
+    prefix = write_dataset(data / "corpus", 10)
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix])
+    assert (f"config key 'data.split' = '969,30,1' gives the valid split of {prefix}.bin no documents "
+            "(it has 10)") in line
+    assert "--override data.split=90,10,0" in line
+
+
+def test_token_ids_beyond_the_models_vocabulary(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200, low=100, high=20000)
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix])
+    assert f"{prefix}.bin holds token id" in line and f"model.vocab_size = {VOCAB}" in line
+    assert "re-tokenize it" in line
+
+
+def test_tokenizer_larger_than_the_models_vocabulary(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200, high=4000)
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix, "--override", "model.vocab_size=4096"],
+                               world=1)
+    assert "'model.vocab_size' = 4096 is smaller than the vocabulary of the tokenizer" in line
+    assert "--override model.vocab_size=8000" in line
+
+
+def test_tokenizer_file_that_is_not_a_sentencepiece_model(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200)
+    (data / "tok.model").write_text("not a model\n")
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix, "--override",
+                                                f"data.tokenizer_model={data / 'tok.model'}"], world=1)
+    assert f"tokenizer model {data / 'tok.model'} is not a sentencepiece model" in line
+    assert "tools/train_tokenizer.py" in line
+
+
+def test_index_cache_folder_that_cannot_be_created(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200)
+    (data / "file").write_text("a file, not a folder\n")
+    cache = data / "file" / "cache"
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix, "--override", f"data.cache_dir={cache}"],
+                               world=1)
+    assert f"cannot create the sample-index cache folder {cache}" in line and "data.cache_dir" in line
