@@ -64,5 +64,8 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(cfg, layer, tp, guided, guide_state)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cache, self.layer)
+        # the layer index matters only to the KV cache; reading it otherwise would make every
+        # block a separate torch.compile graph (integer module attributes are guarded)
+        attended = self.attn(self.norm1(x), cache, self.layer) if cache is not None else self.attn(self.norm1(x))
+        x = x + attended
         return x + self.ffn(self.norm2(x))

@@ -2,20 +2,32 @@
 
 Blocks are compiled one by one (nn.Module.compile keeps parameter names and module
 structure), so the same call serves the data-parallel model and every pipeline stage, and
-activation checkpointing still wraps whole blocks. Guided blocks are left eager: their
+activation checkpointing still wraps whole blocks. Under tensor parallelism the collectives
+stay outside the graphs (parallel/regions.py disables compilation there): a block compiles
+as the pieces between its collectives, and the functions those pieces start in are shared by
+every linear of the block (qkv, proj, fc1, fc2 differ in shapes) and by training and
+evaluation, so the per-function recompile limit is raised to hold them all instead of
+falling back to eager after 8. Guided blocks are left eager: their
 guide weight a changes every step and the reduce_flop draw picks a branch per layer and
 step, which would recompile the graphs over and over.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .block import TransformerBlock
 
 
+# graphs per compiled function: 4 linears x (dense first FFN, structured) x (train, eval), twice over
+RECOMPILE_LIMIT = 32
+
+
 def compile_blocks(module: nn.Module) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks:
         block.compile(dynamic=False)
     return len(blocks)
