@@ -4,12 +4,20 @@
 Each case is one `launchers/pretrain.py` run (real data: the embedded corpus unless
 --data-path is given; real engine: DeepSpeed with the config's ZeRO stage and precision),
 timed from the run's own per-step log (run_dir/metrics.jsonl). Steps after the warm-up
-give the median step time, tokens/s, model TFLOP/s per GPU (model/accounting.py), MFU and
-peak memory. Prints a table and writes JSON.
+give the median step time, tokens/s, model TFLOP/s per GPU (model/accounting.py, for the
+config as the case runs it: variants and overrides included), MFU and peak memory. Prints a
+table and writes JSON.
+
+--reference also runs the plain-PyTorch reference (bench_reference.py) of each case's model
+in the same process pool and reports megatron_sffn / reference: every speed claim is such a
+ratio. --guided keeps the config's self-guided training and reports its guided phase
+(MFU counting the guide FLOPs the steps executed, sgt_phase.py) against its unguided phase.
 
     python benchmarks/bench_train.py --configs configs/1p3b_dense.json configs/1p3b_lowrank.json \\
         --modes eager compile --micro-batch-size 8 --steps 30 --out results/train.json
     python benchmarks/bench_train.py --nproc 2 ...     # deepspeed --num_gpus 2 (data parallel)
+    python benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --modes compile --reference ...
+    python benchmarks/bench_train.py --configs configs/1p3b_lowrank_sgt.json --guided --steps 60 --warmup 5 ...
     python benchmarks/bench_train.py --smoke           # CPU: tiny model, 2 modes, a few steps
 """
 from __future__ import annotations
@@ -26,6 +34,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SMOKE = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.ffn_hidden_size=256",
          "model.seq_length=32", "model.ffn.rank=16", "training.precision=fp32"]
@@ -35,10 +44,11 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["configs/1p3b_dense.json", "configs/1p3b_lowrank.json"])
     ap.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
-    ap.add_argument("--micro-batch-size", type=int, default=8)
+    ap.add_argument("--micro-batch-size", type=int, default=None, help="default 8 (2 with --smoke)")
     ap.add_argument("--grad-accumulation", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=30, help="steps per run (timed: those after --warmup)")
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="steps per run (timed: those after --warmup); default 30 (4 with --smoke)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 10 (1 with --smoke)")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs (processes) per run: data parallel")
     ap.add_argument("--data-path", default="embedded")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
@@ -47,8 +57,19 @@ def parse_args(argv=None):
                          "'autocast:training.precision=\"fp32\";deepspeed.torch_autocast.enabled=true'")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--keep-logs", default=None, help="copy each run's output log into this folder")
+    ap.add_argument("--reference", action="store_true",
+                    help="also run the plain-PyTorch reference of each case (one GPU) and print the ratios")
+    ap.add_argument("--guided", action="store_true",
+                    help="keep self-guided training on: report the guided phase (executed FLOPs) and the "
+                         "unguided phase after the drop; the main row is the unguided phase")
     ap.add_argument("--smoke", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.reference and args.nproc != 1:
+        ap.error("--reference compares against a one-GPU reference: use --nproc 1")
+    for name, normal, smoke in (("micro_batch_size", 8, 2), ("steps", 30, 4), ("warmup", 10, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else normal)
+    return args
 
 
 def parse_variants(specs) -> list:
@@ -60,18 +81,23 @@ def parse_variants(specs) -> list:
     return variants
 
 
+def run_overrides(args, extra=()) -> list:
+    """Every config override a case's launcher run gets; its FLOPs and its reference read the same."""
+    out = ([] if args.guided else ["self_guided.enabled=false"]) + ["training.eval_iters=1"]
+    if args.data_path == "embedded":
+        out.append('data.tokenizer_model="embedded"')
+    return out + (SMOKE if args.smoke else []) + args.override + list(extra)  # a variant overrides the smoke model
+
+
 def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list:
     global_batch = args.micro_batch_size * args.grad_accumulation * args.nproc
     cmd = ["launchers/pretrain.py", "--config", config, "--run-dir", run_dir, "--data-path", args.data_path,
            "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(global_batch),
            "--train-steps", str(args.steps), "--log-interval", str(max(1, args.steps // 3)),
-           "--eval-interval", str(10 ** 9), "--no-save",
-           "--override", "self_guided.enabled=false", "--override", "training.eval_iters=1"]
-    if args.data_path == "embedded":
-        cmd += ["--override", 'data.tokenizer_model="embedded"']
+           "--eval-interval", str(10 ** 9), "--no-save"]
     if mode == "compile":
         cmd.append("--compile")
-    for o in (SMOKE if args.smoke else []) + args.override + list(extra):  # a variant overrides the smoke model
+    for o in run_overrides(args, extra):
         cmd += ["--override", o]
     if args.nproc > 1:
         flag = "--num_accelerators" if args.smoke else "--num_gpus"
@@ -79,25 +105,39 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
     return [sys.executable] + cmd
 
 
-def summarise(config: str, mode: str, run_dir: str, args) -> dict:
+def run_config(config: str, args, extra=()):
+    """The config exactly as the case's launcher run builds it (overrides, variant, batch, steps)."""
     from megatron_sffn.config import load_config
+    global_batch = args.micro_batch_size * args.grad_accumulation * args.nproc
+    return load_config(config, run_overrides(args, extra) + [
+        f"training.micro_batch_size={args.micro_batch_size}", f"training.global_batch_size={global_batch}",
+        f"training.train_steps={args.steps}", "training.train_tokens=null"])
+
+
+def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
     from megatron_sffn.model.accounting import model_stats, train_flops_per_token
     from megatron_sffn.training.metrics import detect_peak_tflops, read_step_log
     records = read_step_log(run_dir)
-    timed = [records[s] for s in sorted(records) if s > args.warmup]
-    cfg = load_config(config, [f"training.micro_batch_size={args.micro_batch_size}"])
+    cfg = run_config(config, args, extra)  # the variant's own shape: its FLOPs, not the base config's
     tokens_per_step = args.micro_batch_size * args.grad_accumulation * args.nproc * cfg.model.seq_length
-    step_time = statistics.median(r["step_time_s"] for r in timed)
+    peak = detect_peak_tflops()
+    phases = {}
+    if args.guided:
+        from sgt_phase import summarise_phases
+        phases = summarise_phases(cfg, records, args.warmup, tokens_per_step, args.nproc, peak)
+    timed_steps = phases["unguided_phase"]["steps"] if phases else [s for s in sorted(records) if s > args.warmup]
+    if not timed_steps:
+        raise ValueError(f"no timed steps in {run_dir}: raise --steps above --warmup ({args.warmup})")
+    step_time = statistics.median(records[s]["step_time_s"] for s in timed_steps)
     flops = train_flops_per_token(model_stats(cfg.model), 0.0) * tokens_per_step
     tflops = flops / step_time / args.nproc / 1e12
-    peak = detect_peak_tflops()
     return {"config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind, "nproc": args.nproc,
-            "micro_batch": args.micro_batch_size, "tokens_per_step": tokens_per_step,
-            "timed_steps": len(timed), "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
+            "micro_batch": args.micro_batch_size, "tokens_per_step": tokens_per_step, "flops_per_step": flops,
+            "timed_steps": len(timed_steps), "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
             "tokens_per_s_per_gpu": tokens_per_step / step_time / args.nproc, "tflops_per_gpu": tflops,
             "mfu": tflops / peak if peak else None,
             "max_allocated_gb": max(r["max_allocated_gb"] for r in records.values()),
-            "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"]}
+            "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"], **phases}
 
 
 def environment() -> dict:
@@ -126,7 +166,7 @@ def run_case(config: str, mode: str, variant: str, extra, tmp: str, args) -> dic
         print(f"{name}: FAILED (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}", file=sys.stderr)
         shutil.rmtree(run_dir, ignore_errors=True)
         return {"config": os.path.basename(config), "mode": mode, "variant": variant, "error": proc.returncode}
-    r = summarise(config, mode, run_dir, args)
+    r = summarise(config, mode, run_dir, args, extra)
     r.update(variant=variant, overrides=list(extra))
     shutil.rmtree(run_dir, ignore_errors=True)
     print(f"{r['config']:<24} {mode:<8} {variant:<10} {r['tokens_per_s']:>10,.0f} tokens/s  "
@@ -141,28 +181,72 @@ def write_json(args, rows) -> None:
             json.dump({"environment": environment(), "args": vars(args), "results": rows}, f, indent=2)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.smoke:
-        args.configs, args.steps, args.warmup, args.micro_batch_size = ["configs/tiny_demo.json"], 4, 1, 2
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for config in args.configs:
-            for mode in args.modes:
-                for variant, extra in parse_variants(args.variant):
-                    rows.append(run_case(config, mode, variant, extra, tmp, args))
-                    write_json(args, rows)  # after every run: a later crash or time limit keeps what was measured
-    header = f"{'config':<24} {'mode':<8} {'variant':<10} {'tokens/s':>10} {'/GPU':>10} {'TFLOP/s/GPU':>12} {'MFU':>6} {'step ms':>8} {'mem GB':>7}"
+def reference_for(config: str, mode: str, extra, tmp: str, args, cache: dict) -> dict:
+    """The reference row of this case's model and mode, run once per distinct shape."""
+    import vs_reference
+    overrides = run_overrides(args, extra)
+    key = vs_reference.reference_key(config, mode, overrides)
+    if key not in cache:
+        cache[key] = vs_reference.run_reference(config, mode, overrides, args, tmp, ROOT)
+    return cache[key]
+
+
+def print_table(rows) -> None:
+    header = (f"{'config':<24} {'mode':<8} {'variant':<10} {'tokens/s':>10} {'/GPU':>10} {'TFLOP/s/GPU':>12} "
+              f"{'MFU':>6} {'step ms':>8} {'mem GB':>7}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         if "error" in r:
             print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} failed (exit {r['error']})")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
-        print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} {r['tokens_per_s']:>10,.0f} {r['tokens_per_s_per_gpu']:>10,.0f} "
-              f"{r['tflops_per_gpu']:>12.1f} {mfu:>6} {1000 * r['step_time_s']:>8.1f} {r['max_allocated_gb']:>7.1f}")
+        print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} {r['tokens_per_s']:>10,.0f} "
+              f"{r['tokens_per_s_per_gpu']:>10,.0f} {r['tflops_per_gpu']:>12.1f} {mfu:>6} "
+              f"{1000 * r['step_time_s']:>8.1f} {r['max_allocated_gb']:>7.1f}")
+
+
+def print_guided_table(rows) -> None:
+    header = (f"{'config':<24} {'mode':<8} {'phase':<9} {'steps':>5} {'tokens/s':>10} {'TFLOP/s/GPU':>12} "
+              f"{'MFU':>6} {'guide FLOPs done':>17}")
+    print("\nself-guided run: guided phase (executed FLOPs) vs unguided phase\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        if "guided_phase" not in r:
+            continue
+        for name in ("guided", "unguided"):
+            p = r[f"{name}_phase"]
+            if not p["steps"]:
+                print(f"{r['config']:<24} {r['mode']:<8} {name:<9} no timed steps")
+                continue
+            mfu = f"{100 * p['mfu']:.1f}%" if p["mfu"] else "n/a"
+            done = f"{100 * p['guide_fraction_executed']:.1f}%" if "guide_fraction_executed" in p else "-"
+            print(f"{r['config']:<24} {r['mode']:<8} {name:<9} {len(p['steps']):>5} {p['tokens_per_s']:>10,.0f} "
+                  f"{p['tflops_per_gpu']:>12.1f} {mfu:>6} {done:>17}")
+        ratio = r["guided_mfu_over_unguided"]
+        print(f"{'':<24} {'':<8} guided MFU / unguided MFU = " + (f"{ratio:.3f}" if ratio else "n/a"))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.smoke:
+        args.configs = ["configs/tiny_demo.json"]
+    rows, references = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in args.configs:
+            for mode in args.modes:
+                for variant, extra in parse_variants(args.variant):
+                    rows.append(run_case(config, mode, variant, extra, tmp, args))
+                    if args.reference:
+                        import vs_reference
+                        vs_reference.attach(rows[-1], reference_for(config, mode, extra, tmp, args, references))
+                    write_json(args, rows)  # after every run: a later crash or time limit keeps what was measured
+    print_table(rows)
+    if args.guided:
+        print_guided_table(rows)
+    if args.reference:
+        import vs_reference
+        vs_reference.print_ratio_table(rows)
     write_json(args, rows)
-    return 1 if any("error" in r for r in rows) else 0
+    return 1 if any("error" in r or "error" in r.get("reference", {}) for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""benchmarks/bench_train.py: TFLOP/s from the config the case really ran (a shape-changing
+variant's own FLOPs), --reference (the reference beside each case, ratios in the JSON), and
+--guided (the guided phase's executed guide FLOPs, replayed with the model's own draws)."""
+import json
+
+import pytest
+
+from megatron_sffn.config import load_config
+from megatron_sffn.model import GPTModel
+from megatron_sffn.model.accounting import model_stats, train_flops_per_token
+from megatron_sffn.structured.guide import GuideState
+from megatron_sffn.training.phases import RunPhases
+from tests.benchmarks.common import LLAMA, ROOT, SHAPE, TINY, run_script
+
+import bench_train  # noqa: E402  (benchmarks/ is on sys.path via common)
+from sgt_phase import executed_guide_flops_per_token  # noqa: E402
+
+LOWRANK_1P3B = f"{ROOT}/configs/1p3b_lowrank.json"
+WIDE = ["model.hidden_size=4096", "model.num_heads=32", "model.ffn_hidden_size=16384", "model.ffn.rank=1024"]
+
+
+def test_tflops_come_from_the_variants_own_shape(tmp_path):
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for step in (1, 2, 3):
+            f.write(json.dumps({"step": step, "loss": 10.0 - step, "step_time_s": 0.5, "max_allocated_gb": 1.0}) + "\n")
+    args = bench_train.parse_args(["--micro-batch-size", "8", "--steps", "3", "--warmup", "1"])
+    row = bench_train.summarise(LOWRANK_1P3B, "compile", str(tmp_path), args, WIDE)
+    tokens = 8 * 1024
+    wide = train_flops_per_token(model_stats(load_config(LOWRANK_1P3B, WIDE).model))
+    base = train_flops_per_token(model_stats(load_config(LOWRANK_1P3B).model))
+    assert row["tflops_per_gpu"] == pytest.approx(wide * tokens / 0.5 / 1e12)
+    assert wide > 3 * base  # the base config's FLOPs would be far off
+    assert row["timed_steps"] == 2 and row["tokens_per_s"] == pytest.approx(tokens / 0.5)
+
+
+def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path):
+    out = tmp_path / "train.json"
+    proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--reference",
+                                              "--variant", "deep:model.num_layers=3", "--out", out])
+    base, deep = data["results"]
+    for row, layers in ((base, 2), (deep, 3)):  # SMOKE has 2 layers
+        cfg = load_config(TINY, bench_train.SMOKE + [f"model.num_layers={layers}"])
+        ref = row["reference"]
+        assert ref["params"] == model_stats(cfg.model).total_params
+        assert ref["tokens_per_step"] == row["tokens_per_step"]
+        assert ref["flops_per_token"] * ref["tokens_per_step"] == row["flops_per_step"]
+        assert row["tflops_per_gpu"] == pytest.approx(row["flops_per_step"] / row["step_time_s"] / 1e12)
+        assert row["vs_reference"]["tokens_per_s"] == pytest.approx(row["tokens_per_s"] / ref["tokens_per_s"])
+        assert row["vs_reference"]["max_allocated_gb"] == pytest.approx(row["max_allocated_gb"] / ref["max_allocated_gb"])
+        assert ref["final_loss"] < ref["first_loss"]
+    assert deep["flops_per_step"] > base["flops_per_step"]
+    assert "megatron_sffn / plain-PyTorch reference" in proc.stdout
+
+
+def test_guided_phase_counts_the_guide_flops_it_executed(tmp_path):
+    out = tmp_path / "sgt.json"
+    proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--guided", "--steps", "8",
+                                              "--warmup", "1", "--out", out])
+    (row,) = data["results"]
+    guided, unguided = row["guided_phase"], row["unguided_phase"]
+    assert row["guided_steps_planned"] == 4  # tiny_demo: guided_fraction 0.5 of 8 steps
+    assert guided["steps"] == [2, 3, 4] and unguided["steps"] == [6, 7, 8] and row["timed_steps"] == 3
+    cfg = load_config(TINY, bench_train.SMOKE + ["training.train_steps=8", "training.train_tokens=null"])
+    stats = model_stats(cfg.model)
+    done = [executed_guide_flops_per_token(cfg, s - 1, 4) for s in guided["steps"]]
+    flops = sum(stats.train_flops_per_token + g for g in done) * row["tokens_per_step"]
+    assert guided["tflops_per_gpu"] == pytest.approx(flops / guided["seconds"] / 1e12)
+    assert guided["guide_fraction_executed"] == pytest.approx(sum(done) / 3 / stats.guide_train_flops_per_token)
+    assert 0 < guided["guide_fraction_executed"] < 1  # reduce_flop skipped some guides
+    assert row["guided_mfu_over_unguided"] == pytest.approx(guided["tflops_per_gpu"] / unguided["tflops_per_gpu"])
+    assert "guided MFU / unguided MFU" in proc.stdout
+
+
+@pytest.mark.parametrize("shape", ["gpt", "llama"])
+def test_executed_guide_flops_follow_the_models_own_draws(shape):
+    cfg = load_config(TINY, SHAPE + ["self_guided.enabled=true", "model.ffn.rank=8", "training.train_steps=40",
+                                     "training.train_tokens=null"] + (LLAMA if shape == "llama" else []))
+    guided_steps = RunPhases.from_config(cfg).guided_steps
+    state = GuideState(active=True, seed=cfg.training.seed, reduce_flop=True)
+    model = GPTModel(cfg.model, guided=True, guide_state=state)
+    full = model_stats(cfg.model).guide_train_flops_per_token
+    seen = set()
+    for step in range(guided_steps + 2):
+        state.set_step(step, guided_steps, cfg.self_guided.schedule)
+        expected = sum(6.0 * m.structure.in_features * m.structure.out_features
+                       for m in model.structured_linears() if m.uses_guide_now())
+        assert executed_guide_flops_per_token(cfg, step, guided_steps) == expected, step
+        seen.add(expected)
+    assert executed_guide_flops_per_token(cfg, 0, guided_steps) == full  # a = 1: every guide runs
+    assert 0.0 in seen and len(seen) > 3  # a = 0 after the phase; partial draws in between
