@@ -152,6 +152,10 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed keys, merged last
+    # Other machines this config is laid out for, as --override lists, e.g. {"4x80GB":
+    # ["parallel.zero_stage=2", "training.micro_batch_size=4", ...]}. A note for people and
+    # tools/plan_layout.py; the run itself uses the sections above.
+    layouts: Dict[str, List[str]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -436,6 +440,9 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
     _require(not any(k in cfg.deepspeed for k in _DEEPSPEED_OWNED),
              f"config key 'deepspeed' may not set {sorted(set(cfg.deepspeed) & set(_DEEPSPEED_OWNED))}: "
              "they are derived from training/parallel/optimizer")
+    for machine, overrides in cfg.layouts.items():
+        _require(isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
+                 f"config key 'layouts.{machine}' must be a list of 'key.path=value' overrides, got {overrides!r}")
     if world_size is not None:
         check_layout(cfg, world_size)
 

@@ -14,13 +14,22 @@ PAPER_SIZES = {
     "1p3b": (2048, 24, 16, 8192),
 }
 
+# Beyond the paper: GPT-3's 2.7B / 6.7B / 13B shapes (Brown et al. 2020, Table 2.1; ffn = 4 d),
+# trained with the paper's recipe (vocab 32000, seq 1024, structures at the 32% rule below).
+GPT3_SIZES = {
+    "2p7b": (2560, 32, 32, 10240),
+    "6p7b": (4096, 32, 32, 16384),
+    "13b": (5120, 40, 40, 20480),
+}
+
 # Table 1 of the paper (Transformer-xl), total parameters in millions
 PAPER_XL_PARAMS_M = {"dense": 1274, "lowrank": 744, "blockdense": 728, "blockshuffle": 744}
 
 
 def paper_model(size: str, kind: str = "dense") -> ModelConfig:
-    """The paper's architecture: LayerNorm, GELU, biases, RoPE, tied embeddings, vocab 32000."""
-    d, layers, heads, ffn = PAPER_SIZES[size]
+    """The paper's architecture: LayerNorm, GELU, biases, RoPE, tied embeddings, vocab 32000
+    (a PAPER_SIZES or GPT3_SIZES name)."""
+    d, layers, heads, ffn = {**PAPER_SIZES, **GPT3_SIZES}[size]
     return ModelConfig(vocab_size=32000, hidden_size=d, num_layers=layers, num_heads=heads,
                        ffn_hidden_size=ffn, seq_length=1024, ffn=ffn_32_percent(kind, d))
 

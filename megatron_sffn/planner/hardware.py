@@ -1,0 +1,58 @@
+"""The planner's constants, each with where it comes from.
+
+"calibrated" means fitted to a measurement named beside it (docs/performance.md); the
+others are engineering guesses until the 4-GPU runs of issue 14 measure them. Every one is
+a flag of tools/plan_layout.py. GB here is 2^30 bytes, as the benchmarks report memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+GIB = float(2 ** 30)
+
+# Achievable training TFLOP/s per GPU on the model's FLOPs (model/accounting.py conventions),
+# bf16, compiled blocks, for the time that is neither optimizer, collective nor per-layer host
+# overhead. Calibrated: 1.3B, one H100, micro-batch 8 x 1024, fused optimizer, compiled (dense
+# 152.0 ms, lowrank 114.4 ms per step; blockdense 165.8 / blockshuffle 165.2 ms with DeepSpeed's
+# optimizer), by solving the step-time model below for the rate.
+ACHIEVABLE_TFLOPS = {"dense": 535.0, "lowrank": 430.0, "blockdense": 305.0, "blockshuffle": 315.0}
+
+# Optimizer step per local parameter it updates (AdamW, gradient norm, bf16 write-back).
+# Calibrated: fused 10.7 ms / 744M parameters (profile of the 1.3B lowrank step, H100);
+# DeepSpeed's mixed-precision optimizer 13.5 ms more per step (129.3 vs 115.8 ms).
+OPTIMIZER_PS_PER_PARAM = {"fused": 14.0, "deepspeed": 32.0}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpu_memory_gb: float
+    gpus_per_node: int = 8
+    # None: ACHIEVABLE_TFLOPS of the config's FFN kind; a number overrides every kind
+    achievable_tflops: Optional[float] = None
+    # peak bf16 dense TFLOP/s for MFU (H100 / H200 SXM)
+    peak_tflops: float = 989.0
+    # NCCL bus bandwidth inside a node, GB/s. Uncalibrated (NVLink 4 is 450 GB/s per direction;
+    # NCCL reaches ~300-370 on 8-64 MiB messages)
+    nvlink_gb_s: float = 300.0
+    # per-GPU bandwidth between nodes, GB/s. Uncalibrated (400 Gb/s InfiniBand per GPU ~ 45)
+    network_gb_s: float = 45.0
+    # fixed cost of one collective call, microseconds. Uncalibrated
+    collective_latency_us: float = 10.0
+    # host/launch time per transformer block per micro-batch that the GPU waits for, ms.
+    # Calibrated: 7.7 ms of GPU idle per step over 24 blocks (1.3B lowrank compiled profile)
+    layer_overhead_ms: float = 0.3
+    # fraction of the tensor-parallel collective time hidden behind GEMMs. Uncalibrated; 0
+    # until issue 14's overlap is measured
+    tp_overlap: float = 0.0
+    # fraction of a data-parallel reduction hidden behind the last micro-batch's backward
+    # (outside a pipeline). Calibrated loosely: 96.5% weak scaling on 2 H200 (1.3B lowrank)
+    dp_overlap: float = 0.9
+    # memory torch.cuda.max_memory_allocated does not see but the GPU must hold: CUDA context,
+    # NCCL buffers, allocator fragmentation. Uncalibrated. (The allocated part needs no extra
+    # term: without it the model is within -9%..+4% of the measured 1-2 GPU peaks, docs.)
+    overhead_gb: float = 3.0
+    optimizer_ps_per_param: Dict[str, float] = field(default_factory=lambda: dict(OPTIMIZER_PS_PER_PARAM))
+
+    def tflops_for(self, ffn_kind: str) -> float:
+        return self.achievable_tflops or ACHIEVABLE_TFLOPS[ffn_kind]

@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Rank the parallel layouts of a config on N GPUs by predicted step time, with the predicted
+peak memory per GPU, and say why every other layout is excluded.
+
+    python tools/plan_layout.py --config configs/6p7b_lowrank.json --gpus 4 --gpu-memory-gb 141
+    python tools/plan_layout.py --config C --gpus 8 --gpu-memory-gb 80 --global-batch-size 1024 --json
+    python tools/plan_layout.py --measured benchmarks/results/layout_planner_measured.json
+
+A layout is (tensor, pipeline, data, ZeRO stage, micro-batch, activation checkpointing,
+sequence parallel); its --override flags for launchers/pretrain.py are in the JSON. The model
+and its constants (flags below; calibrated or not) are described in docs/performance.md,
+"Layout planner". Exit status: 0, 1 when no layout fits, 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from megatron_sffn.config import ConfigError, apply_overrides, config_from_dict  # noqa: E402
+from megatron_sffn.model.accounting import model_stats  # noqa: E402
+from megatron_sffn.planner.hardware import Hardware  # noqa: E402
+from megatron_sffn.planner.layout import Layout  # noqa: E402
+from megatron_sffn.planner.measured import compare_file  # noqa: E402
+from megatron_sffn.planner.plan import MICRO_BATCHES, plan  # noqa: E402
+
+CONSTANTS = [  # flag, Hardware field, help
+    ("--achievable-tflops", "achievable_tflops", "per-GPU TFLOP/s on model FLOPs (default: per FFN kind, calibrated on 1.3B)"),
+    ("--peak-tflops", "peak_tflops", "peak TFLOP/s for MFU (989: H100/H200 bf16)"),
+    ("--nvlink-gb-s", "nvlink_gb_s", "NCCL bus bandwidth inside a node, GB/s (uncalibrated)"),
+    ("--network-gb-s", "network_gb_s", "per-GPU bandwidth between nodes, GB/s (uncalibrated)"),
+    ("--collective-latency-us", "collective_latency_us", "fixed cost per collective call (uncalibrated)"),
+    ("--layer-overhead-ms", "layer_overhead_ms", "host time per block and micro-batch (calibrated, 1.3B profile)"),
+    ("--tp-overlap", "tp_overlap", "fraction of tensor-parallel collective time hidden (uncalibrated)"),
+    ("--dp-overlap", "dp_overlap", "fraction of the last backward that hides the gradient reduction"),
+    ("--overhead-gb", "overhead_gb", "memory outside torch's allocator count (uncalibrated)"),
+]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None):
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="run config JSON")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    ap.add_argument("--gpus", type=int, help="number of GPUs")
+    ap.add_argument("--gpu-memory-gb", type=float, help="memory per GPU, GB = 2^30 bytes (80, 141, ...)")
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--global-batch-size", type=int, default=None, help="sequences per step (default: the config's)")
+    ap.add_argument("--micro-batch-sizes", default=",".join(map(str, MICRO_BATCHES)), help="candidates, comma-separated")
+    ap.add_argument("--top", type=int, default=15, help="ranked layouts to print")
+    ap.add_argument("--all", action="store_true", help="print every excluded layout, not a summary")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ap.add_argument("--measured", metavar="FILE", help="predict each run listed in FILE beside its measured numbers")
+    for flag, _, text in CONSTANTS:
+        ap.add_argument(flag, type=float, default=None, help=text)
+    args = ap.parse_args(argv)
+    if args.measured is None:
+        for name in ("config", "gpus", "gpu_memory_gb"):
+            if getattr(args, name) is None:
+                ap.error(f"--{name.replace('_', '-')} is required (or give --measured FILE)")
+        if args.gpus <= 0 or args.gpu_memory_gb <= 0:
+            ap.error(f"--gpus and --gpu-memory-gb must be positive, got {args.gpus} and {args.gpu_memory_gb:g}")
+    if args.gpus_per_node <= 0:
+        ap.error(f"--gpus-per-node must be positive, got {args.gpus_per_node}")
+    try:
+        args.micro_batch_sizes = [int(x) for x in args.micro_batch_sizes.split(",")]
+        assert all(x > 0 for x in args.micro_batch_sizes)
+    except (ValueError, AssertionError):
+        ap.error(f"--micro-batch-sizes must be positive integers like 1,2,4,8, got {args.micro_batch_sizes!r}")
+    if args.global_batch_size is not None and args.global_batch_size <= 0:
+        ap.error(f"--global-batch-size must be positive, got {args.global_batch_size}")
+    return args
+
+
+def hardware(args) -> Hardware:
+    fields = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in CONSTANTS}
+    return Hardware(gpu_memory_gb=args.gpu_memory_gb or 141.0, gpus_per_node=args.gpus_per_node,
+                    **{k: v for k, v in fields.items() if v is not None})
+
+
+def _row(rank, p) -> str:
+    s = p.step
+    return (f"{rank:>4}  {p.layout.short():<26} {p.micro_batches:>4} {p.peak_gb:>6.1f} {p.peak.stage:>3} "
+            f"{s.total:>7.3f} {p.tokens_per_s_per_gpu:>9,.0f} {100 * p.mfu:>5.1f}  "
+            f"{s.compute:>6.3f} {s.recompute:>6.3f} {s.host:>6.3f} {s.tensor_comm:>6.3f} {s.bubble:>6.3f} "
+            f"{s.data_comm + s.pipeline_p2p:>6.3f} {s.optimizer:>6.3f}")
+
+
+HEADER = (f"{'rank':>4}  {'layout':<26} {'m':>4} {'GB':>6} {'stg':>3} {'step s':>7} {'tok/s/GPU':>9} {'MFU%':>5}  "
+          f"{'comp':>6} {'recomp':>6} {'host':>6} {'tensor':>6} {'bubble':>6} {'dp+p2p':>6} {'optim':>6}")
+
+
+def print_plan(result, raw, args, hw, own) -> None:
+    m = raw["model"]
+    cfg = config_from_dict(json.loads(json.dumps(raw)))
+    stats = model_stats(cfg.model)
+    batch = args.global_batch_size or cfg.training.global_batch_size
+    print(f"{args.config} on {args.gpus} GPUs x {args.gpu_memory_gb:g} GB, global batch {batch} x "
+          f"{m['seq_length']} tokens; {stats.total_params / 1e9:.2f}B parameters"
+          + (f" (+{stats.guide_params / 1e9:.2f}B guides while self-guided)" if cfg.self_guided.enabled else "")
+          + f", {stats.train_flops_per_token / 1e9:.1f} GFLOP/token")
+    print("layout: t tensor, p pipeline, d data, z ZeRO stage, mb micro-batch; m = micro-batches per step and data rank;"
+          " GB = predicted peak per GPU (stage stg), overhead included; times in s per step\n")
+    print(HEADER)
+    for i, p in enumerate(result.ranked[:args.top], 1):
+        print(_row(i, p))
+    print()
+    for label, layout in own:
+        rank = next((i for i, p in enumerate(result.ranked, 1) if p.layout == layout), None)
+        where = f"rank {rank} of {len(result.ranked)}" if rank else next(
+            (f"excluded: {e.reason}" for e in result.excluded if e.layout == layout), "not a candidate")
+        print(f"{label} ({layout.short()}): {where}")
+    print(f"\nexcluded: {len(result.excluded)} of {len(result.ranked) + len(result.excluded)} layouts")
+    if args.all:
+        for e in result.excluded:
+            print(f"  {e.layout.short():<26} {e.reason}")
+    else:
+        groups = defaultdict(list)
+        for e in result.excluded:
+            groups["does not fit" if e.prediction is not None else e.reason].append(e)
+        for reason, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            if reason == "does not fit":
+                best = min(items, key=lambda e: e.prediction.peak_gb)
+                print(f"  {len(items):>4}  predicted peak > {hw.gpu_memory_gb:g} GB (closest: "
+                      f"{best.layout.short()}, {best.reason})")
+            else:
+                print(f"  {len(items):>4}  {reason} (e.g. {items[0].layout.short()})")
+    constants = {f: v for f, v in dataclasses.asdict(hw).items() if f != "gpu_memory_gb"}
+    if hw.achievable_tflops is None:
+        constants["achievable_tflops"] = f"{hw.tflops_for(cfg.model.ffn.kind):g} ({cfg.model.ffn.kind})"
+    print("\nconstants (docs/performance.md, 'Layout planner'): " + ", ".join(f"{f}={v}" for f, v in constants.items()))
+
+
+def config_layouts(raw, gpus):
+    """[(label, Layout)]: the layout the config runs as written, and each of its noted `layouts`."""
+    from megatron_sffn.config import config_from_dict
+    found = []
+    for label, overrides in [("the config's own layout", [])] + [
+            (f"its layout for {name}", list(o)) for name, o in raw.get("layouts", {}).items()]:
+        try:
+            cfg = config_from_dict(json.loads(json.dumps(raw)), overrides)
+        except ConfigError:
+            continue
+        p, t = cfg.parallel, cfg.training
+        if gpus % (p.tensor * p.pipeline) == 0:
+            found.append((label, Layout(p.tensor, p.pipeline, gpus // (p.tensor * p.pipeline), p.zero_stage,
+                                        t.micro_batch_size, t.activation_checkpointing,
+                                        p.sequence_parallel and p.tensor > 1)))
+    return found
+
+
+def run_measured(args, hw) -> int:
+    rows = compare_file(args.measured, ROOT, hw)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    print(f"{'config':<26} {'layout':<26} {'gbs':>5} {'pred GB':>8} {'meas GB':>8} {'err':>6} "
+          f"{'pred tok/s':>10} {'meas tok/s':>10} {'err':>6}  source")
+    for r in rows:
+        e = r.entry
+
+        def fmt(v, spec):
+            return format(v, spec) if v is not None else "-"
+        print(f"{os.path.basename(e['config']):<26} {r.prediction.layout.short():<26} {e['global_batch_size']:>5} "
+              f"{r.prediction.allocated_gb:>8.1f} {fmt(e.get('measured_allocated_gb'), '8.1f'):>8} "
+              f"{fmt(r.memory_error and 100 * r.memory_error, '+5.0f'):>5}% "
+              f"{r.prediction.tokens_per_s_per_gpu:>10,.0f} {fmt(e.get('measured_tokens_per_s_per_gpu'), '10,.0f'):>10} "
+              f"{fmt(r.throughput_error and 100 * r.throughput_error, '+5.0f'):>5}%  {e.get('source', '')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    hw = hardware(args)
+    try:
+        if args.measured:
+            return run_measured(args, hw)
+        if not os.path.isfile(args.config):
+            raise ConfigError(f"config file not found: {args.config}")
+        try:
+            raw = json.load(open(args.config))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {args.config} is not valid JSON: {e}") from None
+        raw = apply_overrides(raw, args.override)
+        result = plan(raw, args.gpus, hw, args.global_batch_size, args.micro_batch_sizes)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"config": args.config, "gpus": args.gpus, "gpu_memory_gb": args.gpu_memory_gb,
+                          "global_batch_size": args.global_batch_size or raw.get("training", {}).get("global_batch_size"),
+                          "hardware": dataclasses.asdict(hw),
+                          "ranked": [p.as_dict() for p in result.ranked],
+                          "excluded": [e.as_dict() for e in result.excluded]}, indent=2))
+    else:
+        print_plan(result, raw, args, hw, config_layouts(raw, args.gpus))
+    if not result.ranked:
+        print("no layout fits", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
