@@ -62,6 +62,8 @@ def parse_args(argv=None):
     ap.add_argument("--guided", action="store_true",
                     help="keep self-guided training on: report the guided phase (executed FLOPs) and the "
                          "unguided phase after the drop; the main row is the unguided phase")
+    ap.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: print the tables of these results files (and write them together to --out)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.reference and args.nproc != 1:
@@ -225,8 +227,25 @@ def print_guided_table(rows) -> None:
         print(f"{'':<24} {'':<8} guided MFU / unguided MFU = " + (f"{ratio:.3f}" if ratio else "n/a"))
 
 
+def print_tables(rows) -> None:
+    print_table(rows)
+    if any("guided_phase" in r for r in rows):
+        print_guided_table(rows)
+    if any("reference" in r for r in rows):
+        import vs_reference
+        vs_reference.print_ratio_table([r for r in rows if "reference" in r])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table_from:
+        rows = []
+        for path in args.table_from:
+            with open(path) as f:
+                rows += json.load(f)["results"]
+        print_tables(rows)
+        write_json(args, rows)
+        return 0
     if args.smoke:
         args.configs = ["configs/tiny_demo.json"]
     rows, references = [], {}
@@ -239,12 +258,7 @@ def main(argv=None) -> int:
                         import vs_reference
                         vs_reference.attach(rows[-1], reference_for(config, mode, extra, tmp, args, references))
                     write_json(args, rows)  # after every run: a later crash or time limit keeps what was measured
-    print_table(rows)
-    if args.guided:
-        print_guided_table(rows)
-    if args.reference:
-        import vs_reference
-        vs_reference.print_ratio_table(rows)
+    print_tables(rows)
     write_json(args, rows)
     return 1 if any("error" in r or "error" in r.get("reference", {}) for r in rows) else 0
 

@@ -33,7 +33,7 @@ def test_tflops_come_from_the_variants_own_shape(tmp_path):
     assert row["timed_steps"] == 2 and row["tokens_per_s"] == pytest.approx(tokens / 0.5)
 
 
-def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path):
+def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys):
     out = tmp_path / "train.json"
     proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--reference",
                                               "--variant", "deep:model.num_layers=3", "--out", out])
@@ -50,6 +50,13 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path):
         assert ref["final_loss"] < ref["first_loss"]
     assert deep["flops_per_step"] > base["flops_per_step"]
     assert "megatron_sffn / plain-PyTorch reference" in proc.stdout
+    # --table-from: the tables of saved results (what reference_1gpu.sh prints after its kinds), merged
+    assert bench_train.main(["--table-from", str(out), str(out), "--out", str(tmp_path / "all.json")]) == 0
+    printed = capsys.readouterr().out
+    ratio_lines = [line for line in printed.splitlines() if line.startswith("tiny_demo.json") and line.endswith("x")]
+    assert len(ratio_lines) == 4 and f"{deep['vs_reference']['tokens_per_s']:.3f}x" in ratio_lines[1]
+    with open(tmp_path / "all.json") as f:
+        assert [r["variant"] for r in json.load(f)["results"]] == ["base", "deep", "base", "deep"]
 
 
 def test_guided_phase_counts_the_guide_flops_it_executed(tmp_path):
