@@ -136,7 +136,8 @@ def run_case(name: str, config: str, mode: str, overrides: list, args) -> dict:
     from megatron_sffn.config import load_config
     from megatron_sffn.model.accounting import model_stats, train_flops_per_token
     from megatron_sffn.training.metrics import detect_peak_tflops
-    cfg = load_config(config, list(overrides) + [f"training.micro_batch_size={args.micro_batch_size}"])
+    cfg = load_config(config, list(overrides) + [f"training.micro_batch_size={args.micro_batch_size}",
+                                                 f"training.global_batch_size={args.micro_batch_size * args.grad_accumulation}"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else None
