@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -89,6 +90,19 @@ class CheckpointManager:
                 return json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read checkpoint metadata {path}: {e}") from None
+
+    def check_files(self, tag: str) -> None:
+        """Every torch file of the tag is complete. torch.save writes zip archives whose index
+        is at the end, so a truncated or overwritten file is found without loading it."""
+        path = os.path.join(self.directory, tag)
+        for root, _, names in sorted(os.walk(path)):
+            for name in sorted(names):
+                file = os.path.join(root, name)
+                if name.endswith(".pt") and not zipfile.is_zipfile(file):
+                    raise CheckpointError(
+                        f"checkpoint {path} is damaged: {file} is truncated or not a torch file "
+                        f"({os.path.getsize(file)} bytes); resume from an earlier checkpoint by writing its "
+                        f"tag to {self.latest_path}, or start over with a new --run-dir")
 
     def save(self, engine, step: int, meta: Dict, client_state: Dict) -> str:
         tag = tag_for(step)

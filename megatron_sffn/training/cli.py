@@ -31,8 +31,15 @@ SHORTCUTS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad flag is one line naming it (argparse's default prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="pretrain.py",
         description="Pretrain a GPT with structured FFNs through DeepSpeed. "
                     "Launch with `deepspeed [--num_gpus N] launchers/pretrain.py --config C.json`, "

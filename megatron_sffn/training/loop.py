@@ -87,13 +87,7 @@ class Trainer:
         self.phases = RunPhases.from_config(cfg)
         run_dir = cfg.output.run_dir
         self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), cfg.training.keep_last, self.state.rank)
-        tag = self.ckpt.latest_tag()
-        meta = self.ckpt.read_meta(tag) if tag else None
-        self.optimizer_note = None
-        if meta is not None:
-            _check_resumable(cfg, meta, os.path.join(self.ckpt.directory, tag))
-            self.optimizer_note = _follow_checkpoint_optimizer(cfg, meta)
-            _check_layout_resumable(cfg, self.state, meta, run_dir, tag)
+        tag, meta, self.optimizer_note = _resume_point(cfg, self.state, self.ckpt, run_dir)
         # the data before the run folder: a data problem stops every rank and leaves nothing behind
         self.feed = DataFeed(cfg, self.state, self.phases, show_progress=self.state.is_logging_rank, watch=watch)
         self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard,
@@ -320,6 +314,28 @@ def _device():
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _resume_point(cfg: Config, state, ckpt: CheckpointManager, run_dir: str):
+    """(tag, meta, optimizer note) of the checkpoint to resume, or (None, None, None) for a new run.
+    A checkpoint that cannot be resumed (partial, damaged, another model, layout or optimizer)
+    stops every rank with one line from rank 0, before anything is built."""
+    from .agree import stop_together
+    found, problem = (None, None, None), None
+    try:
+        tag = ckpt.latest_tag()
+        if tag is not None:
+            meta = ckpt.read_meta(tag)
+            _check_resumable(cfg, meta, os.path.join(ckpt.directory, tag))
+            note = _follow_checkpoint_optimizer(cfg, meta)
+            _check_layout_resumable(cfg, state, meta, run_dir, tag)
+            if state.rank == 0:
+                ckpt.check_files(tag)
+            found = (tag, meta, note)
+    except CheckpointError as error:
+        problem = str(error)
+    stop_together(problem)
+    return found
 
 
 def _check_resumable(cfg: Config, meta: Dict, path: str) -> None:
