@@ -173,7 +173,7 @@ def dry_run(args, plans: List[plan.RunPlan]) -> int:
     for i, placed in enumerate(calls, 1):
         busy = sum(end - begin for _, _, begin, end in placed)
         print(f"call {i}: {len(placed)} runs, {busy:.0f} GPU-s, last ends at {max(e for *_, e in placed):.0f} s")
-        for slot, name, begin, end in sorted(placed):
+        for slot, name, begin, end in sorted(placed, key=lambda x: (x[0], x[2])):
             print(f"  slot {slot}: {name:<28} {begin:5.0f} - {end:5.0f} s")
     return 0
 
