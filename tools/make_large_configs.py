@@ -61,16 +61,16 @@ LAYOUT_TABLE = """
 2p7b_blockshuffle_sgt    | t1 p1 d4 z1 mb16         | t1 p1 d4 z1 mb8
 6p7b_dense               | t1 p1 d4 z1 mb8          | t1 p1 d4 z2 mb4
 6p7b_lowrank             | t1 p1 d4 z1 mb16         | t1 p1 d4 z1 mb4
-6p7b_lowrank_sgt         | t1 p1 d4 z1 mb8          | t1 p2 d2 z1 mb4
+6p7b_lowrank_sgt         | t1 p1 d4 z1 mb8          | t1 p1 d4 z2 mb4
 6p7b_blockdense          | t1 p1 d4 z1 mb16         | t1 p1 d4 z1 mb4
-6p7b_blockdense_sgt      | t1 p1 d4 z1 mb8          | t1 p2 d2 z1 mb4
-6p7b_blockshuffle        | t1 p1 d4 z1 mb8          | t1 p1 d4 z1 mb4
-6p7b_blockshuffle_sgt    | t1 p1 d4 z1 mb8          | t1 p1 d4 z2 mb2
+6p7b_blockdense_sgt      | t1 p1 d4 z1 mb8          | t1 p1 d4 z2 mb4
+6p7b_blockshuffle        | t1 p1 d4 z1 mb16         | t1 p1 d4 z1 mb4
+6p7b_blockshuffle_sgt    | t1 p1 d4 z1 mb8          | t1 p2 d2 z1 mb4
 13b_dense                | t1 p1 d4 z2 mb4          | t1 p4 d1 z1 mb1
 13b_lowrank              | t1 p1 d4 z1 mb4          | t1 p2 d2 z1 mb2
 13b_lowrank_sgt          | t1 p2 d2 z1 mb4          | t2 p2 d1 z1 mb4 ckpt sp
 13b_blockdense           | t1 p1 d4 z1 mb4          | t1 p2 d2 z1 mb2
-13b_blockdense_sgt       | t1 p2 d2 z1 mb4          | t2 p2 d1 z1 mb8 ckpt sp
+13b_blockdense_sgt       | t1 p1 d4 z2 mb4          | t2 p2 d1 z1 mb8 ckpt sp
 13b_blockshuffle         | t1 p1 d4 z1 mb4          | t1 p2 d2 z1 mb2
 13b_blockshuffle_sgt     | t1 p2 d2 z1 mb2          | t2 p2 d1 z1 mb4 ckpt sp
 """

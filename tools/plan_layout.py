@@ -160,23 +160,25 @@ def config_layouts(raw, gpus):
     return found
 
 
+def _or_dash(value, spec: str) -> str:
+    width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+    return format(value, spec) if value is not None else "-".rjust(width)
+
+
 def run_measured(args, hw) -> int:
     rows = compare_file(args.measured, ROOT, hw)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0
-    print(f"{'config':<26} {'layout':<26} {'gbs':>5} {'pred GB':>8} {'meas GB':>8} {'err':>6} "
-          f"{'pred tok/s':>10} {'meas tok/s':>10} {'err':>6}  source")
+    print(f"{'config':<22} {'layout':<24} {'gbs':>4} {'pred GB':>7} {'meas GB':>7} {'err':>5} "
+          f"{'pred tok/s':>10} {'meas tok/s':>10} {'err':>5}  source")
     for r in rows:
         e = r.entry
-
-        def fmt(v, spec):
-            return format(v, spec) if v is not None else "-"
-        print(f"{os.path.basename(e['config']):<26} {r.prediction.layout.short():<26} {e['global_batch_size']:>5} "
-              f"{r.prediction.allocated_gb:>8.1f} {fmt(e.get('measured_allocated_gb'), '8.1f'):>8} "
-              f"{fmt(r.memory_error and 100 * r.memory_error, '+5.0f'):>5}% "
-              f"{r.prediction.tokens_per_s_per_gpu:>10,.0f} {fmt(e.get('measured_tokens_per_s_per_gpu'), '10,.0f'):>10} "
-              f"{fmt(r.throughput_error and 100 * r.throughput_error, '+5.0f'):>5}%  {e.get('source', '')}")
+        print(f"{os.path.basename(e['config']):<22} {r.prediction.layout.short():<24} {e['global_batch_size']:>4} "
+              f"{r.prediction.allocated_gb:>7.1f} {_or_dash(e.get('measured_allocated_gb'), '7.1f')} "
+              f"{_or_dash(r.memory_error, '+5.0%')} {r.prediction.tokens_per_s_per_gpu:>10,.0f} "
+              f"{_or_dash(e.get('measured_tokens_per_s_per_gpu'), '10,.0f')} {_or_dash(r.throughput_error, '+5.0%')}  "
+              f"{e.get('source', '')}")
     return 0
 
 

@@ -3,8 +3,9 @@
 Megatron's per-layer count (Korthikanti et al. 2022: s b h (34 + 5 a s / h) bytes) adapted to
 this model, tensor by tensor, from what the code saves:
   - attention is SDPA (flash / cuDNN): no s^2 softmax or its dropout mask; it keeps q and k
-    after RoPE, the fused qkv output (v is a view of it), and its output; the output
-    projection keeps its own (reshaped) input;
+    after RoPE, the fused qkv output (v is a view of it), its output (which the output
+    projection's input is a view of) and the fp32 log-sum-exp per head;
+  - the norms keep their input and fp32 statistics (mean and 1/std; RMSNorm 1/std);
   - no dropout anywhere (the paper trains without), so no masks;
   - the FFN keeps the fc1 product (bias + GELU input) and fc2's input (f wide each; SwiGLU:
     gate input, silu output, up projection, product); a structured map also keeps its
@@ -23,7 +24,7 @@ from typing import Dict, List, Tuple
 
 from ..config import ModelConfig
 
-BF16 = 2
+BF16, FP32 = 2, 4
 # logits kept in bf16 for the loss's backward, plus their bf16 gradient while it is written
 LOGIT_BYTES = 2 * BF16
 
@@ -36,6 +37,11 @@ def bottleneck_width(m: ModelConfig, ffn_kind: str) -> int:
     return 0
 
 
+def norm_stats(m: ModelConfig) -> int:
+    """fp32 mean and 1/std per token (LayerNorm), or 1/std alone (RMSNorm)."""
+    return FP32 * (2 if m.norm == "layernorm" else 1)
+
+
 def block_tensors(m: ModelConfig, ffn_kind: str, guided: bool) -> List[Tuple[str, int, str]]:
     """(what, bytes per token, share rule) of one transformer block."""
     d, f = m.hidden_size, m.ffn_hidden_size
@@ -44,11 +50,12 @@ def block_tensors(m: ModelConfig, ffn_kind: str, guided: bool) -> List[Tuple[str
     qkv = attn + 2 * kv
     rows = [
         ("norm1 input (residual stream)", BF16 * d, "sp"),
+        ("norm1, norm2 statistics", 2 * norm_stats(m), "sp"),
         ("qkv input", BF16 * d, "sp"),
         ("qkv output (v is a view of it)", BF16 * qkv, "tp"),
         ("q, k after RoPE", BF16 * (attn + kv), "tp"),
-        ("attention output", BF16 * attn, "tp"),
-        ("output projection input", BF16 * attn, "tp"),
+        ("attention output = output projection input", BF16 * attn, "tp"),
+        ("attention log-sum-exp", FP32 * m.num_heads, "tp"),
         ("norm2 input (residual stream)", BF16 * d, "sp"),
         ("fc1 input", BF16 * d, "sp"),
     ]
@@ -70,7 +77,15 @@ def block_tensors(m: ModelConfig, ffn_kind: str, guided: bool) -> List[Tuple[str
 def head_tensors(m: ModelConfig) -> List[Tuple[str, int, str]]:
     """Final norm and head of the last stage (the logits are counted apart)."""
     d = m.hidden_size
-    return [("final norm input", BF16 * d, "sp"), ("head input", BF16 * d, "sp")]
+    return [("final norm input", BF16 * d, "sp"), ("final norm statistics", norm_stats(m), "sp"),
+            ("head input", BF16 * d, "sp")]
+
+
+def backward_working_bytes_per_token(m: ModelConfig, tensor: int) -> float:
+    """Gradients alive while one block's FFN runs backward on top of everything kept: the
+    gradients of fc2's input and of the fc1 product, f wide each (SwiGLU: three)."""
+    n = 3 if m.activation == "swiglu" else 2
+    return n * BF16 * m.ffn_hidden_size / tensor
 
 
 def share(rule: str, tensor: int, sequence_parallel: bool) -> float:

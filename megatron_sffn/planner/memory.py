@@ -9,7 +9,8 @@ Per local parameter (guides included while they exist, i.e. for self-guided conf
                          ZeRO 2  2 + (4 + 12) / D, plus its bf16 reduce bucket
 Activations (activations.py) for the micro-batches a stage holds at once: 1F1B keeps up to
 `pipeline - stage` of them in flight (one without a pipeline); with activation
-checkpointing each keeps only its chunks' inputs, and one chunk is recomputed at a time.
+checkpointing each keeps only its chunks' inputs, and one chunk is recomputed at a time;
+plus one block's backward working set.
 The last stage adds the logits of one micro-batch. That sum is the prediction of
 torch.cuda.max_memory_allocated; what must fit adds `Hardware.overhead_gb` (CUDA context,
 NCCL buffers, workspaces, allocator slack, none of which torch's counter sees).
@@ -105,6 +106,8 @@ def stage_activations(m: ModelConfig, layout: Layout, pieces: Sequence[Piece], s
         held = in_flight * tokens * (kept + buffer) + tokens * recomputed
     else:
         held = in_flight * tokens * (sum(per_block) + buffer)
+    if blocks:
+        held += tokens * act.backward_working_bytes_per_token(m, t)
     logits = 0.0
     if last:
         held += tokens * act.bytes_per_token(act.head_tensors(m), t, sp)
