@@ -128,6 +128,14 @@ def test_tokenizer_file_that_is_not_a_sentencepiece_model(tmp_path, data):
     assert "tools/train_tokenizer.py" in line
 
 
+def test_tokenizer_file_missing(tmp_path, data):
+    prefix = write_dataset(data / "corpus", 200)
+    line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix, "--override",
+                                                f"data.tokenizer_model={data / 'nope.model'}"], world=1)
+    assert f"config key 'data.tokenizer_model': {data / 'nope.model'} not found" in line
+    assert "tools/train_tokenizer.py" in line
+
+
 def test_index_cache_folder_that_cannot_be_created(tmp_path, data):
     prefix = write_dataset(data / "corpus", 200)
     (data / "file").write_text("a file, not a folder\n")

@@ -1,0 +1,115 @@
+"""Bad input to the user's tools (evaluate, generate, inspect_checkpoint, inspect_data,
+preprocess_data, train_tokenizer): one line on stderr naming the input, the documented exit
+code, and nothing on disk changed. Rows of docs/errors.md; convert_checkpoint has its own
+file (test_convert_errors.py)."""
+import hashlib
+import os
+
+import pytest
+
+from megatron_sffn.data import assets
+
+from .common import call, synthetic_consolidated
+
+
+def snapshot(root):
+    found = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def fails(main, argv, capsys, root, code=2):
+    """Call the tool; assert the exit code, one error line and an unchanged `root`; the line."""
+    before = snapshot(root)
+    got, out, err = call(main, argv, capsys)
+    assert got == code, (got, out, err)
+    line = err.strip()
+    assert line.startswith("error: ") and "\n" not in line, err
+    assert snapshot(root) == before
+    return line
+
+
+@pytest.fixture
+def records(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "Some words of prose."}\n{"text": "And a few more words."}\n')
+    return str(path)
+
+
+def test_evaluate_missing_dataset(tmp_path, capsys):
+    from tools.evaluate import main
+    synthetic_consolidated(str(tmp_path / "ckpt"))
+    line = fails(main, ["--load", tmp_path / "ckpt", "--data-path", tmp_path / "corpus"], capsys, tmp_path)
+    assert f"dataset file {tmp_path / 'corpus'}.bin not found" in line and "tools/preprocess_data.py" in line
+
+
+def test_generate_missing_checkpoint(tmp_path, capsys):
+    from tools.generate import main
+    line = fails(main, ["--load", tmp_path / "nope", "--prompt", "x"], capsys, tmp_path)
+    assert f"{tmp_path / 'nope'} does not exist" in line
+
+
+def test_inspect_checkpoint_missing(tmp_path, capsys):
+    from tools.inspect_checkpoint import main
+    line = fails(main, [tmp_path / "nope"], capsys, tmp_path)
+    assert f"{tmp_path / 'nope'} does not exist" in line
+
+
+def test_inspect_data_truncated_idx(tmp_path, capsys):
+    """inspect_data exits 1 (its documented code for a damaged pair)."""
+    from megatron_sffn.data.indexed_dataset import IndexedDatasetWriter
+    from tools.inspect_data import main
+    with IndexedDatasetWriter(str(tmp_path / "d")) as writer:
+        for n in range(20):
+            writer.add_document(list(range(n + 5)))
+    os.truncate(tmp_path / "d.idx", os.path.getsize(tmp_path / "d.idx") - 9)
+    line = fails(main, [tmp_path / "d"], capsys, tmp_path, code=1)
+    assert f"{tmp_path / 'd'}.idx is truncated" in line
+
+
+def test_preprocess_missing_input(tmp_path, capsys):
+    from tools.preprocess_data import main
+    line = fails(main, ["--input", tmp_path / "nope.jsonl", "--tokenizer-model", assets.default_tokenizer_path(),
+                        "--output-prefix", tmp_path / "out", "--workers", "0"], capsys, tmp_path)
+    assert "nope.jsonl not found" in line
+
+
+def test_preprocess_wrong_json_key(tmp_path, records, capsys):
+    from tools.preprocess_data import main
+    line = fails(main, ["--input", records, "--json-keys", "content", "--tokenizer-model",
+                        assets.default_tokenizer_path(), "--output-prefix", tmp_path / "out", "--workers", "0"],
+                 capsys, tmp_path)
+    assert "'content' not found" in line and "text" in line
+
+
+def test_preprocess_tokenizer_that_is_not_a_model(tmp_path, records, capsys):
+    from tools.preprocess_data import main
+    (tmp_path / "tok.model").write_text("not a model\n")
+    line = fails(main, ["--input", records, "--tokenizer-model", tmp_path / "tok.model", "--output-prefix",
+                        tmp_path / "out", "--workers", "0"], capsys, tmp_path)
+    assert f"tokenizer model {tmp_path / 'tok.model'} is not a sentencepiece model" in line
+
+
+def test_preprocess_missing_tokenizer(tmp_path, records, capsys):
+    from tools.preprocess_data import main
+    line = fails(main, ["--input", records, "--tokenizer-model", tmp_path / "nope.model", "--output-prefix",
+                        tmp_path / "out", "--workers", "0"], capsys, tmp_path)
+    assert f"tokenizer model {tmp_path / 'nope.model'} not found" in line and "tools/train_tokenizer.py" in line
+
+
+def test_train_tokenizer_wrong_json_key(tmp_path, records, capsys):
+    from tools.train_tokenizer import main
+    line = fails(main, ["--input", records, "--json-keys", "content", "--vocab-size", "500",
+                        "--model-prefix", tmp_path / "tok"], capsys, tmp_path)
+    assert "'content' not found" in line
+
+
+def test_train_tokenizer_vocabulary_too_small(tmp_path, records, capsys):
+    from tools.train_tokenizer import main
+    line = fails(main, ["--input", records, "--vocab-size", "100", "--model-prefix", tmp_path / "tok"],
+                 capsys, tmp_path)
+    assert "--vocab-size 100 is too small for byte fallback" in line
