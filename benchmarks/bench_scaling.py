@@ -8,8 +8,13 @@ One run (under any launcher) measures, for one config and (tensor, pipe, data) l
   memory           peak allocated bytes (CUDA)
   traffic          bytes per step through the tensor-, data- and pipeline-parallel groups,
                    counted in one extra untimed step by wrapping torch.distributed's
-                   collectives (all_reduce, all_gather_into_tensor, reduce_scatter_tensor,
-                   broadcast, send/recv)
+                   collectives (all_reduce, all-gather, reduce-scatter, broadcast, send/recv):
+                   `payload` is each collective's full tensor (all-reduce: the tensor,
+                   all-gather: its output, reduce-scatter: its input), `wire` the bytes one
+                   rank sends in a ring over the group's n ranks (all-reduce 2 (n-1)/n of the
+                   payload, all-gather and reduce-scatter (n-1)/n, broadcast and p2p all), the
+                   figure that compares an all-reduce with sequence parallelism's
+                   reduce-scatter + all-gather
 Data are random token ids (the input pipeline has its own benchmark, bench_data.py).
 
   torchrun --nproc_per_node 8 benchmarks/bench_scaling.py --config configs/1p3b_lowrank.json \\
@@ -17,6 +22,7 @@ Data are random token ids (the input pipeline has its own benchmark, bench_data.
 Sweep of layouts on one host (one torchrun per layout, results in one JSON):
   python benchmarks/bench_scaling.py --config configs/1p3b_lowrank.json --nproc 8 \\
       --sweep 1x1x8,2x1x4,2x2x2,1x2x4 --out results/scaling.json
+Layouts may end in "sp" for sequence parallelism: --sweep 2x1x2,2x1x2sp.
 CPU smoke test (tiny model, 2 processes, gloo): python benchmarks/bench_scaling.py --smoke
 """
 from __future__ import annotations
@@ -57,16 +63,46 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- one run
 
-class TrafficCounter:
-    """Bytes through each process group, by wrapping torch.distributed's collectives."""
+GATHERS = ("all_gather_into_tensor", "all_gather_single")
+SCATTERS = ("reduce_scatter_tensor", "reduce_scatter_single")
+P2P = ("send", "recv", "isend", "irecv")
 
-    NAMES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "send", "recv",
-             "isend", "irecv")
+
+def _full_tensor(name: str, args, kwargs):
+    """The collective's full-size tensor: reduce-scatter's input, otherwise the first tensor."""
+    if name in SCATTERS:
+        return args[1] if len(args) > 1 else kwargs.get("input", kwargs.get("input_tensor"))
+    if args:
+        return args[0]
+    for key in ("tensor", "output_tensor", "output"):
+        if key in kwargs:
+            return kwargs[key]
+    raise TypeError(f"{name}: no tensor among its arguments")
+
+
+def payload_and_wire(name: str, args, group_size: int, kwargs=None):
+    """(full tensor bytes, bytes one rank sends in a ring) of one collective call."""
+    full = _full_tensor(name, args, kwargs or {})
+    payload = full.numel() * full.element_size()
+    share = (group_size - 1) / group_size if group_size > 1 else 0.0
+    if name == "all_reduce":
+        return payload, 2 * share * payload
+    if name in GATHERS + SCATTERS:
+        return payload, share * payload
+    return payload, float(payload)
+
+
+class TrafficCounter:
+    """Bytes through each process group, by wrapping torch.distributed's collectives:
+    `bytes[group]` the payload, `wire[group]` what one rank sends (payload_and_wire)."""
+
+    NAMES = ("all_reduce", "broadcast") + GATHERS + SCATTERS + P2P
 
     def __init__(self, groups: dict):
         import torch.distributed as dist
         self.dist, self.groups = dist, groups
         self.bytes = defaultdict(int)
+        self.wire = defaultdict(float)
         self._originals = {}
 
     def _group_name(self, group):
@@ -77,14 +113,19 @@ class TrafficCounter:
 
     def __enter__(self):
         for name in self.NAMES:
-            original = getattr(self.dist, name)
+            original = getattr(self.dist, name, None)
+            if original is None:  # a name this torch does not have
+                continue
             self._originals[name] = original
 
-            def counting(tensor, *args, _original=original, _p2p=name in ("send", "recv", "isend", "irecv"),
-                         **kwargs):
-                group = "p2p" if _p2p else self._group_name(kwargs.get("group"))
-                self.bytes[group] += tensor.numel() * tensor.element_size()
-                return _original(tensor, *args, **kwargs)
+            def counting(*args, _original=original, _name=name, **kwargs):
+                handle = kwargs.get("group")
+                group = "p2p" if _name in P2P else self._group_name(handle)
+                size = 1 if _name in P2P else self.dist.get_world_size(handle)
+                payload, wire = payload_and_wire(_name, args, size, kwargs)
+                self.bytes[group] += payload
+                self.wire[group] += wire
+                return _original(*args, **kwargs)
             setattr(self.dist, name, counting)
         return self
 
@@ -149,16 +190,18 @@ def run_once(args) -> dict:
     tflops = train_flops_per_token(model_stats(cfg.model), guide_fraction) * tokens / step_time / state.world_size / 1e12
     peak = detect_peak_tflops(cfg.training.peak_tflops_per_gpu)
     traffic_all = [None] * state.world_size
-    dist.all_gather_object(traffic_all, dict(traffic.bytes))
+    dist.all_gather_object(traffic_all, (dict(traffic.bytes), dict(traffic.wire)))
     return {
         "config": args.config, "overrides": args.override, "precision": cfg.training.precision,
         "zero_stage": cfg.parallel.zero_stage, "ffn": cfg.model.ffn.kind,
-        "layout": {"tensor": state.tensor_size, "pipe": state.pipe_size, "data": state.data_size},
+        "layout": {"tensor": state.tensor_size, "pipe": state.pipe_size, "data": state.data_size,
+                   "sequence_parallel": state.tp.sequence_sharded},
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "step_time_s": step_time, "step_times_s": times, "tokens_per_s": tokens / step_time,
         "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
         "max_allocated_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None,
-        "traffic_bytes_per_step_rank0": traffic_all[0], "loss_first_last": [losses[0], losses[-1]],
+        "traffic_bytes_per_step_rank0": traffic_all[0][0], "wire_bytes_per_step_rank0": traffic_all[0][1],
+        "loss_first_last": [losses[0], losses[-1]],
         "rank": state.rank,
     }
 
@@ -198,14 +241,16 @@ def profile_steps(engine, cfg, state, path: str, steps: int = 3, timed_step_s=No
 def sweep(args) -> list:
     results = []
     for layout in args.sweep.split(","):
-        t, p, d = (int(x) for x in layout.lower().split("x"))
+        sequence_parallel = layout.lower().endswith("sp")
+        t, p, d = (int(x) for x in layout.lower().removesuffix("sp").split("x"))
         nproc = args.nproc or t * p * d
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "run.json")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                    str(_free_port()), os.path.abspath(__file__), "--config", args.config, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--out", out,
-                   "--override", f"parallel.tensor={t}", "--override", f"parallel.pipeline={p}"]
+                   "--override", f"parallel.tensor={t}", "--override", f"parallel.pipeline={p}",
+                   "--override", f"parallel.sequence_parallel={'true' if sequence_parallel else 'false'}"]
             for o in args.override:
                 cmd += ["--override", o]
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -226,10 +271,11 @@ def _free_port() -> int:
 
 def _print_row(r: dict) -> None:
     lay = r["layout"]
-    traffic = ", ".join(f"{k} {v / 2 ** 20:.2f} MiB" for k, v in sorted(r["traffic_bytes_per_step_rank0"].items()))
-    print(f"t{lay['tensor']} p{lay['pipe']} d{lay['data']} | {r['ffn']} {r['precision']} ZeRO {r['zero_stage']} | "
+    traffic = ", ".join(f"{k} {v / 2 ** 20:.2f} MiB" for k, v in sorted(r["wire_bytes_per_step_rank0"].items()))
+    sp = " sp" if lay.get("sequence_parallel") else ""
+    print(f"t{lay['tensor']} p{lay['pipe']} d{lay['data']}{sp} | {r['ffn']} {r['precision']} ZeRO {r['zero_stage']} | "
           f"step {r['step_time_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} tok/s | "
-          f"{r['tflops_per_gpu']:.3f} TFLOP/s/GPU | rank-0 traffic/step: {traffic}", flush=True)
+          f"{r['tflops_per_gpu']:.3f} TFLOP/s/GPU | rank-0 wire bytes/step: {traffic}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -57,17 +57,23 @@ def _autocast_dtype(x: torch.Tensor):
 class _ColumnProduct(torch.autograd.Function):
     """y = enter(x) W^T. Backward, Megatron's order: (SP: start re-gathering x) -> dx = dy W
     -> start reducing dx (all-reduce, or reduce-scatter under SP) -> dW = dy^T x while it
-    runs -> wait. Under SP only the token shard of x is kept for backward, not the gathered
-    input (the memory sequence parallelism is for)."""
+    runs -> wait.
+
+    Under SP a d-wide input keeps only its token shard for backward and is gathered again
+    there, overlapped with dx (the memory sequence parallelism is for, at the price of one
+    more all-gather); a structured bottleneck (T x r) is cheap to keep whole, so it is, and
+    its backward gathers nothing."""
 
     @staticmethod
-    def forward(ctx, x, weight, group, size, sequence, cast_dtype):
+    def forward(ctx, x, weight, group, size, sequence, cast_dtype, keep_gathered):
         ctx.in_dtypes = (x.dtype, weight.dtype)
-        ctx.group, ctx.size, ctx.sequence = group, size, sequence
+        ctx.group, ctx.size = group, size
+        ctx.regather = sequence and not keep_gathered
+        ctx.sequence = sequence
         if cast_dtype is not None:
             x, weight = x.to(cast_dtype), weight.to(cast_dtype)
         full = gather_tokens([x], group, size)[0] if sequence else x
-        ctx.save_for_backward(x if sequence else full, weight)
+        ctx.save_for_backward(x if ctx.regather else full, weight)
         with torch.autocast(x.device.type, enabled=False):
             return F.linear(full, weight)
 
@@ -76,7 +82,8 @@ class _ColumnProduct(torch.autograd.Function):
         saved, weight = ctx.saved_tensors
         group, size, sequence = ctx.group, ctx.size, ctx.sequence
         need_x, need_w = ctx.needs_input_grad[:2]
-        if sequence and need_w:
+        regather = ctx.regather and need_w
+        if regather:
             gathered, gather_work = start_token_gather([saved], group, size, async_op=True)
         with torch.autocast(grad_out.device.type, enabled=False):
             g = grad_out.to(weight.dtype)
@@ -91,7 +98,7 @@ class _ColumnProduct(torch.autograd.Function):
                     work = dist.all_reduce(grad_x, group=group, async_op=True)
             grad_w = None
             if need_w:
-                if sequence:
+                if regather:
                     gather_work.wait()
                     full = gathered
                 else:
@@ -101,16 +108,20 @@ class _ColumnProduct(torch.autograd.Function):
                 work.wait()
         if grad_x is not None:
             grad_x = grad_x.to(ctx.in_dtypes[0])
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
-def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """enter_tensor_region(x) @ weight^T for a 2-D (out_local, in) weight, overlapped in backward."""
+def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool = False
+                   ) -> torch.Tensor:
+    """enter_tensor_region(x) @ weight^T for a 2-D (out_local, in) weight, overlapped in backward.
+    keep_gathered: under SP keep all tokens of x for backward instead of gathering them again."""
     if not tp.enabled:
         return F.linear(x, weight)
-    return _parallel_column_product(tp, x, weight)
+    return _parallel_column_product(tp, x, weight, keep_gathered)
 
 
 @torch.compiler.disable  # collectives stay outside compiled graphs (a graph break, not a failure)
-def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return _ColumnProduct.apply(x, weight, tp.group, tp.size, tp.sequence_sharded, _autocast_dtype(x))
+def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool
+                             ) -> torch.Tensor:
+    return _ColumnProduct.apply(x, weight, tp.group, tp.size, tp.sequence_sharded, _autocast_dtype(x),
+                                keep_gathered)

@@ -26,11 +26,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .collectives import all_gather_single, reduce_scatter_single
 from .mappings import TensorParallel
 
-# torch 2.13 renamed the single-tensor collectives (the old names warn); 2.11 has only the old ones
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def _scaled_lead(t: torch.Tensor, factor: float) -> List[int]:
@@ -60,7 +58,7 @@ def start_token_gather(tensors: Sequence[torch.Tensor], group, size: int, async_
     """All-gather the token shards of `tensors` into one buffer: (buffer, work or None)."""
     local = _side_by_side(tensors)
     out = torch.empty(size * local.shape[0], local.shape[1], dtype=local.dtype, device=local.device)
-    work = _all_gather(out, local, group=group, async_op=async_op)
+    work = all_gather_single(out, local, group=group, async_op=async_op)
     return out, work
 
 
@@ -70,7 +68,7 @@ def start_token_reduce_scatter(tensors: Sequence[torch.Tensor], group, size: int
     if full.shape[0] % size:
         raise ValueError(f"{full.shape[0]} tokens cannot be split over {size} tensor ranks")
     out = torch.empty(full.shape[0] // size, full.shape[1], dtype=full.dtype, device=full.device)
-    work = _reduce_scatter(out, full, group=group, async_op=async_op)
+    work = reduce_scatter_single(out, full, group=group, async_op=async_op)
     return out, work
 
 

@@ -103,7 +103,9 @@ class LinearMap(nn.Module):
             inputs = self.region_inputs(x)
             weight = self.output_weight()
             if weight is not None and len(inputs) == 1:
-                return column_product(self.tp, inputs[0], weight)
+                # a bottleneck narrower than the input (structured z, T x r) is kept whole for backward
+                narrower = inputs[0].shape[-1] < self.in_features
+                return column_product(self.tp, inputs[0], weight, keep_gathered=narrower)
             inside = enter_tensor_region(self.tp, *inputs)
             return self.region_outputs(list(inside) if isinstance(inside, tuple) else [inside])
         reduced = leave_tensor_region(self.tp, *self.partials(x))

@@ -39,12 +39,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import OptimizerConfig
+from ..parallel.collectives import all_gather_single, reduce_scatter_single
 from .optimizer import param_groups
 
 STATE_FORMAT = "megatron_sffn.fused_adamw/1"
-# torch 2.13 renamed the single-tensor collectives (the old names warn); 2.11 has only the old ones
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter, _all_gather = reduce_scatter_single, all_gather_single
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
