@@ -26,6 +26,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,6 +227,7 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
         return 0
     sweep_report.require_matplotlib()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))   # runs are stopped on the way out
     start = time.perf_counter()
     deadline = start + 60 * args.deadline_minutes if args.deadline_minutes else None
     if args.runs_tar and os.path.isfile(args.runs_tar):

@@ -59,9 +59,24 @@ def run_pool(plans: Sequence, slots: Sequence[str], start: Callable[[object, str
              on_finish: Callable[[object, Dict], None], estimate: Estimator, deadline: Optional[float] = None,
              min_start_s: float = 20.0, grace_s: float = 20.0, poll_s: float = 0.5,
              clock: Callable[[], float] = time.perf_counter) -> Dict[str, str]:
-    """Run `plans` on `slots`; returns {name: why it was not started} for those left over."""
+    """Run `plans` on `slots`; returns {name: why it was not started} for those left over.
+    Interrupted (Ctrl-C, SIGTERM turned into SystemExit), it stops and records its runs first."""
     pending = longest_first(plans)
     running: Dict[str, tuple] = {}                       # slot -> (plan, process)
+    try:
+        _loop(pending, running, slots, start, on_finish, estimate, deadline, min_start_s, grace_s, poll_s, clock)
+    except BaseException:
+        stop_all([job for _, job in running.values()], grace_s=10.0)
+        for plan, job in running.values():
+            on_finish(plan, job.finish("stopped: the sweep was interrupted"))
+        raise
+    left = math.inf if deadline is None else max(0.0, deadline - clock())
+    return {p.name: f"not started: {left:.0f} s left before the deadline"
+                    + (f", needs ~{estimate(p.tokens):.0f} s" if estimate(p.tokens) is not None else "")
+            for p in pending}
+
+
+def _loop(pending, running, slots, start, on_finish, estimate, deadline, min_start_s, grace_s, poll_s, clock):
     while pending or running:
         for slot, (plan, job) in list(running.items()):
             if job.poll() is not None:
@@ -86,10 +101,6 @@ def run_pool(plans: Sequence, slots: Sequence[str], start: Callable[[object, str
         if not running:
             break
         time.sleep(poll_s)
-    left = math.inf if deadline is None else max(0.0, deadline - clock())
-    return {p.name: f"not started: {left:.0f} s left before the deadline"
-                    + (f", needs ~{estimate(p.tokens):.0f} s" if estimate(p.tokens) is not None else "")
-            for p in pending}
 
 
 def simulate(plans: Sequence, slots: int, call_s: float, estimate: Estimator,

@@ -75,3 +75,34 @@ def test_run_pool_runs_side_by_side_and_stops_at_the_deadline(tmp_path):
     assert "deadline" in ended["long"]["reason"] and ended["long"]["wall_s"] < 15
     assert list(skipped) == ["never"] and "needs ~" in skipped["never"]
     assert launch.read_record(str(tmp_path / "long"))["status"] == "stopped"
+
+
+def test_a_sweep_stopped_from_outside_stops_its_runs_and_records_them(tmp_path):
+    """SIGTERM to the sweep (as run_sweep.py turns it into SystemExit): its run does not outlive it."""
+    import os
+    import signal
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run_dir = str(tmp_path / "long")
+    script = f"""
+import signal, sys
+sys.path.insert(0, {root!r})
+from types import SimpleNamespace
+from experiments.sweep import launch, scheduler
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+def start(plan, slot):
+    job = launch.RunProcess({{"name": plan.name}}, {run_dir!r},
+                            [sys.executable, "-c", "import time; time.sleep(120)"], launch.child_env(True))
+    print(job.proc.pid, flush=True)
+    return job
+scheduler.run_pool([SimpleNamespace(name="long", tokens=1)], ["s0"], start, lambda p, r: None, scheduler.Estimator())
+"""
+    sweep = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(sweep.stdout.readline())
+    time.sleep(1.0)                              # the pool has registered the run by then
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=60) == 143
+    record = launch.read_record(run_dir)
+    assert record["status"] == "stopped" and "interrupted" in record["reason"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

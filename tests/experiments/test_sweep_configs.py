@@ -110,3 +110,45 @@ def test_the_config_seed_drives_initialisation_and_data_order(tmp_path):
     again = plan.prepare(runs.BY_NAME["dense"], runs.CONFIG_DIR, str(tmp_path), 0, 8, smoke=True,
                          user_overrides=[], data=None).cfg
     assert torch.equal(_flat(GPTModel(again.model).initialize(again.training.seed)), weights[0])
+
+
+def test_a_finished_run_is_skipped_only_if_it_ran_the_same_plan(tmp_path):
+    from experiments.sweep import launch
+    here = {"prefix": "/data/here/large_trainvalid_text_document", "tokenizer": "/data/here/t.model",
+            "data_split": "303387,2955,0"}
+    there = dict(here, prefix="/root/elsewhere/large_trainvalid_text_document", tokenizer="/root/elsewhere/t.model")
+    first = plan.prepare(runs.BY_NAME["lowrank_32"], runs.CONFIG_DIR, str(tmp_path), runs.DEFAULT_DENSE_TOKENS, 8,
+                         smoke=False, user_overrides=[], data=there)
+    launch.save_record(first.run_dir, {"name": first.name, "status": "ok", "config": launch.relative(first.config),
+                                       "overrides": first.overrides, "planned_steps": first.steps})
+    same = plan.prepare(runs.BY_NAME["lowrank_32"], runs.CONFIG_DIR, str(tmp_path), runs.DEFAULT_DENSE_TOKENS, 8,
+                        smoke=False, user_overrides=[], data=here)
+    assert plan.finished(same) is not None                 # only the machine's data paths differ
+    shorter = plan.prepare(runs.BY_NAME["lowrank_32"], runs.CONFIG_DIR, str(tmp_path), runs.DEFAULT_DENSE_TOKENS // 4,
+                           8, smoke=False, user_overrides=[], data=here)
+    other_lr = plan.prepare(runs.BY_NAME["lowrank_32"], runs.CONFIG_DIR, str(tmp_path), runs.DEFAULT_DENSE_TOKENS, 8,
+                            smoke=False, user_overrides=["optimizer.lr=0.002"], data=here)
+    assert plan.finished(shorter) is None and plan.finished(other_lr) is None
+    launch.save_record(first.run_dir, dict(launch.read_record(first.run_dir), status="stopped"))
+    assert plan.finished(same) is None
+
+
+def test_each_run_gets_one_gpu_and_no_rank_variables(monkeypatch):
+    from experiments.sweep import launch
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    env = launch.child_env(smoke=False, device="2", threads=16)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["OMP_NUM_THREADS"] == "16" and "RANK" not in env
+    assert launch.child_env(smoke=True, device="2")["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_report_made_without_the_corpus_describes_it_from_the_runs_folder(tmp_path):
+    from experiments.sweep import run_sweep
+    manifest = {"prefix": "/root/x", "tokenizer": "/root/t.model", "data_split": "303387,2955,0",
+                "train_tokens": 65_750_000, "valid_tokens": 540_000, "train_documents": 303387, "valid_documents": 2955}
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "data.json").write_text(json.dumps(manifest))
+    args = run_sweep.parse(["--report-only", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "no")])
+    assert run_sweep.load_data(args) == manifest
+    with pytest.raises(SystemExit, match="no unpacked corpus"):
+        run_sweep.load_data(run_sweep.parse(["--runs-dir", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "no")]))
