@@ -5,6 +5,7 @@ for 4 GPUs.
 
     python tools/make_large_configs.py [--out configs]
     python tools/make_large_configs.py --suggest     # the planner's picks, as LAYOUT_TABLE lines
+    python tools/make_large_configs.py --table       # the shipped layouts with predictions (Markdown)
 
 Recipe, as the paper configs: vocab 32000 (Llama tokenizer), seq 1024, LayerNorm, GELU,
 biases, RoPE, tied embeddings, AdamW 0.9/0.999, weight decay 0.1, cosine to 0.1 x lr with
@@ -170,11 +171,31 @@ def suggest() -> None:
         print(f"{raw['name']:<24} | " + " | ".join(f"{s:<24}" for s in specs).rstrip(), flush=True)
 
 
+def layouts_table() -> None:
+    """Markdown: every config's layouts with the planner's predicted peak and throughput."""
+    from megatron_sffn.planner.hardware import Hardware
+    from megatron_sffn.planner.plan import layout_config, predict
+    print("| config | params | 4 x 141 GB (as written) | GB | tokens/s/GPU | 4 x 80 GB | GB | tokens/s/GPU |")
+    print("|---|---:|---|---:|---:|---|---:|---:|")
+    for name, raw in all_configs().items():
+        cells = [name, f"{model_stats(paper_model(*name.split('_')[:2])).total_params / 1e9:.2f}B"]
+        for memory in MEMORIES:
+            layout = LAYOUTS[name][memory]
+            pred = predict(layout_config(raw, layout, GLOBAL_BATCH), layout,
+                           Hardware(gpu_memory_gb=float(memory.split("x")[1][:-2])))
+            cells += [layout.short(), f"{pred.peak_gb:.0f}", f"{pred.tokens_per_s_per_gpu:,.0f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
     p.add_argument("--suggest", action="store_true", help="print the planner's picks instead of writing configs")
+    p.add_argument("--table", action="store_true", help="print the shipped layouts with predictions (Markdown)")
     args = p.parse_args(argv)
+    if args.table:
+        layouts_table()
+        return 0
     if args.suggest:
         suggest()
         return 0

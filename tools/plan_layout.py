@@ -62,6 +62,7 @@ def parse_args(argv=None):
     ap.add_argument("--all", action="store_true", help="print every excluded layout, not a summary")
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ap.add_argument("--measured", metavar="FILE", help="predict each run listed in FILE beside its measured numbers")
+    ap.add_argument("--markdown", action="store_true", help="with --measured: a Markdown table (docs/performance.md)")
     for flag, _, text in CONSTANTS:
         ap.add_argument(flag, type=float, default=None, help=text)
     args = ap.parse_args(argv)
@@ -165,10 +166,27 @@ def _or_dash(value, spec: str) -> str:
     return format(value, spec) if value is not None else "-".rjust(width)
 
 
+def print_markdown(rows) -> None:
+    print("| config | layout | global batch | device, mode | predicted GB | measured GB | error | predicted tokens/s/GPU "
+          "| measured | error |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        e = r.entry
+        name = e.get("label") or os.path.basename(e["config"])[:-5] + "".join(f" {o}" for o in e.get("overrides", []))
+        cells = [name, r.prediction.layout.short(), str(e["global_batch_size"]), f"{e.get('device', '')} {e.get('mode', '')}",
+                 f"{r.prediction.allocated_gb:.1f}", _or_dash(e.get("measured_allocated_gb"), ".1f"),
+                 _or_dash(r.memory_error, "+.0%"), f"{r.prediction.tokens_per_s_per_gpu:,.0f}",
+                 _or_dash(e.get("measured_tokens_per_s_per_gpu"), ",.0f"), _or_dash(r.throughput_error, "+.0%")]
+        print("| " + " | ".join(cells) + " |")
+
+
 def run_measured(args, hw) -> int:
     rows = compare_file(args.measured, ROOT, hw)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    if args.markdown:
+        print_markdown(rows)
         return 0
     print(f"{'config':<22} {'layout':<24} {'gbs':>4} {'pred GB':>7} {'meas GB':>7} {'err':>5} "
           f"{'pred tok/s':>10} {'meas tok/s':>10} {'err':>5}  source")

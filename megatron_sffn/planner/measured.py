@@ -4,7 +4,7 @@ The file (benchmarks/results/layout_planner_measured.json) lists runs as
   {"config": "configs/6p7b_lowrank.json", "overrides": [...], "gpus": 4,
    "global_batch_size": 512, "layout": {Layout fields}, "device": "...", "mode": "compiled",
    "measured_allocated_gb": 78.6 or null, "measured_tokens_per_s_per_gpu": ... or null,
-   "source": "where the number was measured"}
+   "source": "where the number was measured", "label": optional short name for tables}
 An entry whose measured values are null is a prediction waiting for its run; filling in
 the numbers (from bench_scaling.py / bench_train.py JSON: max_allocated_gb, tokens_per_s)
 is all the GPU session has to do. Peaks compare with `Prediction.allocated_gb` (what
