@@ -139,7 +139,8 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
             "tokens_per_s_per_gpu": tokens_per_step / step_time / args.nproc, "tflops_per_gpu": tflops,
             "mfu": tflops / peak if peak else None,
             "max_allocated_gb": max(r["max_allocated_gb"] for r in records.values()),
-            "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"], **phases}
+            "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"],
+            "losses": [records[s]["loss"] for s in sorted(records)], **phases}
 
 
 def environment() -> dict:

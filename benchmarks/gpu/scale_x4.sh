@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Tensor, pipeline and sequence parallelism on one node of 4 GPUs (issue 14): bench_train.py
+# --nproc 4 runs the launcher (real data, the default fused optimizer, eager) once per layout,
+# at one global batch for every layout of a model, so every layout sees the same samples and
+# per-GPU throughput compares at equal work: tokens/s per GPU, MFU, peak memory and the loss
+# of every step (compared with the DP4 curve afterwards).
+#   benchmarks/gpu/scale_x4.sh OUT_DIR SET [SET ...]
+# SETs (each fits one 10-minute call on 4 x H200, roughly):
+#   1p3b      1.3B lowrank: DP4, TP2xDP2 +/- SP, TP4 +/- SP, TP2xPP2 +/- SP, PP4; micro-batch 4,
+#             global 256 (64 micro-batches per pipeline of PP4); 6 steps, the last 3 timed
+#   1p3b_dense  the same for 1.3B dense: DP4, TP2xDP2 SP, TP4 SP, TP2xPP2 SP, PP4
+#   6p7b      6.7B lowrank: DP4, TP4 +/- SP, TP2xPP2 SP, PP4 (micro 2, global 128, 64 per pipeline)
+#   6p7b_dense  6.7B dense TP4 SP and TP2xPP2 SP; 13B lowrank TP2xPP2 SP (does it train on 4 x 141 GB)
+# FFN init 'normal' (the paper's SVD init of 6.7B-13B factors costs minutes and no speed).
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu/scale_x4.sh OUT_DIR SET [SET ...]}; shift
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/../.."
+export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
+  SITE=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
+fi
+TP2='tp2:parallel.tensor=2' TP2SP='tp2sp:parallel.tensor=2;parallel.sequence_parallel=true'
+TP4='tp4:parallel.tensor=4' TP4SP='tp4sp:parallel.tensor=4;parallel.sequence_parallel=true'
+TP2PP2='tp2pp2:parallel.tensor=2;parallel.pipeline=2'
+TP2PP2SP='tp2pp2sp:parallel.tensor=2;parallel.pipeline=2;parallel.sequence_parallel=true'
+PP4='pp4:parallel.pipeline=4'
+
+bench() {  # NAME CONFIG MICRO ACCUM STEPS WARMUP [o:OVERRIDE ...] [VARIANT ...]; the config as given runs first
+  local name=$1 config=$2 micro=$3 accum=$4 steps=$5 warmup=$6; shift 6
+  local variants=(); for v in "$@"; do
+    case $v in o:*) variants+=(--override "${v#o:}") ;; *) variants+=(--variant "$v") ;; esac
+  done
+  echo "== $name: $config micro $micro x accumulation $accum x 4, $(date +%T)"
+  python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --modes eager --micro-batch-size "$micro" \
+      --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" --override model.ffn.init=\"normal\" \
+      "${variants[@]}" --keep-logs "$out/logs_$name" --out "$out/$name.json" 2>&1 | grep -v "^\[20" | tail -4
+}
+
+for set in "$@"; do
+  case $set in
+    1p3b) bench 1p3b configs/1p3b_lowrank.json 4 16 6 3 "$TP2SP" "$TP4SP" "$TP2PP2SP" "$PP4" "$TP4" "$TP2" "$TP2PP2" ;;
+    1p3b_dense) bench 1p3b_dense configs/1p3b_dense.json 4 16 6 3 "$TP2SP" "$TP4SP" "$TP2PP2SP" "$PP4" ;;
+    6p7b) bench 6p7b configs/6p7b_lowrank.json 2 16 5 2 "$TP4SP" "$TP2PP2SP" "$TP4" "$PP4" ;;
+    6p7b_dense)
+      bench 6p7b_dense configs/6p7b_dense.json 2 16 5 2 o:parallel.tensor=4 o:parallel.sequence_parallel=true \
+          "$TP2PP2SP"
+      bench 13b configs/13b_lowrank.json 2 16 4 2 o:parallel.tensor=2 o:parallel.pipeline=2 \
+          o:parallel.sequence_parallel=true ;;
+    *) echo "unknown set '$set'" >&2; exit 2 ;;
+  esac
+done
+python3 benchmarks/bench_train.py --table-from "$out"/*.json --out "$out/scale_all.json" 2>&1 | tail -40
