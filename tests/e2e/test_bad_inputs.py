@@ -1,19 +1,17 @@
-"""Bad configs, flags and checkpoints given to launchers/pretrain.py: one line on stderr naming
-the input and what to do, exit code 2, and nothing on disk changed (no run folder, the inputs
-untouched). The rows of docs/errors.md point here.
+"""Bad configs and flags given to launchers/pretrain.py: one line on stderr naming the input
+and what to do, exit code 2, and nothing on disk changed (no run folder, the inputs
+untouched). Rows of docs/errors.md; bad checkpoints are in tests/tools/test_resume_errors.py.
 
-Config and flag errors are found before any process group exists, so main() is called in
-this process; checkpoint errors need the distributed start, so those run as real ranks.
+These are found before any process group exists, so main() is called in this process.
 """
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
 
 import pytest
 
-from .runs import ROOT, TINY, Ranks, run
+from .runs import ROOT, TINY
 
 ARGS = TINY + ["--train-steps", "2", "--eval-interval", "100", "--save-interval", "100"]
 
@@ -98,79 +96,3 @@ def test_launcher_rejects_bad_config_or_flag(argv, needle, tmp_path, capsys, mon
     line = one_error_line(err)
     assert needle.format(t=tmp_path) in line, line
     assert snapshot(tmp_path) == before and not run_dir.exists()
-
-
-# -- checkpoints ----------------------------------------------------------------------------
-ZERO0 = ARGS + ["--zero-stage", "0"]   # resumable on any number of ranks
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 1-rank run of 2 steps: checkpoints/step00000002 (ZeRO 0, DeepSpeed's optimizer, fp32)."""
-    run_dir = str(tmp_path_factory.mktemp("trained") / "run")
-    run(1, ZERO0 + ["--run-dir", run_dir], os.path.join(run_dir + "_logs"))
-    return run_dir
-
-
-def resume_fails(tmp_path, trained, damage, extra=(), world=1):
-    """Copy the run, damage the copy, resume it: every rank exits 2, rank 0 alone prints one
-    line, and the copy is byte for byte what it was before the attempt. Returns the line."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained, run_dir)
-    damage(run_dir)
-    before = snapshot(run_dir)
-    ranks = Ranks(world, ZERO0 + ["--run-dir", str(run_dir), *extra], str(tmp_path / "logs"))
-    codes, out = ranks.wait(timeout=300)
-    assert codes == [2] * world, out[-4000:]
-    errors = [line for line in out.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in out, out[-4000:]
-    assert all("error: " not in ranks.output(r) for r in range(1, world))
-    assert snapshot(run_dir) == before
-    return errors[0]
-
-
-def _nothing(run_dir):
-    pass
-
-
-@pytest.mark.slow
-def test_latest_names_a_checkpoint_that_is_missing(trained, tmp_path):
-    def damage(run_dir):
-        (run_dir / "checkpoints" / "latest").write_text("step00000009")
-    line = resume_fails(tmp_path, trained, damage)
-    assert "latest names checkpoint 'step00000009'" in line and "fix 'latest' or remove it" in line
-
-
-@pytest.mark.slow
-def test_truncated_checkpoint_metadata(trained, tmp_path):
-    def damage(run_dir):
-        meta = run_dir / "checkpoints" / "step00000002" / "meta.json"
-        meta.write_text(meta.read_text()[:40])
-    line = resume_fails(tmp_path, trained, damage)
-    assert "cannot read checkpoint metadata" in line and "step00000002/meta.json" in line
-
-
-@pytest.mark.slow
-def test_truncated_checkpoint_file(trained, tmp_path):
-    """Found before the engine is built (the zip index of a torch file is at its end)."""
-    target = os.path.join("checkpoints", "step00000002", "mp_rank_00_model_states.pt")
-
-    def damage(run_dir):
-        os.truncate(run_dir / target, os.path.getsize(run_dir / target) // 2)
-    line = resume_fails(tmp_path, trained, damage, world=2)
-    assert f"{target} is truncated or not a torch file" in line
-    assert "resume from an earlier checkpoint" in line and "new --run-dir" in line
-
-
-@pytest.mark.slow
-def test_checkpoint_of_another_model(trained, tmp_path):
-    line = resume_fails(tmp_path, trained, _nothing, ["--override", "model.num_layers=2"])
-    assert "was written with a different 'model' config (model.num_layers: saved 3, now 2)" in line
-    assert "use a new --run-dir" in line
-
-
-@pytest.mark.slow
-def test_checkpoint_of_the_other_optimizer_implementation(trained, tmp_path):
-    line = resume_fails(tmp_path, trained, _nothing, ["--precision", "bf16", "--optimizer-implementation", "fused"])
-    assert "optimizer.implementation deepspeed; this run is" in line and "--optimizer-implementation fused" in line
-    assert "tools/convert_checkpoint.py" in line

@@ -1,6 +1,5 @@
 """docs/errors.md stays true: every test a row names exists, and there are at least 30 rows."""
 import os
-import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,6 +22,8 @@ def test_every_named_test_exists():
     for row in _rows():
         last = row.rstrip(" |").rsplit("|", 1)[-1].strip().strip("`")
         name = last.split("::")[-1]
+        if name == "same test":        # the row above's
+            continue
         if name.startswith("test_"):
             assert f"def {name}(" in sources, row
         else:
