@@ -220,13 +220,77 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
+class Call:
+    """One invocation that runs what is left: it starts runs as slots free up and rewrites the
+    report and the tarball after each run, so a call killed from outside still leaves them."""
+
+    def __init__(self, args, plans: List[plan.RunPlan], data: Optional[Dict], probe):
+        self.args, self.plans, self.data, self.probe = args, plans, data, probe
+        self.rows: Dict[str, Dict] = {}
+        self.env: Dict = {}
+        self.threads = max(1, (os.cpu_count() or 1) // len(slots_of(args)))
+        self.estimate = scheduler.Estimator(args.tokens_per_s, args.startup_s)
+
+    def environment(self) -> Dict:
+        """The probe's answer, also kept beside the runs (it travels in the tarball)."""
+        if not self.env:
+            self.env.update(self.probe.result())
+            os.makedirs(self.args.runs_dir, exist_ok=True)
+            with open(os.path.join(self.args.runs_dir, bundle.ENVIRONMENT_FILE), "w") as f:
+                json.dump(self.env, f, indent=2)
+        return self.env
+
+    def start_run(self, p: plan.RunPlan, slot: Optional[str]) -> launch.RunProcess:
+        guess = self.estimate(p.tokens)
+        print(f"[sweep] {p.name} on {slot or 'the default device'}: {p.steps} steps, {p.tokens / 1e6:.1f}M tokens"
+              + (f", ~{guess:.0f} s" if guess else ""), flush=True)
+        cli = ["--config", p.config, "--run-dir", p.run_dir] + [a for o in p.overrides for a in ("--override", o)]
+        record = {"name": p.name, "setting": p.run.setting.name, "seed": p.run.seed, "scale": p.run.scale,
+                  "config": launch.relative(p.config), "overrides": p.overrides, "planned_steps": p.steps,
+                  "tokens": p.tokens, "slot": slot}
+        device = None if self.args.smoke or slot is None else slot
+        return launch.RunProcess(record, p.run_dir, launch.launch_command(self.args.launcher, cli),
+                                 launch.child_env(self.args.smoke, device, self.threads), self.args.keep_checkpoints)
+
+    def finished_run(self, p: plan.RunPlan, record: Dict) -> None:
+        self.rows.pop(p.name, None)
+        self.write({})
+        row = self.rows.get(p.name, {})
+        print(f"[sweep] {p.name}: {record['status']} in {record['wall_s']:.0f} s"
+              + (f", val loss {row['val_loss']:.4f}" if row.get("val_loss") is not None else "")
+              + (f" ({record['reason']})" if record.get("reason") else "")
+              + (f"\n{record['log_tail']}" if record.get("log_tail") else ""), flush=True)
+
+    def write(self, skipped: Dict[str, str]) -> Dict:
+        result = report(self.args, self.plans, self.rows, skipped, self.environment(), self.data)
+        if self.args.bundle:
+            bundle.pack(self.args.runs_dir, self.args.bundle)
+        return result
+
+    def run(self, deadline: Optional[float]) -> Dict:
+        done = {p.name: rec for p in self.plans if (rec := plan.finished(p)) is not None}
+        for p in self.plans:
+            if p.error:
+                print(f"[sweep] {p.name}: cannot start: {p.error}", flush=True)
+        todo = [p for p in self.plans if p.error is None and p.name not in done]
+        print(f"[sweep] {len(done)} runs finished earlier (skipped), {len(todo)} to run on "
+              f"{len(slots_of(self.args))} slot(s)", flush=True)
+        self.estimate.add(done.values())
+        skipped = scheduler.run_pool(todo, slots_of(self.args), self.start_run, self.finished_run, self.estimate,
+                                     deadline, min_start_s=self.args.min_start_s)
+        for name, why in skipped.items():
+            print(f"[sweep] {name}: {why}", flush=True)
+        return self.write(skipped)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.write_configs:
         for path in runs.write_configs(args.configs_dir):
             print(f"wrote {path}")
         return 0
-    sweep_report.require_matplotlib()
+    if not args.dry_run:
+        sweep_report.require_matplotlib()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))   # runs are stopped on the way out
     start = time.perf_counter()
     deadline = start + 60 * args.deadline_minutes if args.deadline_minutes else None
@@ -234,70 +298,19 @@ def main(argv=None) -> int:
         restored = bundle.unpack(args.runs_tar, args.runs_dir)
         print(f"[sweep] {len(restored)} run folders from {args.runs_tar}", flush=True)
     env_file = os.path.join(args.runs_dir, bundle.ENVIRONMENT_FILE)
-    probe = concurrent.futures.ThreadPoolExecutor(1).submit(environment, args.smoke) \
-        if not (args.report_only and os.path.isfile(env_file)) else None
+    probe = None if args.dry_run or (args.report_only and os.path.isfile(env_file)) else \
+        concurrent.futures.ThreadPoolExecutor(1).submit(environment, args.smoke)    # meanwhile: data, runs
     data = load_data(args)
     selected = [r for r in runs.SWEEP if not args.only or r.name in args.only]
     plans = [plan.prepare(r, args.configs_dir, args.runs_dir, args.dense_tokens, args.evals, args.smoke,
                           args.override, data, args.keep_checkpoints) for r in selected]
-    rows: Dict[str, Dict] = {}
     if args.dry_run:
         return dry_run(args, plans)
     if args.report_only:
-        env = probe.result() if probe else json.load(open(env_file))
-        report(args, plans, rows, {}, env, data)
+        report(args, plans, {}, {}, probe.result() if probe else json.load(open(env_file)), data)
         print(f"wrote {os.path.join(args.out_dir, 'results.md')}")
         return 0
-    done = {p.name: rec for p in plans if (rec := plan.finished(p)) is not None}
-    for p in plans:
-        if p.error:
-            print(f"[sweep] {p.name}: cannot start: {p.error}", flush=True)
-    todo = [p for p in plans if p.error is None and p.name not in done]
-    print(f"[sweep] {len(done)} runs finished earlier (skipped), {len(todo)} to run on {len(slots_of(args))} "
-          f"slot(s)", flush=True)
-    estimate = scheduler.Estimator(args.tokens_per_s, args.startup_s)
-    estimate.add(done.values())
-    env_holder: Dict = {}
-
-    def env_now() -> Dict:
-        if not env_holder:
-            env_holder.update(probe.result())
-            os.makedirs(args.runs_dir, exist_ok=True)
-            with open(env_file, "w") as f:
-                json.dump(env_holder, f, indent=2)
-        return env_holder
-
-    threads = max(1, (os.cpu_count() or 1) // len(slots_of(args)))
-
-    def start_run(p: plan.RunPlan, slot: Optional[str]) -> launch.RunProcess:
-        print(f"[sweep] {p.name} on {slot or 'the default device'}: {p.steps} steps, {p.tokens / 1e6:.1f}M tokens"
-              + (f", ~{estimate(p.tokens):.0f} s" if estimate(p.tokens) else ""), flush=True)
-        cli = ["--config", p.config, "--run-dir", p.run_dir] + [a for o in p.overrides for a in ("--override", o)]
-        record = {"name": p.name, "setting": p.run.setting.name, "seed": p.run.seed, "scale": p.run.scale,
-                  "config": launch.relative(p.config), "overrides": p.overrides, "planned_steps": p.steps,
-                  "tokens": p.tokens, "slot": slot}
-        device = None if args.smoke or slot is None else slot
-        return launch.RunProcess(record, p.run_dir, launch.launch_command(args.launcher, cli),
-                                 launch.child_env(args.smoke, device, threads), args.keep_checkpoints)
-
-    def finished_run(p: plan.RunPlan, record: Dict) -> None:
-        rows.pop(p.name, None)
-        report(args, plans, rows, {}, env_now(), data)
-        if args.bundle:
-            bundle.pack(args.runs_dir, args.bundle)
-        row = rows.get(p.name, {})
-        print(f"[sweep] {p.name}: {record['status']} in {record['wall_s']:.0f} s"
-              + (f", val loss {row['val_loss']:.4f}" if row.get("val_loss") is not None else "")
-              + (f" ({record['reason']})" if record.get("reason") else "")
-              + (f"\n{record['log_tail']}" if record.get("log_tail") else ""), flush=True)
-
-    skipped = scheduler.run_pool(todo, slots_of(args), start_run, finished_run, estimate, deadline,
-                                 min_start_s=args.min_start_s)
-    for name, why in skipped.items():
-        print(f"[sweep] {name}: {why}", flush=True)
-    result = report(args, plans, rows, skipped, env_now(), data)
-    if args.bundle:
-        bundle.pack(args.runs_dir, args.bundle)
+    result = Call(args, plans, data, probe).run(deadline)
     print(f"[sweep] done in {time.perf_counter() - start:.0f} s; wrote {os.path.join(args.out_dir, 'results.md')}")
     for e in result["expectations"]:
         print(f"  - {e['claim']}: {e['verdict']}")
