@@ -189,7 +189,8 @@ def layouts_table() -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "configs"))
     p.add_argument("--suggest", action="store_true", help="print the planner's picks instead of writing configs")
     p.add_argument("--table", action="store_true", help="print the shipped layouts with predictions (Markdown)")
     args = p.parse_args(argv)

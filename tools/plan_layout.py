@@ -25,13 +25,14 @@ sys.path.insert(0, ROOT)
 
 from megatron_sffn.config import ConfigError, apply_overrides, config_from_dict  # noqa: E402
 from megatron_sffn.model.accounting import model_stats  # noqa: E402
-from megatron_sffn.planner.hardware import Hardware  # noqa: E402
+from megatron_sffn.planner.hardware import OPTIMIZER_PS_PER_PARAM, Hardware  # noqa: E402
 from megatron_sffn.planner.layout import Layout  # noqa: E402
 from megatron_sffn.planner.measured import compare_file  # noqa: E402
 from megatron_sffn.planner.plan import MICRO_BATCHES, plan  # noqa: E402
 
 CONSTANTS = [  # flag, Hardware field, help
-    ("--achievable-tflops", "achievable_tflops", "per-GPU TFLOP/s on model FLOPs (default: per FFN kind, calibrated on 1.3B)"),
+    ("--achievable-tflops", "achievable_tflops",
+     "per-GPU TFLOP/s on model FLOPs (default: per FFN kind, calibrated on 1.3B)"),
     ("--peak-tflops", "peak_tflops", "peak TFLOP/s for MFU (989: H100/H200 bf16)"),
     ("--nvlink-gb-s", "nvlink_gb_s", "NCCL bus bandwidth inside a node, GB/s (uncalibrated)"),
     ("--network-gb-s", "network_gb_s", "per-GPU bandwidth between nodes, GB/s (uncalibrated)"),
@@ -40,7 +41,10 @@ CONSTANTS = [  # flag, Hardware field, help
     ("--tp-overlap", "tp_overlap", "fraction of tensor-parallel collective time hidden (uncalibrated)"),
     ("--dp-overlap", "dp_overlap", "fraction of the last backward that hides the gradient reduction"),
     ("--overhead-gb", "overhead_gb", "memory outside torch's allocator count (uncalibrated)"),
+    ("--fused-optimizer-ps-per-param", "fused", "fused optimizer step per parameter (calibrated, 1.3B)"),
+    ("--deepspeed-optimizer-ps-per-param", "deepspeed", "DeepSpeed's optimizer step per parameter (calibrated)"),
 ]
+OPTIMIZERS = ("fused", "deepspeed")  # CONSTANTS entries that go into Hardware.optimizer_ps_per_param
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,7 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--gpu-memory-gb", type=float, help="memory per GPU, GB = 2^30 bytes (80, 141, ...)")
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--global-batch-size", type=int, default=None, help="sequences per step (default: the config's)")
-    ap.add_argument("--micro-batch-sizes", default=",".join(map(str, MICRO_BATCHES)), help="candidates, comma-separated")
+    ap.add_argument("--micro-batch-sizes", default=",".join(map(str, MICRO_BATCHES)),
+                    help="candidates, comma-separated")
     ap.add_argument("--top", type=int, default=15, help="ranked layouts to print")
     ap.add_argument("--all", action="store_true", help="print every excluded layout, not a summary")
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -85,9 +90,11 @@ def parse_args(argv=None):
 
 
 def hardware(args) -> Hardware:
-    fields = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in CONSTANTS}
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in CONSTANTS}
+    given = {k: v for k, v in given.items() if v is not None}
+    optimizer = {**OPTIMIZER_PS_PER_PARAM, **{k: given.pop(k) for k in OPTIMIZERS if k in given}}
     return Hardware(gpu_memory_gb=args.gpu_memory_gb or 141.0, gpus_per_node=args.gpus_per_node,
-                    **{k: v for k, v in fields.items() if v is not None})
+                    optimizer_ps_per_param=optimizer, **given)
 
 
 def _row(rank, p) -> str:
@@ -111,8 +118,8 @@ def print_plan(result, raw, args, hw, own) -> None:
           f"{m['seq_length']} tokens; {stats.total_params / 1e9:.2f}B parameters"
           + (f" (+{stats.guide_params / 1e9:.2f}B guides while self-guided)" if cfg.self_guided.enabled else "")
           + f", {stats.train_flops_per_token / 1e9:.1f} GFLOP/token")
-    print("layout: t tensor, p pipeline, d data, z ZeRO stage, mb micro-batch; m = micro-batches per step and data rank;"
-          " GB = predicted peak per GPU (stage stg), overhead included; times in s per step\n")
+    print("layout: t tensor, p pipeline, d data, z ZeRO stage, mb micro-batch; m = micro-batches per step and "
+          "data rank;\nGB = predicted peak per GPU (stage stg), overhead included; times in s per step\n")
     print(HEADER)
     for i, p in enumerate(result.ranked[:args.top], 1):
         print(_row(i, p))
@@ -167,13 +174,14 @@ def _or_dash(value, spec: str) -> str:
 
 
 def print_markdown(rows) -> None:
-    print("| config | layout | global batch | device, mode | predicted GB | measured GB | error | predicted tokens/s/GPU "
-          "| measured | error |")
+    print("| config | layout | global batch | device, mode | predicted GB | measured GB | error "
+          "| predicted tokens/s/GPU | measured | error |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         e = r.entry
         name = e.get("label") or os.path.basename(e["config"])[:-5] + "".join(f" {o}" for o in e.get("overrides", []))
-        cells = [name, r.prediction.layout.short(), str(e["global_batch_size"]), f"{e.get('device', '')} {e.get('mode', '')}",
+        cells = [name, r.prediction.layout.short(), str(e["global_batch_size"]),
+                 f"{e.get('device', '')} {e.get('mode', '')}",
                  f"{r.prediction.allocated_gb:.1f}", _or_dash(e.get("measured_allocated_gb"), ".1f"),
                  _or_dash(r.memory_error, "+.0%"), f"{r.prediction.tokens_per_s_per_gpu:,.0f}",
                  _or_dash(e.get("measured_tokens_per_s_per_gpu"), ",.0f"), _or_dash(r.throughput_error, "+.0%")]
@@ -218,8 +226,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
+        batch = args.global_batch_size or raw.get("training", {}).get("global_batch_size")
         print(json.dumps({"config": args.config, "gpus": args.gpus, "gpu_memory_gb": args.gpu_memory_gb,
-                          "global_batch_size": args.global_batch_size or raw.get("training", {}).get("global_batch_size"),
+                          "global_batch_size": batch,
                           "hardware": dataclasses.asdict(hw),
                           "ranked": [p.as_dict() for p in result.ranked],
                           "excluded": [e.as_dict() for e in result.excluded]}, indent=2))

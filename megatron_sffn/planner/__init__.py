@@ -7,11 +7,13 @@ through the tensor group, a dense one T x d). The memory and time models are wri
 in docs/performance.md ("Layout planner"); measured peaks go beside the predictions through
 `measured.py`.
 
-  pieces.py    per-rank parameters and FLOPs of each piece, from the model's own modules
-               built on the meta device at the layout's tensor size
-  memory.py    bytes per GPU: weights, main gradients, optimizer state, activations, logits
-  timing.py    seconds per step: compute, recompute, collectives, pipeline bubble, optimizer
-  layouts.py   enumeration, legality through config.validate, ranking
-  hardware.py  the named constants (achievable TFLOP/s, link bandwidths, overheads)
-  measured.py  measured peaks and step times beside the predictions
+  layout.py       one candidate layout and its --override form
+  pieces.py       per-rank parameters and FLOPs of each piece, from the model's own modules
+                  built on the meta device at the layout's tensor size
+  activations.py  bytes autograd keeps per token and block, tensor by tensor, with share rules
+  memory.py       bytes per GPU and stage: weights, gradients, optimizer state, activations
+  timing.py       seconds per step: compute, recompute, collectives, bubble, optimizer
+  plan.py         enumeration, legality through config.validate, prediction, ranking
+  hardware.py     the named constants (achievable TFLOP/s, link bandwidths, overheads)
+  measured.py     measured peaks and throughput beside the predictions
 """

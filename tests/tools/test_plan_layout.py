@@ -80,3 +80,17 @@ def test_measured_file_puts_predictions_beside_measurements(capsys):
         assert r["memory_error"] == pytest.approx((r["predicted_allocated_gb"] - r["measured_allocated_gb"])
                                                   / r["measured_allocated_gb"])
     assert {r["layout_name"] for r in pending} >= {"t1 p1 d4 z1 mb8", "t4 p1 d1 z1 mb8 sp", "t1 p4 d1 z1 mb8"}
+
+
+def test_constant_flags_reach_the_model(capsys):
+    def first(extra):
+        assert main(["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "141", "--json",
+                     "--micro-batch-sizes", "8"] + extra) == 0
+        ranked = json.loads(capsys.readouterr().out)["ranked"]
+        return {r["name"]: r for r in ranked}["t1 p1 d4 z1 mb8"]
+    base = first([])
+    assert first(["--overhead-gb", "10"])["peak_gb"] == pytest.approx(base["peak_gb"] + 7)
+    assert first(["--achievable-tflops", "215"])["step_s_by_part"]["compute"] == pytest.approx(
+        2 * base["step_s_by_part"]["compute"])
+    assert first(["--fused-optimizer-ps-per-param", "140"])["step_s_by_part"]["optimizer"] == pytest.approx(
+        10 * base["step_s_by_part"]["optimizer"])
