@@ -67,6 +67,7 @@ def test_lock_held_by_a_building_process_is_named_with_that_process(tmp_path):
     lock.unlink()
     holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; os.open(sys.argv[1], os.O_CREAT | os.O_EXCL); "
                                "time.sleep(300)", str(lock)])
+    ranks = None
     try:
         while not lock.exists():
             time.sleep(0.05)
@@ -76,7 +77,8 @@ def test_lock_held_by_a_building_process_is_named_with_that_process(tmp_path):
         assert f"is building the JIT op '{OP}'" in out and "[start-up] rank 0: waiting" in out
         assert ranks.procs[0].poll() is None   # a live build is waited for, not abandoned
     finally:
-        ranks.signal_all(9)
+        if ranks is not None:
+            ranks.signal_all(9)
         holder.kill()
         holder.wait()
 
