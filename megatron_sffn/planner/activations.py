@@ -15,8 +15,9 @@ Each tensor has a share rule under tensor size t:
   "sp"   outside the tensor regions (norm inputs, region inputs kept as token shards by
          parallel/regions.py, bottlenecks reduce-scattered to token shards): 1/t only with
          sequence parallelism, whole on every rank without
-  "rep"  whole on every rank either way (BlockShuffle's fc1 bottleneck, shuffled across all
-         blocks; under SP a guided fc1's gathered inputs)
+  "rep"  whole on every rank either way: a structured fc1's bottleneck (under SP column_product
+         keeps a T x r input gathered rather than gathering it again in backward; BlockShuffle's
+         is shuffled across all blocks), and under SP a guided fc1's gathered input x
 """
 from __future__ import annotations
 
@@ -67,8 +68,7 @@ def block_tensors(m: ModelConfig, ffn_kind: str, guided: bool) -> List[Tuple[str
         column_linears = 1
     k = bottleneck_width(m, ffn_kind)
     if k:
-        fc1_share = "rep" if (ffn_kind == "blockshuffle" or guided) else "sp"
-        rows += [("fc1 bottleneck", column_linears * BF16 * k, fc1_share), ("fc2 bottleneck", BF16 * k, "sp")]
+        rows += [("fc1 bottleneck", column_linears * BF16 * k, "rep"), ("fc2 bottleneck", BF16 * k, "sp")]
         if guided:  # under SP the guide's input x is gathered beside the bottleneck and kept whole
             rows += [("guide input (gathered under SP)", column_linears * BF16 * d, "rep-sp-only")]
     return rows

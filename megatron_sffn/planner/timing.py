@@ -10,8 +10,8 @@ Per micro-batch and pipeline stage:
               and one exit for attention and for the FFN, of T x d for attention and dense FFNs,
               T x r for LowRank/BlockDense, T x min(d, f) for BlockShuffle, + T x d for an
               active guide; all-reduce without SP, all-gather + reduce-scatter with it, plus
-              the backward re-gather of a column product's token-shard input and the gradient
-              sum of replicated weights), ring bus bytes / NVLink bandwidth + a latency per call
+              the backward re-gather of a d-wide column input kept as a token shard, and the
+              gradient sum of replicated weights), ring bus bytes / NVLink bandwidth + a latency per call
   p2p         pipeline sends of the stage's output forward and its gradient back
 Then per step:
   pipeline    1F1B: (m + p - 1) x the slowest stage's micro-batch time (bubble (p-1)/(m+p-1))
@@ -63,7 +63,7 @@ def _ring(kind: str, payload: float, t: int) -> float:
 
 def _region(payload: float, t: int, sp: bool, regather: bool, recompute: bool) -> Tuple[float, int]:
     """(bytes, calls) of one region entry or exit: an all-reduce one way, or under SP an
-    all-gather + reduce-scatter (+ the column product's backward re-gather of its input)."""
+    all-gather + reduce-scatter (+ the backward re-gather of a d-wide column input)."""
     if t == 1:
         return 0.0, 0
     if not sp:
@@ -82,10 +82,12 @@ def block_collectives(m: ModelConfig, piece: Piece, layout: Layout, guide_fracti
     guided = guide_fraction > 0 and piece.guide_params > 0
     width = d if kind == "dense" else bottleneck_width(m, kind)
     guide = guide_fraction * d if guided else 0.0
-    column_fused = kind in ("dense", "lowrank", "blockdense") and not guided  # parallel/regions.column_product
+    # parallel/regions.column_product gathers a d-wide input again in backward under SP; a
+    # structured bottleneck (T x r) is kept gathered instead, and the guided path keeps its inputs
+    regather = kind == "dense"
     n_column = 2 if m.activation == "swiglu" else 1
     # non-SP recompute repeats only the forward all-reduce of an exit; SP repeats every forward collective
-    entries = [(BF16 * tokens * d, True)] + [(BF16 * tokens * (width + guide), column_fused)] * n_column
+    entries = [(BF16 * tokens * d, True)] + [(BF16 * tokens * (width + guide), regather)] * n_column
     exits = [BF16 * tokens * d, BF16 * tokens * (width + guide)]
     total, calls = 0.0, 0
     for payload, regather in entries:

@@ -79,7 +79,7 @@ def test_measured_file_puts_predictions_beside_measurements(capsys):
     for r in measured:
         assert r["memory_error"] == pytest.approx((r["predicted_allocated_gb"] - r["measured_allocated_gb"])
                                                   / r["measured_allocated_gb"])
-    assert {r["layout_name"] for r in pending} >= {"t1 p1 d4 z1 mb8", "t4 p1 d1 z1 mb8 sp", "t1 p4 d1 z1 mb8"}
+    assert {r["layout_name"] for r in pending} >= {"t1 p1 d4 z1 mb2", "t4 p1 d1 z1 mb2 sp", "t1 p4 d1 z1 mb2"}
 
 
 def test_constant_flags_reach_the_model(capsys):
