@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from experiments.sweep import bundle, launch, plan, records, runs, scheduler, sweep_data, sweep_report  # noqa: E402
+from megatron_sffn.data.sample_index import samples_in  # noqa: E402
 
 # Prior for the time estimate before any run of this call has finished: one H100 ran the
 # 50M-token runs at 603-622k tokens/s with ~35 s of start-up (docs/results_50m).
@@ -89,7 +90,7 @@ def setup_text(args, plans: List[plan.RunPlan], data: Optional[Dict]) -> Dict:
               f"{data['valid_tokens'] / 1e6:.2f}M held-out tokens ({data['train_documents']:,} / "
               f"{data['valid_documents']:,} documents, `--split 99,1`), its own {m.vocab_size:,}-piece tokenizer")
     x1 = first.dense_steps * per_step
-    coverage = "" if data is None else f" of the {data['valid_tokens'] // (m.seq_length + 1)} it holds"
+    coverage = "" if data is None else f" of the {samples_in(1, data['valid_tokens'], m.seq_length)} it holds"
     out["setup"] = (
         f"Model family: width {m.hidden_size}, {m.num_layers} layers, {m.num_heads} heads, ffn "
         f"{m.ffn_hidden_size}, seq {m.seq_length}, vocab {m.vocab_size:,}; {m.norm}, {m.activation}, "
@@ -248,7 +249,7 @@ class Call:
         record = {"name": p.name, "setting": p.run.setting.name, "seed": p.run.seed, "scale": p.run.scale,
                   "config": launch.relative(p.config), "overrides": p.overrides, "planned_steps": p.steps,
                   "tokens": p.tokens, "slot": slot}
-        device = None if self.args.smoke or slot is None else slot
+        device = slot if self.args.devices and not self.args.smoke else None     # --parallel: labels only
         return launch.RunProcess(record, p.run_dir, launch.launch_command(self.args.launcher, cli),
                                  launch.child_env(self.args.smoke, device, self.threads), self.args.keep_checkpoints)
 

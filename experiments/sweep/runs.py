@@ -29,7 +29,7 @@ FAMILY = dict(hidden_size=512, num_layers=8, num_heads=8, ffn_hidden_size=2048, 
               vocab_size=16000)
 LR = 1e-3
 GLOBAL_BATCH, MICRO_BATCH = 64, 32          # 64 x 1024 = 65,536 tokens per step
-# 8 x 64 sequences = 512 of the ~527 the held-out split holds: nearly all of it for every seed
+# 8 x 64 sequences = 512 of the 525 the held-out split holds: nearly all of it for every seed
 # (the seed also shuffles which sequences are evaluated), so seeds differ in training, not in
 # what they are measured on.
 EVAL_ITERS = 8
