@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..parallel.regions import keep_collectives_out_of_compiled_graphs
 from .block import TransformerBlock
 
 
@@ -26,6 +27,7 @@ RECOMPILE_LIMIT = 32
 def compile_blocks(module: nn.Module) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
+    keep_collectives_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks:

@@ -29,7 +29,7 @@ from ..config import Config, ModelConfig
 from ..parallel.cross_entropy import vocab_parallel_cross_entropy
 from ..parallel.full_state import mark_tensor_parallel_params
 from ..parallel.mappings import TensorParallel
-from ..parallel.sequence import sum_partial_gradients_over_tensor_group
+from ..parallel.sequence import mark_sequence_parallel_params
 from ..structured.guide import GuideState
 from .block import TransformerBlock
 from .gpt import GPTModel
@@ -138,7 +138,7 @@ def build_pipeline_module(cfg: Config, state, guide_state: Optional[GuideState],
         for free_prefix, piece in {id(p): (f, p) for f, p in local_pieces(module).values()}.values():
             initialize_piece(piece, free_prefix, cfg.training.seed, m.init_std, m.ffn.init)
     mark_tensor_parallel_params(module, state.tp)
-    sum_partial_gradients_over_tensor_group(module, state.tp)
+    mark_sequence_parallel_params(module, state.tp)
     return module
 
 
@@ -177,5 +177,5 @@ def build_data_parallel_module(cfg: Config, state, guide_state: Optional[GuideSt
     if initialize:
         model.initialize(cfg.training.seed)
     mark_tensor_parallel_params(model, state.tp)
-    sum_partial_gradients_over_tensor_group(model, state.tp)
+    mark_sequence_parallel_params(model, state.tp)
     return model

@@ -8,6 +8,10 @@
                        overlaps the input-gradient collective with the weight-gradient GEMM
 
 Layers call these and never ask which mode is on. With tensor size 1 all are local.
+
+Under torch.compile the collectives stay outside the graphs (a graph break at each, not a
+failure): model/compile.py calls `keep_collectives_out_of_compiled_graphs` first. It is
+not done at import, because importing torch._dynamo costs every process ~1.5 s of start-up.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def enter_tensor_region(tp: TensorParallel, *tensors: torch.Tensor):
     if not tp.enabled:
         return tensors if len(tensors) > 1 else tensors[0]
     if tp.sequence_sharded:
-        return gather_from_sequence(tp, *tensors)
+        return _gather_in(tp, *tensors)
     return _copy_in(tp, *tensors)
 
 
@@ -34,18 +38,12 @@ def leave_tensor_region(tp: TensorParallel, *tensors: torch.Tensor):
     if not tp.enabled:
         return tensors if len(tensors) > 1 else tensors[0]
     if tp.sequence_sharded:
-        return reduce_scatter_to_sequence(tp, *tensors)
+        return _scatter_out(tp, *tensors)
     return _reduce_out(tp, *tensors)
 
 
-@torch.compiler.disable
-def _copy_in(tp, *tensors):
-    return copy_to_tensor_region(tp, *tensors)
-
-
-@torch.compiler.disable
-def _reduce_out(tp, *tensors):
-    return reduce_from_tensor_region(tp, *tensors)
+_gather_in, _scatter_out = gather_from_sequence, reduce_scatter_to_sequence
+_copy_in, _reduce_out = copy_to_tensor_region, reduce_from_tensor_region
 
 
 def _autocast_dtype(x: torch.Tensor):
@@ -120,8 +118,21 @@ def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, ke
     return _parallel_column_product(tp, x, weight, keep_gathered)
 
 
-@torch.compiler.disable  # collectives stay outside compiled graphs (a graph break, not a failure)
 def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool
                              ) -> torch.Tensor:
     return _ColumnProduct.apply(x, weight, tp.group, tp.size, tp.sequence_sharded, _autocast_dtype(x),
                                 keep_gathered)
+
+
+_COLLECTIVE_ENTRY_POINTS = ("_gather_in", "_scatter_out", "_copy_in", "_reduce_out", "_parallel_column_product")
+
+
+def keep_collectives_out_of_compiled_graphs() -> None:
+    """Wrap every collective entry point above in torch.compiler.disable (idempotent)."""
+    module = globals()
+    for name in _COLLECTIVE_ENTRY_POINTS:
+        function = module[name]
+        if not getattr(function, "_outside_compiled_graphs", False):
+            wrapped = torch.compiler.disable(function)
+            wrapped._outside_compiled_graphs = True
+            module[name] = wrapped

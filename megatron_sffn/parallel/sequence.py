@@ -15,7 +15,10 @@ so a guided layer gathers its structure's bottleneck and the guide's input toget
 
 Replicated parameters used on token shards (norms, row-parallel biases, the replicated
 factors of the structured maps) see only their rank's tokens, so their gradients are
-partial: `sum_partial_gradients_over_tensor_group` registers the hook that sums them.
+partial and must be summed over the tensor group: `mark_sequence_parallel_params` tags
+them; the fused optimizer sums them once per step in one collective
+(training/master_optimizer.py), DeepSpeed's optimizers through the per-use hooks of
+`sum_partial_gradients_with_hooks`.
 """
 from __future__ import annotations
 
@@ -104,14 +107,12 @@ class _ReduceScatterToSequence(torch.autograd.Function):
         return (None, None) + tuple(gather_tokens(grads, ctx.group, ctx.size))
 
 
-@torch.compiler.disable
 def gather_from_sequence(tp: TensorParallel, *tensors: torch.Tensor):
     """Token shards -> all tokens (one all-gather for all tensors); one tensor or a tuple."""
     out = _GatherFromSequence.apply(tp.group, tp.size, *tensors)
     return out if len(tensors) > 1 else out[0]
 
 
-@torch.compiler.disable
 def reduce_scatter_to_sequence(tp: TensorParallel, *tensors: torch.Tensor):
     """Partial sums over all tokens -> this rank's summed token shard (one reduce-scatter)."""
     out = _ReduceScatterToSequence.apply(tp.group, tp.size, *tensors)
@@ -124,21 +125,24 @@ def _sum_over_group(grad: torch.Tensor, group) -> torch.Tensor:
     return summed
 
 
-def sum_partial_gradients_over_tensor_group(module: nn.Module, tp: TensorParallel) -> int:
-    """Under sequence parallelism, make every replicated parameter's gradient the full one.
+def mark_sequence_parallel_params(module: nn.Module, tp: TensorParallel) -> List[nn.Parameter]:
+    """Tag (`sequence_parallel = True`) and return the parameters whose gradients are partial.
 
-    A replicated parameter (tp_split_dim None) is applied to this rank's token shard only,
-    so autograd hands it the shard's share; a hook sums the shares over the tensor group
-    before the gradient is accumulated, whatever engine or optimizer then takes it, and
-    every tensor rank ends with the identical full gradient it had without sequence
-    parallelism. Tags each such parameter `sequence_parallel`; returns how many.
+    Under sequence parallelism a replicated parameter (tp_split_dim None) is applied to this
+    rank's token shard only, so autograd hands it the shard's share of its gradient. Empty
+    without sequence parallelism.
     """
     if not tp.sequence_sharded:
-        return 0
-    count = 0
-    for param in module.parameters():
-        if getattr(param, "tp_split_dim", None) is None and not getattr(param, "sequence_parallel", False):
-            param.register_hook(functools.partial(_sum_over_group, group=tp.group))
-            param.sequence_parallel = True
-            count += 1
-    return count
+        return []
+    partial = [p for p in module.parameters() if getattr(p, "tp_split_dim", None) is None]
+    for param in partial:
+        param.sequence_parallel = True
+    return partial
+
+
+def sum_partial_gradients_with_hooks(params: Sequence[nn.Parameter], tp: TensorParallel) -> None:
+    """Sum each use's partial gradient over the tensor group before it is accumulated, so any
+    engine or optimizer then sees the full gradient, identical on every tensor rank (one small
+    all-reduce per parameter and micro-batch; the fused optimizer does one per step instead)."""
+    for param in params:
+        param.register_hook(functools.partial(_sum_over_group, group=tp.group))

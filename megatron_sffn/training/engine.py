@@ -31,6 +31,7 @@ from ..model.pipeline import build_data_parallel_module, build_pipeline_module, 
 from ..parallel.cross_entropy import use_compiled_passes
 from ..parallel.ds_config import check_engine_support, deepspeed_config
 from ..parallel.full_state import gather_tensor_parallel, merge_over_pipeline
+from ..parallel.sequence import sum_partial_gradients_with_hooks
 from ..parallel.topology import ParallelState
 from ..structured.guide import GuideState
 from .master_optimizer import MasterWeightAdamW, ShardedMasterAdamW
@@ -101,10 +102,13 @@ class TrainEngine:
         import deepspeed
 
         fused = self.cfg.optimizer.implementation == "fused"
+        partial = [p for p in module.parameters() if getattr(p, "sequence_parallel", False)]
         if fused:
             optimizer = self._master_weight_optimizer(module)
+            optimizer.tensor_partial = (self.state.tensor_group, partial)  # summed once per step
         else:
             optimizer = build_optimizer(module, self.cfg.optimizer)
+            sum_partial_gradients_with_hooks(partial, self.state.tp)  # summed per use
         config = deepspeed_config(self.cfg, self.state.data_size)
         if self._own_guard:
             config["gradient_clipping"] = 0.0  # clipped in _guarded_step with the whole-model norm

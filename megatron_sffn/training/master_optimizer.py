@@ -104,6 +104,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.buckets_overlapped = 0  # buckets launched during the last step's backward
         self._average_op = _average_op(state)
         self.tied_groups: List = []  # (parameter, process group): copies whose gradients are summed
+        # (tensor group, parameters): sequence parallelism's partial gradients, summed once per step
+        self.tensor_partial: Tuple = (None, [])
         self._hooks = [p.register_post_accumulate_grad_hook(self._take_gradient) for p in params]
         self.overflow = False
         self._global_grad_norm: Optional[float] = None
@@ -207,7 +209,25 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 bucket.handle.wait()
                 bucket.handle = None
             self._after_reduction()
+        self._sum_tensor_partials()
         self._reduced = True
+
+    def _partial_gradients(self, params) -> List[torch.Tensor]:
+        """This rank's reduced fp32 gradients of `params` (whole, or the owned pieces when sharded)."""
+        return [self._main[id(p)] for p in params]
+
+    def _sum_tensor_partials(self) -> None:
+        """Sequence parallelism: replicated parameters saw only this rank's tokens; one
+        all-reduce over the tensor group, after the data-parallel reduction (the two sums
+        commute), gives every tensor rank the full gradient. Every tensor rank holds the same
+        parameter shapes in the same order, so the flat buffers line up."""
+        group, params = self.tensor_partial
+        grads = self._partial_gradients(params)
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=group)
+        torch._foreach_copy_(grads, [piece.view_as(g) for piece, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
     def _end_of_step(self) -> None:
         for key in self._fresh:
@@ -438,7 +458,11 @@ class ShardedMasterAdamW(MasterWeightAdamW):
         for bucket in self._buckets:
             self._launch(bucket)
             bucket.handle = None
+        self._sum_tensor_partials()
         self._reduced = True
+
+    def _partial_gradients(self, params) -> List[torch.Tensor]:
+        return [self._pieces[id(p)][0].grad for p in params if id(p) in self._pieces]
 
     def _after_reduction(self) -> None:
         if self._average_op == dist.ReduceOp.SUM:
