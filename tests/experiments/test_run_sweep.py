@@ -108,3 +108,23 @@ def test_smoke_sweep_in_parallel_stopped_and_resumed_by_a_later_call(tmp_path):
                                     os.path.join(second, "out.tar.gz")]) == 0
     table = lambda path: [ln for ln in open(path).read().splitlines() if ln.startswith("| ")]   # noqa: E731
     assert table(os.path.join(third, "results.md")) == table(os.path.join(second, "results.md"))
+
+
+@pytest.mark.parametrize("slots, expected", [(["--devices", "3", "5"], {"3", "5"}), (["--parallel", "2"], {"7"})])
+def test_each_gpu_run_sees_only_its_own_device(tmp_path, monkeypatch, quiet_env, slots, expected):
+    """--devices pins one GPU per run; --parallel only counts slots (the environment's GPUs stay)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({
+        "prefix": str(data / "large_trainvalid_text_document"), "tokenizer": str(data / "t.model"),
+        "data_split": "303387,2955,0", "train_tokens": 65_746_466, "valid_tokens": 537_963,
+        "train_documents": 303387, "valid_documents": 2955}))
+    show = ("import os, time; time.sleep(1); "
+            "print('GPU', os.environ['CUDA_VISIBLE_DEVICES'], os.environ['OMP_NUM_THREADS'])")
+    monkeypatch.setattr(launch, "launch_command", lambda launcher, args: [sys.executable, "-c", show])
+    run_sweep.main(slots + ["--only", "dense", "lowrank_32", "--data-dir", str(data), "--out-dir", str(tmp_path),
+                            "--runs-dir", str(tmp_path / "runs")])
+    seen = [open(tmp_path / "runs" / n / "train.log").read().split() for n in ("dense", "lowrank_32")]
+    assert {s[1] for s in seen} == expected
+    assert all(int(s[2]) == max(1, (os.cpu_count() or 1) // 2) for s in seen)
