@@ -182,7 +182,7 @@ def print_markdown(rows) -> None:
         name = e.get("label") or os.path.basename(e["config"])[:-5] + "".join(f" {o}" for o in e.get("overrides", []))
         cells = [name, r.prediction.layout.short(), str(e["global_batch_size"]),
                  f"{e.get('device', '')} {e.get('mode', '')}",
-                 f"{r.prediction.allocated_gb:.1f}", _or_dash(e.get("measured_allocated_gb"), ".1f"),
+                 f"{r.predicted_allocated_gb:.1f}", _or_dash(e.get("measured_allocated_gb"), ".1f"),
                  _or_dash(r.memory_error, "+.0%"), f"{r.prediction.tokens_per_s_per_gpu:,.0f}",
                  _or_dash(e.get("measured_tokens_per_s_per_gpu"), ",.0f"), _or_dash(r.throughput_error, "+.0%")]
         print("| " + " | ".join(cells) + " |")
@@ -201,7 +201,7 @@ def run_measured(args, hw) -> int:
     for r in rows:
         e = r.entry
         print(f"{os.path.basename(e['config']):<22} {r.prediction.layout.short():<24} {e['global_batch_size']:>4} "
-              f"{r.prediction.allocated_gb:>7.1f} {_or_dash(e.get('measured_allocated_gb'), '7.1f')} "
+              f"{r.predicted_allocated_gb:>7.1f} {_or_dash(e.get('measured_allocated_gb'), '7.1f')} "
               f"{_or_dash(r.memory_error, '+5.0%')} {r.prediction.tokens_per_s_per_gpu:>10,.0f} "
               f"{_or_dash(e.get('measured_tokens_per_s_per_gpu'), '10,.0f')} {_or_dash(r.throughput_error, '+5.0%')}  "
               f"{e.get('source', '')}")

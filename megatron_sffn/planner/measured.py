@@ -9,7 +9,9 @@ An entry whose measured values are null is a prediction waiting for its run; fil
 the numbers (from bench_scaling.py / bench_train.py JSON: max_allocated_gb, tokens_per_s)
 is all the GPU session has to do. Peaks compare with `Prediction.allocated_gb` (what
 torch.cuda.max_memory_allocated counts); the measured peaks so far are run-wide maxima,
-start-up included, so they may sit above a steady-state prediction.
+start-up included, so they may sit above a steady-state prediction. bench_train.py reads
+the run's own log, which is global rank 0's: the first pipeline stage. An entry with
+"measured_stage": 0 compares with that stage's prediction, not the largest stage's.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Dict, List, Optional
 from ..config import ConfigError, apply_overrides
 from .hardware import Hardware
 from .layout import Layout
+from .hardware import GIB
 from .plan import Prediction, layout_config, predict
 
 DEFAULT_FILE = os.path.join("benchmarks", "results", "layout_planner_measured.json")
@@ -37,7 +40,15 @@ class Comparison:
     @property
     def memory_error(self) -> Optional[float]:
         """(predicted - measured) / measured of the allocated peak; None until measured."""
-        return self._error(self.entry.get("measured_allocated_gb"), self.prediction.allocated_gb)
+        return self._error(self.entry.get("measured_allocated_gb"), self.predicted_allocated_gb)
+
+    @property
+    def predicted_allocated_gb(self) -> float:
+        """The prediction for what was measured: one stage's (measured_stage), else the largest."""
+        stage = self.entry.get("measured_stage")
+        if stage is None:
+            return self.prediction.allocated_gb
+        return self.prediction.stages[stage].allocated / GIB
 
     @property
     def throughput_error(self) -> Optional[float]:
@@ -45,7 +56,7 @@ class Comparison:
 
     def as_dict(self) -> Dict[str, Any]:
         return {**self.entry, "layout_name": self.prediction.layout.short(),
-                "predicted_allocated_gb": self.prediction.allocated_gb, "predicted_peak_gb": self.prediction.peak_gb,
+                "predicted_allocated_gb": self.predicted_allocated_gb, "predicted_peak_gb": self.prediction.peak_gb,
                 "predicted_tokens_per_s_per_gpu": self.prediction.tokens_per_s_per_gpu,
                 "memory_error": self.memory_error, "throughput_error": self.throughput_error}
 
