@@ -4,7 +4,6 @@ untouched). Rows of docs/errors.md; bad checkpoints are in tests/tools/test_resu
 
 These are found before any process group exists, so main() is called in this process.
 """
-import hashlib
 import importlib.util
 import json
 import os
@@ -12,6 +11,7 @@ import os
 import pytest
 
 from .runs import ROOT, TINY
+from tests.disk_state import snapshot
 
 ARGS = TINY + ["--train-steps", "2", "--eval-interval", "100", "--save-interval", "100"]
 
@@ -22,15 +22,6 @@ def _launcher_main():
     spec.loader.exec_module(module)
     return module.main
 
-
-def snapshot(root):
-    found = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def one_error_line(err: str) -> str:

@@ -4,7 +4,6 @@ disk changes (no run folder, no index cache, the data untouched).
 
 Real files (written with IndexedDatasetWriter, then damaged), real ranks (tests/e2e/runs.py).
 """
-import hashlib
 import os
 import shutil
 
@@ -14,6 +13,7 @@ import pytest
 from megatron_sffn.data.indexed_dataset import IndexedDatasetWriter
 
 from .runs import TINY, Ranks
+from tests.disk_state import snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +29,6 @@ def write_dataset(prefix, documents, low=5, high=7000, seed=0):
             writer.add_document(rng.integers(low, high, size=int(rng.integers(40, 200))))
     return str(prefix)
 
-
-def snapshot(root):
-    """Every file under root with the hash of its bytes."""
-    found = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def fails_on_every_rank(tmp_path, data_dir, args, world=2):

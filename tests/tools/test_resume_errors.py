@@ -5,7 +5,6 @@ byte for byte as it was. Rows of docs/errors.md.
 The checkpoint is a real one (the session's `dense_run`, 2 steps on one rank), copied and
 damaged for each case, then resumed through the launcher.
 """
-import hashlib
 import os
 import shutil
 
@@ -14,18 +13,10 @@ import pytest
 from tests.e2e.runs import Ranks
 
 from .common import DENSE
+from tests.disk_state import snapshot
 
 pytestmark = pytest.mark.slow
 
-
-def snapshot(root):
-    found = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def resume_fails(tmp_path, dense_run, damage=None, extra=()):

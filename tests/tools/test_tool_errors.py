@@ -2,7 +2,6 @@
 preprocess_data, train_tokenizer): one line on stderr naming the input, the documented exit
 code, and nothing on disk changed. Rows of docs/errors.md; convert_checkpoint has its own
 file (test_convert_errors.py)."""
-import hashlib
 import os
 
 import pytest
@@ -10,16 +9,8 @@ import pytest
 from megatron_sffn.data import assets
 
 from .common import call, synthetic_consolidated
+from tests.disk_state import snapshot
 
-
-def snapshot(root):
-    found = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def fails(main, argv, capsys, root, code=2):
