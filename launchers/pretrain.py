@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     except TrainingStopped as e:
         print(f"error: training stopped: {e}", file=sys.stderr)
         return 3
+    from megatron_sffn.training.agree import leave_together
+    leave_together()
     return 0 if result is not None else 1
 
 

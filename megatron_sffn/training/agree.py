@@ -36,12 +36,14 @@ def stop_together(problem: Optional[str]) -> None:
     first = failing[0]
     message = found[first] if first == 0 else f"{found[first]} (found by rank {first})"
     is_rank0 = dist.get_rank() == 0
-    _leave_together()
+    leave_together()
     raise StartupError(message, report=is_rank0)
 
 
-def _leave_together() -> None:
+def leave_together() -> None:
     """Tear the process group down on every rank before any exits: a rank whose peers (rank 0
-    hosts the rendezvous store) vanish under a live group aborts ('terminate called ...')."""
-    dist.barrier()
-    dist.destroy_process_group()
+    hosts the rendezvous store) vanish under a live group aborts ('terminate called ...').
+    Used on the way out after an error found at start-up and after a finished run."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
