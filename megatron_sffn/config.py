@@ -117,7 +117,7 @@ class TrainingConfig:
     exit_duration_minutes: Optional[float] = None
     exit_interval: Optional[int] = None  # save and exit once the step is a multiple of this (Megatron's --exit-interval)
     max_nonfinite_steps: int = 5        # consecutive non-finite steps before the run stops
-    compile: bool = False               # torch.compile each transformer block (after the guides are dropped)
+    compile: bool = False               # torch.compile each transformer block (guided ones too)
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
     peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak

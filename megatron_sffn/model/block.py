@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..parallel.mappings import TensorParallel
 from ..structured.guide import GuideState
+from ..structured import linear as structured_linear
 from ..structured.kernels import gelu_ffn
 from ..structured.linear import ParallelLinear
 from .attention import Attention, KVCache
@@ -44,10 +45,15 @@ class FeedForward(nn.Module):
         self.fc2 = ParallelLinear(f, d, "row", tp, layer_id=layer * SLOTS + FC2, **common)
 
     def forward(self, x):
+        if any(m.has_guide() for m in self.linears()):  # this step's draws, outside compiled graphs
+            use = structured_linear.draw_guides(self.linears())
+        else:
+            use = (False,) * len(self.linears())
         if self.swiglu:
-            h = F.silu(self.gate(x)) * self.fc1(x)
-            return self.fc2(h)
-        return gelu_ffn(self.fc1, self.fc2, x)  # fused bias + GELU kernels on CUDA
+            use_fc1, use_gate, use_fc2 = use
+            h = F.silu(self.gate(x, use_gate)) * self.fc1(x, use_fc1)
+            return self.fc2(h, use_fc2)
+        return gelu_ffn(self.fc1, self.fc2, x, use)  # fused bias + GELU kernels on CUDA
 
     def linears(self):
         return [m for m in (self.fc1, self.gate, self.fc2) if m is not None]

@@ -7,9 +7,11 @@ stay outside the graphs (parallel/regions.py disables compilation there): a bloc
 as the pieces between its collectives, and the functions those pieces start in are shared by
 every linear of the block (qkv, proj, fc1, fc2 differ in shapes) and by training and
 evaluation, so the per-function recompile limit is raised to hold them all instead of
-falling back to eager after 8. Guided blocks are left eager: their
-guide weight a changes every step and the reduce_flop draw picks a branch per layer and
-step, which would recompile the graphs over and over.
+falling back to eager after 8. Guided blocks compile too: the guide weight a enters the graphs
+as a tensor (GuideState.alpha_tensor), not a constant, and the reduce_flop draws are made
+outside the graphs (structured/linear.py draw_guides), so a guided FFN has at most one graph
+per combination of its layers' draws, shared by every block, and a step with new draws or a
+new a recompiles nothing.
 """
 from __future__ import annotations
 
@@ -17,17 +19,20 @@ import torch
 import torch.nn as nn
 
 from ..parallel.regions import keep_collectives_out_of_compiled_graphs
+from ..structured.linear import keep_draws_out_of_compiled_graphs
 from .block import TransformerBlock
 
 
-# graphs per compiled function: 4 linears x (dense first FFN, structured) x (train, eval), twice over
-RECOMPILE_LIMIT = 32
+# graphs per compiled function: 4 linears x (dense first FFN, structured) x (train, eval), twice
+# over; guided: x 4 draw combinations of fc1 and fc2
+RECOMPILE_LIMIT = 64
 
 
 def compile_blocks(module: nn.Module) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     keep_collectives_out_of_compiled_graphs()
+    keep_draws_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks:

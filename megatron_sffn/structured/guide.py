@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 
 def guide_alpha(step: int, guided_steps: int, schedule: str) -> float:
     """a after `step` optimizer steps: 1 at step 0, 0 from `guided_steps` on."""
@@ -42,12 +44,26 @@ def guide_draw(seed: int, step: int, layer_id: int) -> float:
 
 @dataclass
 class GuideState:
-    """Shared by every guided layer of a model (one object per process), stepped by the loop."""
+    """Shared by every guided layer of a model (one object per process), stepped by the loop.
+
+    `alpha_tensor` holds a as a 0-d fp32 tensor, kept equal to `alpha` on every assignment:
+    the guided forward multiplies by it, so a compiled block reads a changing a as an input
+    instead of recompiling for each new Python float.
+    """
     active: bool = False          # guides exist and are used at all
     alpha: float = 1.0
     step: int = 0
     seed: int = 0
     reduce_flop: bool = True
+
+    def __setattr__(self, name, value) -> None:
+        super().__setattr__(name, value)
+        if name == "alpha":
+            held = self.__dict__.get("alpha_tensor")
+            if held is None:
+                super().__setattr__("alpha_tensor", torch.tensor(float(value)))
+            else:
+                held.fill_(float(value))
 
     def use_guide(self, layer_id: int) -> bool:
         if not self.active or self.alpha <= 0.0:

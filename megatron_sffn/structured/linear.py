@@ -66,12 +66,16 @@ class ParallelLinear(nn.Module):
     def uses_guide_now(self) -> bool:
         return self.guide is not None and self.guide_state is not None and self.guide_state.use_guide(self.layer_id)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_bias(self.forward_unbiased(x))
+    def _use_guide(self, use_guide: Optional[bool]) -> bool:
+        """The draw handed in by the caller (drawn outside compiled graphs), else drawn here."""
+        return self.uses_guide_now() if use_guide is None else use_guide
 
-    def forward_unbiased(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_guide_now():
-            return self._guided_forward(x, self.guide_state.alpha)
+    def forward(self, x: torch.Tensor, use_guide: Optional[bool] = None) -> torch.Tensor:
+        return self.add_bias(self.forward_unbiased(x, use_guide))
+
+    def forward_unbiased(self, x: torch.Tensor, use_guide: Optional[bool] = None) -> torch.Tensor:
+        if self._use_guide(use_guide):
+            return self._guided_forward(x, self.guide_state.alpha_tensor)
         return self.structure(x)
 
     def add_bias(self, y: torch.Tensor) -> torch.Tensor:
@@ -80,10 +84,10 @@ class ParallelLinear(nn.Module):
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     # -- split form, for kernels that fuse the bias + activation into adjacent products --
-    def splittable(self) -> bool:
+    def splittable(self, use_guide: Optional[bool] = None) -> bool:
         """The structure exposes its outer factor (column: last, row: first) and no guide runs now."""
         needed = "output_operands" if self.mode == "column" else "input_weight"
-        return hasattr(self.structure, needed) and not self.uses_guide_now()
+        return hasattr(self.structure, needed) and not self._use_guide(use_guide)
 
     def last_product_operands(self, x: torch.Tensor):
         """Column mode: (input, factor) of the last product; forward = add_bias(apply_product(...))."""
@@ -100,7 +104,7 @@ class ParallelLinear(nn.Module):
         reduced = leave_tensor_region(self.tp, *s.partials_after_input(p))
         return self.add_bias(s.combine(_as_list(reduced)))
 
-    def _guided_forward(self, x, alpha: float):
+    def _guided_forward(self, x, alpha):
         s, g = self.structure, self.guide
         if self.mode == "column":
             inputs = s.region_inputs(x)
@@ -111,6 +115,9 @@ class ParallelLinear(nn.Module):
             reduced = _as_list(leave_tensor_region(self.tp, *partials, *g.partials(x)))
             ys, yg = s.combine(reduced[: len(partials)]), g.combine(reduced[len(partials):])
         return alpha * yg + (1.0 - alpha) * ys
+
+    def has_guide(self) -> bool:
+        return self.guide is not None and self.guide_state is not None
 
     def drop_guide(self) -> None:
         """Remove the guide so its parameters (and, once the optimizer is rebuilt, its state) are freed."""
@@ -137,3 +144,21 @@ def merged_full(structure: LinearMap, full: Dict[str, torch.Tensor]) -> torch.Te
     single.to(device)
     single.load_full(full)
     return single.merged_weight()
+
+
+def draw_guides(linears) -> tuple:
+    """This step's reduce_flop draws of `linears` (a bool each), as Python values.
+
+    A compiled block calls this outside its graphs (model/compile.py wraps it in
+    torch.compiler.disable): traced, the draw would read every layer's id and make each
+    block its own graph; called eagerly, its results are the only guard, four combinations
+    per FFN shared by all blocks.
+    """
+    return tuple(m.uses_guide_now() for m in linears)
+
+
+def keep_draws_out_of_compiled_graphs() -> None:
+    global draw_guides
+    if not getattr(draw_guides, "_outside_compiled_graphs", False):
+        draw_guides = torch.compiler.disable(draw_guides)
+        draw_guides._outside_compiled_graphs = True

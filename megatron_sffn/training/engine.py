@@ -94,7 +94,7 @@ class TrainEngine:
         builder = build_pipeline_module if self.uses_pipeline else build_data_parallel_module
         module = builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
         use_compiled_passes(self.cfg.training.compile)  # the loss's T x V passes (no guide involved)
-        if self.cfg.training.compile and not guided:  # guided blocks stay eager until the guides go
+        if self.cfg.training.compile:  # guided blocks too (model/compile.py), again after the drop
             self.compiled_blocks = compile_blocks(module)
         return module
 
