@@ -1,6 +1,8 @@
 """--compile under tensor parallelism (with sequence parallelism) and pipeline parallelism.
 
-Each compiled run must train like the eager data-parallel run of the same model and data
+Self-guided lowrank (tiny_demo): two compiled guided steps, the guide drop and its rebuilt,
+recompiled engine, two more steps. Each compiled run must train like the eager
+data-parallel run of the same model and data
 (fp32 on CPU: every step's loss to 1e-5): the collectives stay outside the compiled graphs
 (parallel/regions.py) and the per-function recompile limit holds every graph a block needs
 (model/compile.py), so no piece silently falls back to eager after the limit.
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 4
 COMMON = TINY + ["--train-steps", str(STEPS), "--eval-interval", str(STEPS), "--save-interval", "100",
-                 "--no-save", "--override", "self_guided.enabled=false"]
+                 "--no-save"]  # tiny_demo: self-guided, the guides dropped within the run
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def eager_losses(tmp_path_factory):
 def test_compiled_layout_trains_like_eager_data_parallel(layout, eager_losses, tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(2, COMMON + layout + ["--run-dir", run_dir, "--compile"], str(tmp_path / "logs"))
-    assert "torch.compile of the blocks" in out
+    assert "torch.compile of the blocks" in out and "guides dropped, optimizer rebuilt" in out
     assert "recompile_limit" not in out  # a block that hit the limit would run eager from then on
     compiled = losses(run_dir)
     assert sorted(compiled) == sorted(eager_losses) == list(range(1, STEPS + 1))
