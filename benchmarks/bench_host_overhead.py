@@ -1,0 +1,347 @@
+#!/usr/bin/env python
+"""Host work per training step: the launcher's own step on a model too narrow to compute.
+
+The 1.3B step on a GPU loses ~8 ms to idle time in which the device waits for Python (the
+engine, hooks, the loop's bookkeeping) or the host waits for the device (a `.item()`). This
+measures that host side alone, on any machine (a CPU is enough): each case runs the real
+path of `launchers/pretrain.py` in-process (its argument parser and config loader, then
+`training.loop.Trainer`: DeepSpeed's engine built by the project's own engine code, the fused
+mixed-precision optimizer `optimizer.implementation = auto` picks, compiled blocks with
+`--compile`, the embedded corpus, logging every `--log-interval` steps) on the config's own
+layer count and parameter structure (24 blocks, the same parameter tensors, FFN kind, first
+layer dense, tied embedding) at tiny widths (hidden 64, FFN 256, rank 16, a few tokens), so
+a step's compute is negligible and its time is host time.
+
+Reported per step (median over the timed steps, ms): forward (the DeepSpeed engine's call,
+its hooks included), backward (`engine.backward`), optimizer step (`engine.step`, of which the
+optimizer's own `step`), and the loop's bookkeeping (the rest: data, LR, metrics, logging,
+stop checks); and, counted over further steps under `training/host_syncs.py`'s SyncCounter,
+the host<->device synchronisations per non-logging step and per logging step (`.item()` and
+friends, value-dependent shapes, device->host copies, explicit synchronize calls). On a CPU
+the kernels run on the host too, so the times are an upper bound of the host's share; the
+sync counts are what a GPU run makes. --reference adds the plain-PyTorch script's step
+(benchmarks/bench_reference.py) on the same tiny model. Prints a table and writes JSON.
+
+    python benchmarks/bench_host_overhead.py --out benchmarks/results/host_overhead_cpu.json
+    python benchmarks/bench_host_overhead.py --configs configs/1p3b_lowrank.json --modes eager compile --reference
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+PHASES = ("forward", "backward", "optimizer_step", "loop")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", nargs="+", default=["configs/1p3b_dense.json", "configs/1p3b_lowrank.json"])
+    ap.add_argument("--modes", nargs="+", default=["compile"], choices=["eager", "compile"])
+    ap.add_argument("--steps", type=int, default=40, help="timed steps (after --warmup)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--count-steps", type=int, default=20, help="steps counted for syncs (after the timed ones)")
+    ap.add_argument("--log-interval", type=int, default=10, help="the shipped configs' value")
+    ap.add_argument("--micro-batch-size", type=int, default=2)
+    ap.add_argument("--seq-length", type=int, default=16)
+    ap.add_argument("--hidden-size", type=int, default=64)
+    ap.add_argument("--ffn-hidden-size", type=int, default=256)
+    ap.add_argument("--rank", type=int, default=16, help="model.ffn.rank for structured configs")
+    ap.add_argument("--override", action="append", default=[], help="extra config override for every case")
+    ap.add_argument("--reference", action="store_true", help="also the plain-PyTorch reference's step")
+    ap.add_argument("--out", default=None, help="JSON results")
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON to --out
+    return ap.parse_args(argv)
+
+
+def tiny_overrides(config: str, args) -> list:
+    """The config at tiny widths, layer count and parameter structure kept."""
+    from megatron_sffn.config import load_config
+    cfg = load_config(config, [])
+    out = ["self_guided.enabled=false", "training.eval_iters=1", 'data.tokenizer_model="embedded"',
+           f"model.hidden_size={args.hidden_size}", f"model.ffn_hidden_size={args.ffn_hidden_size}",
+           f"model.seq_length={args.seq_length}", "model.vocab_size=8192"]
+    if cfg.model.ffn.rank is not None:
+        out.append(f"model.ffn.rank={args.rank}")
+    if cfg.model.kv_heads != cfg.model.num_heads:  # keep the GQA ratio
+        out.append(f"model.num_kv_heads={cfg.model.kv_heads}")
+    return out + args.override
+
+
+def launcher_argv(config: str, mode: str, run_dir: str, args) -> list:
+    total = args.warmup + args.steps + args.count_steps + 1  # the last step ends in the final evaluation
+    argv = ["--config", config, "--run-dir", run_dir, "--data-path", "embedded",
+            "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(args.micro_batch_size),
+            "--train-steps", str(total), "--log-interval", str(args.log_interval),
+            "--eval-interval", str(10 ** 9), "--no-save"]
+    if mode == "compile":
+        argv.append("--compile")
+    for o in tiny_overrides(config, args):
+        argv += ["--override", o]
+    return argv
+
+
+class PhaseClock:
+    """Wall time of wrapped calls, per step, by phase (outermost call only)."""
+
+    def __init__(self):
+        self.current = Counter()
+        self.depth = 0
+
+    def wrap(self, owner, attr: str, phase: str) -> None:
+        original = getattr(owner, attr)
+        clock = self
+
+        def timed(*a, **k):
+            if clock.depth:
+                return original(*a, **k)
+            clock.depth += 1
+            started = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                clock.current[phase] += time.perf_counter() - started
+                clock.depth -= 1
+
+        setattr(owner, attr, timed)
+
+    def take(self) -> Counter:
+        out, self.current = self.current, Counter()
+        return out
+
+
+def run_megatron_case(config: str, mode: str, args) -> dict:
+    import torch
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    from megatron_sffn.config import load_config
+    from megatron_sffn.training import loop as loop_module
+    from megatron_sffn.training.cli import parse
+    from megatron_sffn.training.host_syncs import SyncCounter
+    from megatron_sffn.training.master_optimizer import MasterWeightAdamW
+
+    torch.set_num_threads(1)  # a GPU run's host: one thread dispatching
+    clock, inner = PhaseClock(), PhaseClock()  # wrapped before the engine captures any bound method
+    clock.wrap(DeepSpeedEngine, "__call__", "forward")
+    clock.wrap(DeepSpeedEngine, "backward", "backward")
+    clock.wrap(DeepSpeedEngine, "step", "optimizer_step")
+    inner.wrap(MasterWeightAdamW, "step", "optimizer")
+    run_dir = tempfile.mkdtemp(prefix="host_overhead_")
+    launcher_args, overrides = parse(launcher_argv(config, mode, run_dir, args))
+    cfg = load_config(launcher_args.config, overrides, world_size=1)
+    trainer = loop_module.Trainer(cfg)
+    steps, counter = [], None
+    state = {"start": None}
+    count_from, count_to = args.warmup + args.steps, args.warmup + args.steps + args.count_steps
+    original = trainer.maybe_drop_guides
+
+    def boundary():  # the first call of each loop iteration: the previous step ended here
+        nonlocal counter
+        now = time.perf_counter()
+        step = trainer.loop.step
+        if state["start"] is not None:
+            record = {"step": step - 1, "total": now - state["start"], **clock.take(), **inner.take()}
+            record["log_step"] = step % args.log_interval == 0
+            if counter is not None:
+                counter.__exit__(None, None, None)
+                record["syncs"], record["ops"] = counter.snapshot(), counter.ops
+                counter = None
+            steps.append(record)
+        if count_from <= step < count_to:
+            counter = SyncCounter(count_ops=True)
+            counter.__enter__()
+        state["start"] = time.perf_counter()
+        return original()
+
+    trainer.maybe_drop_guides = boundary
+    result = trainer.run()
+    timed = [s for s in steps if args.warmup <= s["step"] < args.warmup + args.steps]
+    counted = [s for s in steps if "syncs" in s]
+    row = summarise(timed, counted)
+    row.update({"name": f"{os.path.basename(config).replace('.json', '')}-{mode}", "side": "megatron_sffn",
+                "config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind,
+                "layers": cfg.model.num_layers, "optimizer": cfg.optimizer.implementation,
+                "precision": cfg.training.precision, "zero_stage": cfg.parallel.zero_stage,
+                "params": trainer.stats.total_params,
+                "param_tensors": sum(1 for _ in trainer.engine.module.parameters()),
+                "overrides": overrides, "final_loss": result.train_losses.get(result.steps)})
+    return row
+
+
+def summarise(timed, counted) -> dict:
+    def median(key, rows):
+        values = [r.get(key, 0.0) for r in rows]
+        return 1000 * statistics.median(values) if values else None
+
+    plain = [r for r in timed if not r["log_step"]] or timed
+    row = {"timed_steps": len(timed), "step_ms": median("total", plain),
+           "log_step_ms": median("total", [r for r in timed if r["log_step"]]),
+           "mean_step_ms": 1000 * statistics.mean(r["total"] for r in timed)}
+    for phase in PHASES[:-1] + ("optimizer",):
+        row[f"{phase}_ms"] = median(phase, plain)
+    row["loop_ms"] = 1000 * statistics.median(r["total"] - sum(r.get(p, 0.0) for p in PHASES[:-1]) for r in plain)
+
+    def syncs(rows):
+        if not rows:
+            return None, {}
+        totals = Counter()
+        for r in rows:
+            totals.update(r["syncs"])
+        return sum(totals.values()) / len(rows), {k: v / len(rows) for k, v in sorted(totals.items())}
+
+    non_log = [r for r in counted if not r["log_step"]]
+    log = [r for r in counted if r["log_step"]]
+    row["syncs_per_step"], row["sync_kinds_per_step"] = syncs(non_log)
+    row["syncs_per_log_step"], row["sync_kinds_per_log_step"] = syncs(log)
+    row["aten_ops_per_step"] = statistics.mean(r["ops"] for r in non_log) if non_log else None
+    row["counted_steps"] = {"non_log": len(non_log), "log": len(log)}
+    return row
+
+
+def run_reference_case(config: str, mode: str, args) -> dict:
+    """bench_reference.py's step, split into the same phases (fp32 on the CPU, as there)."""
+    import torch
+
+    import bench_reference as ref
+    from megatron_sffn.config import load_config
+    from megatron_sffn.model.accounting import model_stats
+    from megatron_sffn.training.host_syncs import SyncCounter
+
+    torch.set_num_threads(1)
+    cfg = load_config(config, tiny_overrides(config, args) + [
+        f"training.micro_batch_size={args.micro_batch_size}", f"training.global_batch_size={args.micro_batch_size}"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    model, opt, step_fn = ref.build(cfg, device, mode == "compile")
+    # torch's fused AdamW, as the reference runs on a GPU (its CPU fallback, foreach with CPU step
+    # counters, reads every counter with .item(): 2 syncs per tensor a GPU run does not make)
+    o = cfg.optimizer
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
+    data = ref.TokenWindows("embedded", cfg.model.seq_length, cfg.training.seed)
+    records = []
+    total_steps = args.warmup + args.steps + args.count_steps
+    for step in range(total_steps):
+        counter = SyncCounter(count_ops=True) if step >= args.warmup + args.steps else None
+        if counter is not None:
+            counter.__enter__()
+        r = {"step": step, "log_step": False}
+        t0 = time.perf_counter()
+        for group in opt.param_groups:  # as bench_reference.run_case
+            group["lr"] = cfg.optimizer.lr
+        x, y = data.batch(args.micro_batch_size, device)
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = step_fn(x, y)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        if cfg.optimizer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        float(loss.detach())  # the reference reads its loss every step
+        t5 = time.perf_counter()
+        r.update(total=t5 - t0, forward=t2 - t1, backward=t3 - t2, optimizer_step=t4 - t3, optimizer=t4 - t3)
+        if counter is not None:
+            counter.__exit__(None, None, None)
+            r["syncs"], r["ops"] = counter.snapshot(), counter.ops
+        records.append(r)
+    timed = [r for r in records if args.warmup <= r["step"] < args.warmup + args.steps]
+    row = summarise(timed, [r for r in records if "syncs" in r])
+    row.update({"name": f"reference-{os.path.basename(config).replace('.json', '')}-{mode}", "side": "reference",
+                "config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind,
+                "layers": cfg.model.num_layers, "optimizer": "torch AdamW, fused",
+                "precision": "fp32" if dtype is None else "bf16 autocast", "params": model_stats(cfg.model).total_params,
+                "param_tensors": sum(1 for _ in model.parameters())})
+    return row
+
+
+def run_in_subprocess(case: dict, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "case.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--case", json.dumps(case), "--out", out,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--count-steps", str(args.count_steps),
+               "--log-interval", str(args.log_interval), "--micro-batch-size", str(args.micro_batch_size),
+               "--seq-length", str(args.seq_length), "--hidden-size", str(args.hidden_size),
+               "--ffn-hidden-size", str(args.ffn_hidden_size), "--rank", str(args.rank)]
+        for o in args.override:
+            cmd += ["--override", o]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{case}: FAILED (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}", file=sys.stderr)
+            return {"name": f"{case['side']}-{case['config']}-{case['mode']}", "error": proc.returncode}
+        with open(out) as f:
+            return json.load(f)
+
+
+def environment() -> dict:
+    import platform
+
+    import deepspeed
+    import torch
+    return {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "python": sys.version.split()[0], "machine": platform.machine(), "cpu_threads": 1,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+def fmt(value, spec=".2f"):
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows) -> None:
+    header = (f"{'case':<34} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'opt step':>8} {'(optim)':>8} {'loop':>7} "
+              f"{'log step':>8} {'syncs/step':>10} {'syncs/log':>9} {'ops/step':>8}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<34} failed (exit {r['error']})")
+            continue
+        print(f"{r['name']:<34} {fmt(r['step_ms']):>8} {fmt(r['forward_ms']):>7} {fmt(r['backward_ms']):>7} "
+              f"{fmt(r['optimizer_step_ms']):>8} {fmt(r['optimizer_ms']):>8} {fmt(r['loop_ms']):>7} "
+              f"{fmt(r['log_step_ms']):>8} {fmt(r['syncs_per_step'], '.1f'):>10} "
+              f"{fmt(r['syncs_per_log_step'], '.1f'):>9} {fmt(r['aten_ops_per_step'], '.0f'):>8}")
+    for r in rows:
+        if "error" not in r and r.get("sync_kinds_per_step"):
+            kinds = ", ".join(f"{k} {v:g}" for k, v in r["sync_kinds_per_step"].items())
+            print(f"  {r['name']}: syncs per non-logging step: {kinds}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.case:
+        case = json.loads(args.case)
+        run = run_reference_case if case["side"] == "reference" else run_megatron_case
+        row = run(case["config"], case["mode"], args)
+        with open(args.out, "w") as f:
+            json.dump(row, f)
+        return 0
+    cases = [{"side": side, "config": c, "mode": m} for c in args.configs for m in args.modes
+             for side in (["megatron_sffn", "reference"] if args.reference else ["megatron_sffn"])]
+    rows = []
+    for case in cases:
+        rows.append(run_in_subprocess(case, args))
+        print(f"done: {rows[-1].get('name')}", file=sys.stderr, flush=True)
+    print_table(rows)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"environment": environment(), "args": {k: v for k, v in vars(args).items() if k != "case"},
+                       "results": rows}, f, indent=2)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
