@@ -12,6 +12,7 @@
 # call; on 4 GPUs `dense lowrank blockdense blockshuffle` in one call, then `sgt`. Each call ends with
 # the tables of every kind measured in OUT_DIR so far (OUT_DIR/bench_KIND.json, all together in
 # OUT_DIR/reference_all.json); alone: `... OUT_DIR table`. Logs: OUT_DIR/logs/.
+# GPUS="3" (ids) picks the GPUs, e.g. beside another job; default every GPU nvidia-smi lists.
 # SMOKE=1 runs the same plumbing on a CPU with bench_train's tiny smoke model.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/reference_1gpu.sh OUT_DIR KIND [KIND ...]}; shift
@@ -40,10 +41,12 @@ run_kind() {  # KIND GPU
 }
 
 kinds=("$@"); [ "${kinds[*]:-}" = table ] && kinds=()
-gpus=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpus" -ge 1 ] || gpus=1
+if [ -n "${GPUS:-}" ]; then read -ra ids <<< "$GPUS"; else
+  n=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$n" -ge 1 ] || n=1; ids=($(seq 0 $((n - 1)))); fi
+gpus=${#ids[@]}
 status=0
 for ((g = 0; g < gpus && g < ${#kinds[@]}; g++)); do
-  ( for ((i = g; i < ${#kinds[@]}; i += gpus)); do run_kind "${kinds[$i]}" "$g"; done ) &
+  ( for ((i = g; i < ${#kinds[@]}; i += gpus)); do run_kind "${kinds[$i]}" "${ids[$g]}"; done ) &
 done
 wait
 for kind in "${kinds[@]}"; do [ "$(cat "$out/logs/$kind.exit" 2>/dev/null)" = 0 ] || status=1; done

@@ -7,6 +7,7 @@
 # and skips the runs finished there; a run stopped at the deadline starts again from step 0.
 #   carry: .whl .sweep_carry .sweep_results          timeout: 600 s
 #   benchmarks/gpu/sweep_x4.sh [OUT_DIR]              (default $OUT)
+#   SWEEP_DEVICES="0 1 2" leaves GPU 3 free for another job in the same call.
 # Between calls, here:  mkdir -p .sweep_results && cp <files_at>/sweep_runs.tar.gz .sweep_results/
 # Per call: ~10 s installing wheels, ~15 s unpacking the corpus, runs until DEADLINE_MINUTES (9)
 # after that, at most 20 s stopping late runs, a few seconds for the report and the tarball:
@@ -18,7 +19,7 @@ out=${1:-${OUT:?set OUT or pass OUT_DIR}}; mkdir -p "$out"
 SITE=$(mktemp -d); python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" .whl/*.whl && export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
 export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-python3 experiments/sweep/run_sweep.py --carry .sweep_carry --devices 0 1 2 3 \
+python3 experiments/sweep/run_sweep.py --carry .sweep_carry --devices ${SWEEP_DEVICES:-0 1 2 3} \
     --deadline-minutes "${DEADLINE_MINUTES:-9}" --runs-tar .sweep_results/sweep_runs.tar.gz \
     --bundle "$out/sweep_runs.tar.gz" --out-dir "$out" 2>&1 | grep -v "^\[20" | tee "$out/sweep.log"
 rc=${PIPESTATUS[0]}
