@@ -132,15 +132,22 @@ def run_megatron_case(config: str, mode: str, args) -> dict:
     from megatron_sffn.training.master_optimizer import MasterWeightAdamW
 
     torch.set_num_threads(1)  # a GPU run's host: one thread dispatching
-    clock, inner = PhaseClock(), PhaseClock()  # wrapped before the engine captures any bound method
+    # Phases by the outermost call, whichever path a step takes (through DeepSpeed's engine
+    # or around it): forward = the engine's or the model's call, backward = the engine's
+    # backward or Tensor.backward, optimizer step = the engine's step or the optimizer's.
+    # Wrapped before the engine captures any bound method.
+    clock, inner = PhaseClock(), PhaseClock()
     clock.wrap(DeepSpeedEngine, "__call__", "forward")
     clock.wrap(DeepSpeedEngine, "backward", "backward")
+    clock.wrap(torch.Tensor, "backward", "backward")
     clock.wrap(DeepSpeedEngine, "step", "optimizer_step")
     inner.wrap(MasterWeightAdamW, "step", "optimizer")
+    clock.wrap(MasterWeightAdamW, "step", "optimizer_step")
     run_dir = tempfile.mkdtemp(prefix="host_overhead_")
     launcher_args, overrides = parse(launcher_argv(config, mode, run_dir, args))
     cfg = load_config(launcher_args.config, overrides, world_size=1)
     trainer = loop_module.Trainer(cfg)
+    clock.wrap(type(trainer.engine.module), "__call__", "forward")
     steps, counter = [], None
     state = {"start": None}
     count_from, count_to = args.warmup + args.steps, args.warmup + args.steps + args.count_steps

@@ -11,6 +11,8 @@ Precision choices:
         without ZeRO, so stage 0 accumulates in bf16.
   fp16  dynamic loss scaling (scale 2^16, halved on overflow, doubled after 1000 clean steps).
   fp32  everything in fp32 (what the CPU tests compare across layouts).
+  timers: DeepSpeed's throughput timer is off (it synchronised the device twice a step);
+        `deepspeed.timers` in a config turns it back on.
   optimizer.implementation = fused (bf16, ZeRO 0 or 1): DeepSpeed's bf16 mode, ZeRO and
         clipping are off; training/master_optimizer.py keeps fp32 masters and main gradients
         itself (and shards them for ZeRO 1).
@@ -49,6 +51,10 @@ def deepspeed_config(cfg: Config, data_parallel_size: int) -> Dict[str, Any]:
         "fp16": {"enabled": t.precision == "fp16"},
         "steps_per_print": NEVER_PRINT,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer is on by default and calls get_accelerator().synchronize()
+        # at the start of every forward and the end of every step: two full device syncs per
+        # micro-batch for a number nobody reads (the loop times steps itself)
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
     }
     if t.precision == "fp16":
         ds["fp16"].update(loss_scale=0, initial_scale_power=16, loss_scale_window=1000, hysteresis=2,

@@ -11,6 +11,15 @@ finite, and `last_step_skipped` reports it. Without ZeRO in fp32 (and bf16 outsi
 pipeline) this class guards the step itself (`uses_own_guard`): it computes the norm over
 the whole model once (`global_grad_norm`), skips the step when it is not finite, and
 clips with it, because DeepSpeed's own norm is wrong there under model parallelism.
+
+With the fused optimizer outside a pipeline a micro-batch goes around DeepSpeed's engine:
+the module is called and `loss.backward()` run directly and the optimizer stepped by
+`_fused_step`, which keeps DeepSpeed's step and sample counters (DeepSpeed would only add its
+hooks, timers and a per-parameter `zero_grad` loop: the optimizer reduces, clips, guards and
+frees gradients itself). Nothing in such a step waits for the device: `train_batch_deferred`
+returns the loss as a device tensor and `step_outcome()` the step's skip flag and gradient
+norm as they are (device tensors with the fused optimizer); the training loop reads them at
+its log steps. `train_batch`, `last_step_skipped` and `grad_norm` give host values (waiting).
 """
 from __future__ import annotations
 
@@ -66,7 +75,8 @@ class TrainEngine:
     def __init__(self, cfg: Config, state: ParallelState, guide_state: Optional[GuideState], guided: bool):
         self.cfg, self.state, self.guide_state, self.guided = cfg, state, guide_state, guided
         self.uses_pipeline = state.pipe_size > 1
-        self.last_step_skipped = False
+        self._skip_flag: object = False  # bool, or the fused optimizer's device flag
+        self._fused_direct = False  # a micro-batch goes around DeepSpeed's engine (fused, no pipeline)
         self._own_guard = uses_own_guard(cfg)
         self._own_grad_norm: Optional[float] = None
         self._observers: List[GradientObserver] = []
@@ -122,6 +132,7 @@ class TrainEngine:
                 module.get_tied_weights_and_groups = lambda: []
         undo_initialisation_step(ds.optimizer)
         self._wrap_optimizer_step(ds)
+        self._fused_direct = fused and not self.uses_pipeline
         return ds
 
     def _master_weight_optimizer(self, module: nn.Module) -> MasterWeightAdamW:
@@ -190,6 +201,22 @@ class TrainEngine:
 
     # -- training and evaluation -----------------------------------------------------------
     @property
+    def last_step_skipped(self) -> bool:
+        """Whether the last train_batch skipped its optimizer step (waits for the device)."""
+        return bool(self._skip_flag)
+
+    @last_step_skipped.setter
+    def last_step_skipped(self, value) -> None:
+        self._skip_flag = value
+
+    def step_outcome(self) -> Tuple[object, object]:
+        """(skipped, gradient norm) of the last step without waiting: bools/floats, or 0-d
+        device tensors (skipped: 1.0 = skipped) with the fused optimizer; norm None if unknown."""
+        if self._fused_direct:
+            return self._skip_flag, self.ds.optimizer.grad_norm_tensor
+        return self._skip_flag, self._grad_norm_now()
+
+    @property
     def device(self) -> torch.device:
         return self.ds.device if self.ds is not None else torch.device("cpu")
 
@@ -203,6 +230,13 @@ class TrainEngine:
 
     def train_batch(self, data_iter: Iterator[Batch]) -> float:
         """One optimizer step over the global batch; the mean loss, equal on every rank."""
+        return float(self.train_batch_deferred(data_iter))
+
+    def train_batch_deferred(self, data_iter: Iterator[Batch]):
+        """train_batch without waiting for the device: the loss as a 0-d device tensor (a float
+        in a pipeline, whose engine reads it itself); step_outcome() says if the step was skipped."""
+        if self._fused_direct:
+            return self._train_batch_fused(data_iter)
         skipped_before = self.ds.skipped_steps
         self.last_step_skipped = False
         if self.uses_pipeline:
@@ -221,9 +255,31 @@ class TrainEngine:
                 self.ds.backward(loss)
                 self.ds.step()
                 losses.append(loss.detach().float())
-            loss = self._data_parallel_mean(torch.stack(losses).mean())
-        self.last_step_skipped = self.last_step_skipped or self.ds.skipped_steps > skipped_before
+            loss = self._data_parallel_mean_tensor(torch.stack(losses).mean() if len(losses) > 1 else losses[0])
+        self.last_step_skipped = bool(self._skip_flag) or self.ds.skipped_steps > skipped_before
         return loss
+
+    def _train_batch_fused(self, data_iter: Iterator[Batch]) -> torch.Tensor:
+        """The fused optimizer's step, around DeepSpeed's engine (module docstring). The loss
+        is divided by the micro-batch count before backward as DeepSpeed's backward does."""
+        ds, optimizer, count = self.ds, self.ds.optimizer, self.micro_batches
+        if not ds.module.training:
+            ds.train()
+        optimizer.buckets_overlapped = 0
+        losses = []
+        for i in range(count):
+            ids, labels = self._to_device(next(data_iter))
+            loss = ds.module(ids, labels)
+            optimizer.last_micro_batch = i == count - 1  # its gradients are final: reduce during backward
+            (loss / count if count > 1 else loss).backward()
+            losses.append(loss.detach().float())
+            ds.micro_steps += 1
+        optimizer.step()  # the wrapped step: gradient observers first
+        ds.global_steps += 1
+        ds.global_samples += ds.train_batch_size()
+        ds._global_grad_norm = optimizer.grad_norm_tensor
+        self._skip_flag = optimizer.found_inf if optimizer.found_inf is not None else optimizer.overflow
+        return self._data_parallel_mean_tensor(torch.stack(losses).mean() if count > 1 else losses[0])
 
     @torch.no_grad()
     def eval_batch(self, data_iter: Iterator[Batch]) -> float:
@@ -242,11 +298,14 @@ class TrainEngine:
         return ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def _data_parallel_mean(self, value: torch.Tensor) -> float:
+        return float(self._data_parallel_mean_tensor(value))
+
+    def _data_parallel_mean_tensor(self, value: torch.Tensor) -> torch.Tensor:
         if self.state.data_size > 1:
             value = value.clone()
             dist.all_reduce(value, group=self.state.data_group)
             value /= self.state.data_size
-        return float(value)
+        return value
 
     # -- knobs and readings for the loop -------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -257,10 +316,13 @@ class TrainEngine:
 
     @property
     def grad_norm(self) -> Optional[float]:
+        norm = self.step_outcome()[1]
+        return None if norm is None else float(norm)
+
+    def _grad_norm_now(self):
         if self._own_guard:
             return self._own_grad_norm
-        norm = self.ds.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        return self.ds.get_global_grad_norm()
 
     @property
     def loss_scale(self) -> Optional[float]:

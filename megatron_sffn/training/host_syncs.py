@@ -1,7 +1,8 @@
 """Count host<->device synchronisations, on any device (CPU included).
 
 A training step on a GPU is host-bound wherever the host waits for the device: `.item()`,
-`float(t)`, `bool(t)`, `if t:` and `.tolist()` all end in `aten._local_scalar_dense`; ops whose
+`float(t)`, `bool(t)` and `if t:` end in `aten._local_scalar_dense`, `.tolist()` copies to the
+host (counted by patching it, as its C++ path dispatches no such op); ops whose
 output shape depends on values (`nonzero`, boolean-mask indexing, `unique`, `equal`) read the
 device too; a copy to the CPU waits for its source; and `torch.cuda.synchronize` / DeepSpeed's
 `get_accelerator().synchronize()` (its throughput timer calls that around every step by
@@ -74,6 +75,7 @@ class SyncCounter(TorchDispatchMode):
         self._patched.append((owner, attr, original if own else None))
 
     def __enter__(self):
+        self._patch(torch.Tensor, "tolist", "Tensor.tolist")  # reads the data without _local_scalar_dense
         self._patch(torch.cuda, "synchronize", "torch.cuda.synchronize")
         self._patch(torch.cuda.Event, "synchronize", "torch.cuda.Event.synchronize")
         self._patch(torch.cuda.Stream, "synchronize", "torch.cuda.Stream.synchronize")

@@ -4,6 +4,13 @@ The loop itself is short and calls named steps (train step, guide phase, log, ev
 checkpoint, stop checks); each lives in its own module. Everything a step depends on (LR,
 guide weight, reduce_flop draw, data samples) is a pure function of the step number, so a
 resumed run repeats the uninterrupted one exactly.
+
+A step does not wait for the device: its loss, gradient norm and skip flag stay device tensors
+(TrainEngine.train_batch_deferred / step_outcome) in a queue of pending steps, which `settle()`
+reads in one transfer at each log step and before anything that needs them (evaluation, a
+checkpoint, a stop, the end). Settling then does, step by step and in order, what each step
+used to do at once: the metrics.jsonl line (the same values), the log window, the non-finite
+count and its stop. Skipping itself is decided on the device (the fused optimizer's found_inf).
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,7 +32,7 @@ from .checkpointing import CheckpointError, CheckpointManager
 from .data_feed import DataFeed
 from .faults import NonFiniteGuard, StopRequests
 from .lr_schedule import learning_rate
-from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, memory_gb
+from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, max_allocated_gb, memory_gb
 from .phases import RunPhases
 
 INJECT_ENV = "MEGATRON_SFFN_INJECT_NONFINITE_STEPS"  # testing aid: "3,4" makes steps 3 and 4 non-finite
@@ -110,6 +117,9 @@ class Trainer:
         self.peak_tflops = detect_peak_tflops(cfg.training.peak_tflops_per_gpu)
         self.device = _device()
         self.train_losses: Dict[int, float] = {}
+        self._pending: List[Dict] = []  # steps whose device values are not read yet (settle)
+        self._window = _new_window()
+        self._inject = _inject_steps()  # read once: the environment does not change mid-run
 
     # -- named steps ---------------------------------------------------------------------
     def banner(self) -> None:
@@ -165,34 +175,61 @@ class Trainer:
         lr = learning_rate(step, self.cfg.optimizer, self.phases.total_steps)
         self.engine.set_lr(lr)
         batches = self.feed.train_micro_batches(self.phases.data_step(step))
-        hook = self._nonfinite_hook() if step in _inject_steps() else None
+        hook = self._nonfinite_hook() if step in self._inject else None
         try:
-            loss = self.engine.train_batch(batches)
+            loss = self.engine.train_batch_deferred(batches)
         finally:
             if hook is not None:
                 hook.remove()
-        skipped = bool(self.engine.last_step_skipped) or not math.isfinite(loss)
-        self.guard.record(skipped)
+        skipped, grad_norm = self.engine.step_outcome()
         self.loop.step += 1
         self.loop.consumed_tokens += self.cfg.training.global_batch_size * self.cfg.model.seq_length
         guide_fraction = 0.0
         if self.guide_state.active and alpha > 0:
             guide_fraction = alpha if self.cfg.self_guided.reduce_flop else 1.0
-        return {"loss": loss, "lr": lr, "alpha": alpha if self.cfg.self_guided.enabled else None,
-                "skipped": skipped, "guide_fraction": guide_fraction}
+        return {"step": self.loop.step, "tokens": self.loop.consumed_tokens, "loss": loss, "lr": lr,
+                "alpha": alpha if self.cfg.self_guided.enabled else None, "skipped": skipped,
+                "grad_norm": grad_norm, "guide_fraction": guide_fraction}
 
     def record_step(self, out: Dict) -> None:
-        """One line of run_dir/metrics.jsonl: this step's numbers at full precision."""
-        self.logger.step_record({"step": self.loop.step, "tokens": self.loop.consumed_tokens, "loss": out["loss"],
-                                 "lr": out["lr"], "grad_norm": self.engine.grad_norm, "guide_alpha": out["alpha"],
+        """One line of run_dir/metrics.jsonl: this step's numbers at full precision (settled)."""
+        self.logger.step_record({"step": out["step"], "tokens": out["tokens"], "loss": out["loss"],
+                                 "lr": out["lr"], "grad_norm": out["grad_norm"], "guide_alpha": out["alpha"],
                                  "skipped": out["skipped"], "step_time_s": out["step_time_s"],
-                                 "max_allocated_gb": memory_gb()["max_allocated_gb"]})
+                                 "max_allocated_gb": out["max_allocated_gb"]})
+
+    def settle(self, check_guard: bool = True) -> Optional[Dict]:
+        """Read the pending steps' device values (one wait for all of them) and do their
+        bookkeeping in order; raises TrainingStopped at the step where the non-finite limit is
+        reached (its line and those before it written), unless check_guard is False.
+        Returns the last settled step."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return None
+        _read_device_values(pending)
+        t = self.cfg.training
+        for out in pending:
+            out["skipped"] = bool(out["skipped"]) or not math.isfinite(out["loss"])
+            self.guard.record(out["skipped"])
+            self.record_step(out)
+            _accumulate(self._window, out)
+            if not out["skipped"]:
+                self.train_losses[out["step"]] = out["loss"]
+            else:
+                self.logger.print(f"[step {out['step']}] non-finite loss or gradient: step skipped "
+                                  f"({self.guard.in_a_row} in a row, {self.guard.total} in total)")
+            if check_guard and self.guard.should_stop:
+                raise TrainingStopped(f"{self.guard.in_a_row} non-finite steps in a row (limit "
+                                      f"training.max_nonfinite_steps = {t.max_nonfinite_steps}); the run is "
+                                      f"diverging. Last good checkpoint: {self.ckpt.latest_tag()}")
+        return pending[-1]
 
     def _nonfinite_hook(self):
         first = next(m for m in self.engine.module.modules() if hasattr(m, "weight"))
         return first.register_forward_hook(lambda mod, inp, out: out * float("nan"))
 
     def log_step(self, out: Dict, window: Dict) -> None:
+        """The console line and TensorBoard scalars of a log interval; `out` is its last (settled) step."""
         cfg = self.cfg
         tokens = cfg.training.global_batch_size * cfg.model.seq_length
         step_time = window["time"] / max(1, window["steps"])
@@ -201,7 +238,7 @@ class Trainer:
         metrics = {
             "step": self.loop.step, "consumed_tokens": self.loop.consumed_tokens, "lr": out["lr"],
             "loss": window["loss"] / max(1, window["finite"]) if window["finite"] else float("nan"),
-            "grad_norm": float(self.engine.grad_norm or 0.0), "guide_alpha": out["alpha"],
+            "grad_norm": float(out["grad_norm"] or 0.0), "guide_alpha": out["alpha"],
             "loss_scale": self.engine.loss_scale if cfg.training.precision == "fp16" else None,
             "tokens_per_s": tokens / step_time, "tflops_per_gpu": tflops,
             "mfu": tflops / self.peak_tflops if self.peak_tflops else None,
@@ -247,38 +284,38 @@ class Trainer:
         t = self.cfg.training
         self.banner()
         stop = StopRequests(t.exit_duration_minutes, t.exit_interval).install()
-        timer, window = StepTimer(), _new_window()
+        timer = StepTimer()
+        self._window = _new_window()
         stopped, final_val = None, None
         try:
             while self.loop.step < self.phases.total_steps:
                 self.maybe_drop_guides()
                 out = self.train_step()
                 out["step_time_s"] = timer.lap()
-                window["time"] += out["step_time_s"]
-                self.record_step(out)
-                _accumulate(window, out)
-                if not out["skipped"]:
-                    self.train_losses[self.loop.step] = out["loss"]
-                else:
-                    self.logger.print(f"[step {self.loop.step}] non-finite loss or gradient: step skipped "
-                                      f"({self.guard.in_a_row} in a row, {self.guard.total} in total)")
-                if self.guard.should_stop:
-                    raise TrainingStopped(f"{self.guard.in_a_row} non-finite steps in a row (limit "
-                                          f"training.max_nonfinite_steps = {t.max_nonfinite_steps}); the run is "
-                                          f"diverging. Last good checkpoint: {self.ckpt.latest_tag()}")
-                if self.loop.step % t.log_interval == 0:
-                    self.log_step(out, window)
-                    window = _new_window()
-                if self.loop.step % t.eval_interval == 0 and self.loop.step < self.phases.total_steps:
+                out["max_allocated_gb"] = max_allocated_gb()
+                self._window["time"] += out["step_time_s"]
+                self._pending.append(out)
+                step = self.loop.step
+                last = step >= self.phases.total_steps
+                evaluate = step % t.eval_interval == 0 and not last
+                save = step % t.save_interval == 0 and not last
+                log = step % t.log_interval == 0
+                if log or evaluate or save or last:
+                    self.settle()  # the only wait for the device in a step (log, eval, save, end)
+                if log:
+                    self.log_step(out, self._window)
+                    self._window = _new_window()
+                if evaluate:
                     self.evaluate()
                     timer.lap()
                 saved = False
-                if self.loop.step % t.save_interval == 0 and self.loop.step < self.phases.total_steps:
+                if save:
                     self.save("interval")
                     saved = True
                     timer.lap()
                 reason = stop.agreed_reason(self.device, self.loop.step)
-                if reason is not None and self.loop.step < self.phases.total_steps:
+                if reason is not None and not last:
+                    self.settle()
                     stopped = reason
                     if not saved:
                         self.save(f"stop: {reason}")
@@ -291,6 +328,11 @@ class Trainer:
                 self.logger.print(f"done: {self.loop.step} steps, {self.loop.consumed_tokens:,} tokens, "
                                   f"final validation loss {final_val:.4f}, perplexity {math.exp(min(final_val, 50)):.3f}")
         finally:
+            if self._pending:  # leaving on an error: still write the steps that were made
+                try:
+                    self.settle(check_guard=False)
+                except Exception:  # noqa: BLE001 - the error already on its way matters more
+                    pass
             stop.uninstall()
             self.logger.close()
         return RunResult(self.loop.step, self.loop.consumed_tokens, final_val, stopped, self.train_losses)
@@ -298,6 +340,22 @@ class Trainer:
 
 def _new_window() -> Dict:
     return {"time": 0.0, "steps": 0, "loss": 0.0, "finite": 0, "guide_fraction": 0.0}
+
+
+def _read_device_values(pending: List[Dict]) -> None:
+    """Replace the device tensors among the pending steps' loss, grad_norm and skipped by
+    Python numbers, with one transfer (one wait) for all of them; values are exact (float32
+    and float64 both become the float64 Python float they equal)."""
+    keys = ("loss", "grad_norm", "skipped")
+    where = [(out, key) for out in pending for key in keys if isinstance(out.get(key), torch.Tensor)]
+    if where:
+        values = torch.stack([out[key].detach().reshape(()).to(torch.float64) for out, key in where]).tolist()
+        for (out, key), value in zip(where, values):
+            out[key] = value
+    for out in pending:
+        if out.get("grad_norm") is not None:
+            out["grad_norm"] = float(out["grad_norm"])
+        out["loss"] = float(out["loss"])
 
 
 def _accumulate(window: Dict, out: Dict) -> None:

@@ -15,6 +15,13 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
              the fp32 masters, whose .grad are views of the reduced buffer, with the clip
              factor passed as its grad_scale instead of a separate multiply; the masters
              copied into the bf16 weights
+  no syncs   with torch's fused AdamW the step never waits for the device: the clip factor
+             (1 when the norm is within the limit) and the non-finite flag are computed on
+             the device and handed to the fused kernel as its grad_scale and found_inf (a
+             non-finite step then leaves masters, moments and step count untouched, as
+             torch's GradScaler relies on); the norm stays a device tensor
+             (`grad_norm_tensor`, `found_inf`) until someone reads `_global_grad_norm` or
+             `overflow`, which the training loop does only at its log steps
 
 Two layouts of the optimizer state over data-parallel ranks:
   MasterWeightAdamW   (parallel.zero_stage 0) whole on every rank; buckets all-reduced
@@ -98,7 +105,11 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.param_groups = self.optimizer.param_groups  # lr set on either reaches AdamW
         self.state = self.optimizer.state  # type: ignore[assignment]
         self._counted = self._norm_tensors(counted_in_norm)
-        self._fresh = {id(p): False for p in params}  # has this step's gradient arrived?
+        # has this step's gradient arrived? seen[i] == generation (no per-step reset loop)
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._seen = [-1] * len(params)
+        self._generation = 0
+        self._arrived = 0  # parameters whose gradient arrived this step
         self._reduced = False
         self.last_micro_batch = False  # set by the engine; overlap only then
         self.buckets_overlapped = 0  # buckets launched during the last step's backward
@@ -106,9 +117,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.tied_groups: List = []  # (parameter, process group): copies whose gradients are summed
         # (tensor group, parameters): sequence parallelism's partial gradients, summed once per step
         self.tensor_partial: Tuple = (None, [])
-        self._hooks = [p.register_post_accumulate_grad_hook(self._take_gradient) for p in params]
-        self.overflow = False
-        self._global_grad_norm: Optional[float] = None
+        self._hooks = [p.register_post_accumulate_grad_hook(self._gradient_hook(i, p)) for i, p in enumerate(params)]
+        self.found_inf: Optional[torch.Tensor] = None  # device flag of the last step (1.0: skipped)
+        self.grad_norm_tensor: Optional[torch.Tensor] = None  # device norm of the last step
+        self._overflow: object = False  # bool, or found_inf (read lazily)
+        self._norm_value: object = None  # float, or grad_norm_tensor (read lazily)
+        self._write_back_lists: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
+        self._adam_cache: Optional[List] = None  # _adam_lists
         self._to_save: Optional[Dict] = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -157,15 +172,41 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     def _norm_tensors(self, counted_in_norm) -> List[torch.Tensor]:
         return [self._main[id(p)] for p in self._params if counted_in_norm(p)]
 
+    # -- what DeepSpeed's engine and the tests read (each read of a device value waits for it) ----
+    @property
+    def overflow(self) -> bool:
+        return bool(self._overflow)
+
+    @overflow.setter
+    def overflow(self, value) -> None:
+        self._overflow = value
+
+    @property
+    def _global_grad_norm(self) -> Optional[float]:
+        return None if self._norm_value is None else float(self._norm_value)
+
+    @_global_grad_norm.setter
+    def _global_grad_norm(self, value) -> None:
+        self._norm_value = value
+
     # -- backward -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def _take_gradient(self, param: nn.Parameter) -> None:
+    def _gradient_hook(self, index: int, param: nn.Parameter):
+        """The post-accumulate hook of one parameter, with its main-gradient slice bound."""
         main = self._main[id(param)]
-        if self._fresh[id(param)]:
+
+        def hook(p: nn.Parameter) -> None:
+            self._take_gradient(p, index, main)
+        return hook
+
+    def _take_gradient(self, param: nn.Parameter, index: int, main: torch.Tensor) -> None:
+        # no autograd here: neither the main gradient nor param.grad requires grad (backward
+        # without create_graph), so in-place ops record nothing and no no_grad() is needed
+        if self._seen[index] == self._generation:
             main.add_(param.grad)
         else:
             main.copy_(param.grad)
-            self._fresh[id(param)] = True
+            self._seen[index] = self._generation
+            self._arrived += 1
         param.grad = None
         if self.last_micro_batch and self._pstate.data_size > 1:
             bucket = self._buckets[self._bucket_of[id(param)]]
@@ -188,10 +229,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def zero_missing_gradients(self) -> None:
         """Zero the slices no gradient reached this step (they still hold the last step's)."""
-        for p in self._params:
-            if not self._fresh[id(p)]:
+        if self._arrived == len(self._params):
+            return
+        for i, p in enumerate(self._params):
+            if self._seen[i] != self._generation:
                 self._main[id(p)].zero_()
-                self._fresh[id(p)] = True
+                self._seen[i] = self._generation
+        self._arrived = len(self._params)
 
     @torch.no_grad()
     def reduce_gradients(self) -> None:
@@ -230,8 +274,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         torch._foreach_copy_(grads, [piece.view_as(g) for piece, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
     def _end_of_step(self) -> None:
-        for key in self._fresh:
-            self._fresh[key] = False
+        self._generation += 1  # every parameter's gradient is now "not arrived"
+        self._arrived = 0
         for bucket in self._buckets:
             bucket.pending = 0
         self._reduced = False
@@ -242,27 +286,111 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         return [st.model_group] if st.tensor_size * st.pipe_size > 1 else []
 
     @torch.no_grad()
-    def grad_norm(self) -> float:
+    def grad_norm_on_device(self) -> torch.Tensor:
+        """The whole model's gradient norm (float64, 0-d) on the device; no host wait."""
         if self._counted:
             squares = torch.stack(torch._foreach_norm(self._counted)).double().pow(2).sum()
         else:
             squares = torch.zeros((), dtype=torch.float64, device=self._main_flat.device)
         for group in self._norm_groups():
             dist.all_reduce(squares, group=group)
-        return float(squares.sqrt())
+        return squares.sqrt()
+
+    def grad_norm(self) -> float:
+        return float(self.grad_norm_on_device())
 
     def _scale_gradients(self, factor: float) -> None:
         self._main_flat.mul_(factor)
 
+    def _write_back_pairs(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(bf16 destinations, fp32 sources) of the write-back; fixed once built."""
+        return [p for g in self.fp16_groups for p in g], [m for g in self.fp32_groups for m in g]
+
     def _write_back(self) -> None:
-        lows = [p for g in self.fp16_groups for p in g]
-        highs = [m for g in self.fp32_groups for m in g]
-        torch._foreach_copy_(lows, highs)
+        if self._write_back_lists is None:
+            self._write_back_lists = self._write_back_pairs()
+        lows, highs = self._write_back_lists
+        if lows:
+            torch._foreach_copy_(lows, highs)
 
     @torch.no_grad()
     def step(self, closure=None):
         self.reduce_gradients()
+        if self.optimizer.param_groups[0].get("fused"):
+            self._step_on_device()
+        else:
+            self._step_on_host()
+        self._end_of_step()
+        return None
+
+    def _step_on_device(self) -> None:
+        """Fused AdamW: clip factor and non-finite flag as device tensors, no host wait.
+
+        grad_scale = (norm + 1e-6) / clip where norm > clip, else exactly 1 (the kernel divides
+        by it: the same factor as DeepSpeed's clip / (norm + 1e-6), bit for bit the host path's);
+        found_inf = 1 where the norm is not finite: the kernel then changes nothing and the step
+        count is put back (torch's fused AdamW contract). The write-back of an unchanged master
+        rewrites the same bf16 value."""
+        norm = self.grad_norm_on_device()
+        found_inf = (~torch.isfinite(norm)).to(torch.float32)
+        clip = self.cfg.grad_clip
+        if clip > 0:
+            self.optimizer.grad_scale = torch.where(norm > clip, (norm + 1e-6) / clip,
+                                                    torch.ones_like(norm)).to(torch.float32)
+        lists = self._adam_lists()
+        if lists is not None:
+            self._fused_adamw(lists, self.optimizer.grad_scale, found_inf)
+            self.optimizer.grad_scale = None
+        else:  # state not made yet (the first step): torch's AdamW makes it
+            self.optimizer.found_inf = found_inf
+            try:
+                self.optimizer.step()
+            finally:
+                self.optimizer.grad_scale = None
+                self.optimizer.found_inf = None
+        self._write_back()
+        self.grad_norm_tensor, self.found_inf = norm, found_inf
+        self._norm_value, self._overflow = norm, found_inf
+
+    def _adam_lists(self) -> Optional[List[Tuple[Dict, List[torch.Tensor], ...]]]:
+        """Per parameter group: (group, masters, gradients, exp_avgs, exp_avg_sqs, steps), built
+        once every master has its AdamW state (which then lives as long as the optimizer: state
+        is only ever created, or copied into in place). None until then, or where torch's step
+        must run (amsgrad, maximize, differentiable, a group without gradients)."""
+        if self._adam_cache is not None:
+            return self._adam_cache
+        lists = []
+        for group in self.optimizer.param_groups:
+            params = list(group["params"])
+            states = [self.optimizer.state.get(p) for p in params]
+            if (group.get("amsgrad") or group.get("maximize") or group.get("differentiable")
+                    or not group.get("fused") or any(p.grad is None for p in params)
+                    or not all(st and {"step", "exp_avg", "exp_avg_sq"} <= set(st) for st in states)):
+                return None
+            lists.append((group, params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                          [st["exp_avg_sq"] for st in states], [st["step"] for st in states]))
+        self._adam_cache = lists
+        return lists
+
+    @staticmethod
+    def _fused_adamw(lists, grad_scale: Optional[torch.Tensor], found_inf: torch.Tensor) -> None:
+        """What torch.optim.AdamW(fused=True).step() runs for one device and dtype, without
+        its per-step Python (state checks and grouping over every parameter): the same three
+        calls on the same tensors, so the same result bit for bit."""
+        for group, params, grads, exp_avgs, exp_avg_sqs, steps in lists:
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                                maximize=False, grad_scale=grad_scale, found_inf=found_inf)
+            torch._foreach_sub_(steps, [found_inf] * len(steps))
+
+    def _step_on_host(self) -> None:
+        """Without the fused kernel (no grad_scale/found_inf): decide on the host."""
         norm = self.grad_norm()
+        self.grad_norm_tensor = self.found_inf = None
         self._global_grad_norm = norm
         self.overflow = not math.isfinite(norm)
         if not self.overflow:
@@ -275,8 +403,6 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             self.optimizer.step()
             self.optimizer.grad_scale = None
             self._write_back()
-        self._end_of_step()
-        return None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients live in the main buffer and are overwritten by the next step's first hook."""
@@ -471,15 +597,17 @@ class ShardedMasterAdamW(MasterWeightAdamW):
     def _scale_gradients(self, factor: float) -> None:
         self._shard_grad.mul_(factor)
 
-    def _write_back(self) -> None:
+    def _write_back_pairs(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         lows, highs = [], []
         for p in self._params:
             if id(p) in self._pieces:
                 piece, lo, hi = self._pieces[id(p)]
                 lows.append(self._low_flat[self._offset[id(p)] + lo:self._offset[id(p)] + hi])
                 highs.append(piece)
-        if lows:
-            torch._foreach_copy_(lows, highs)
+        return lows, highs
+
+    def _write_back(self) -> None:
+        super()._write_back()
         if self._pstate.data_size > 1:
             for bucket in self._buckets:
                 own_lo, own_hi = self._owned(bucket)

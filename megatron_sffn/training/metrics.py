@@ -42,6 +42,14 @@ def memory_gb() -> Dict[str, float]:
     return {"max_allocated_gb": rss_kb / 1e6}
 
 
+def max_allocated_gb() -> float:
+    """memory_gb()["max_allocated_gb"] alone: what every step's metrics.jsonl line records
+    (an allocator counter on CUDA, no device wait)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def format_train_line(m: Dict, total_steps: int) -> str:
     parts = [f"step {m['step']:>7d}/{total_steps:d}",
              f"tokens {m['consumed_tokens']:.4g}",
