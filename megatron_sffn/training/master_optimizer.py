@@ -23,6 +23,16 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
              (`grad_norm_tensor`, `found_inf`) until someone reads `_global_grad_norm` or
              `overflow`, which the training loop does only at its log steps
 
+Memory: the main gradients exist only while a step is under way. Each bucket has its own
+fp32 buffer whose storage is allocated when the bucket's first gradient of the step arrives
+(backward reaches the buckets one after another, freeing activations as it goes) and
+released after the update; the views (`_main`, the masters' .grad) stay the same objects.
+So the first micro-batch's forward, where activations peak, holds bf16 weights, fp32
+masters and Adam moments (2 + 4 + 8 bytes per parameter), like a plain script's fp32
+weights, their bf16 autocast copies and moments (4 + 2 + 8), not 4 bytes per parameter more
+(issue 15: the run-wide peak no higher than the plain script's). At start-up a master takes
+over its parameter's fp32 storage where it is the whole parameter (no copy).
+
 Two layouts of the optimizer state over data-parallel ranks:
   MasterWeightAdamW   (parallel.zero_stage 0) whole on every rank; buckets all-reduced
   ShardedMasterAdamW  (parallel.zero_stage 1) each rank owns 1/D of every bucket: buckets
@@ -71,11 +81,14 @@ def _adamw(params, cfg: OptimizerConfig) -> torch.optim.AdamW:
 
 
 class _Bucket:
-    """A contiguous range of the flat gradient, reduced as one once its last gradient is in.
-    `padded` rounds the size up to a multiple of the data-parallel size (sharded layout)."""
+    """A contiguous range of the flat gradient layout, reduced as one once its last gradient is
+    in. `padded` rounds the size up to a multiple of the data-parallel size (sharded layout).
+    `main` is its fp32 buffer, whose storage holds memory only while `allocated` (one step)."""
 
     def __init__(self, start: int):
         self.start, self.size, self.padded, self.params, self.pending, self.handle = start, 0, 0, 0, 0, None
+        self.main: Optional[torch.Tensor] = None
+        self.allocated = False
 
     def add(self, numel: int) -> None:
         self.size += numel
@@ -97,10 +110,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.fp16_groups: List[List[nn.Parameter]] = [list(g["params"]) for g in groups]
         params = [p for group in self.fp16_groups for p in group]
         self._params = params
+        self._device = params[0].device
         self._layout(module, params)
         masters = self._build_masters()
+        self._link_gradients()
         self.optimizer = _adamw([{**g, "params": m} for g, m in zip(groups, masters) if m] or
-                                [{"params": [torch.zeros(1, device=self._main_flat.device)]}], cfg)
+                                [{"params": [torch.zeros(1, device=self._device)]}], cfg)
         super().__init__(params, dict(lr=cfg.lr))
         self.param_groups = self.optimizer.param_groups  # lr set on either reaches AdamW
         self.state = self.optimizer.state  # type: ignore[assignment]
@@ -145,10 +160,47 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             self._buckets[-1].add(p.numel())
             self._bucket_of[id(p)], self._offset[id(p)] = len(self._buckets) - 1, offset
             offset += p.numel()
-        total = self._close(self._buckets[-1], pad)
-        self._main_flat = torch.zeros(total, dtype=torch.float32, device=params[0].device)
-        self._main = {id(p): self._main_flat[self._offset[id(p)]:self._offset[id(p)] + p.numel()].view_as(p)
-                      for p in params}
+        self._total = self._close(self._buckets[-1], pad)
+        self._main: Dict[int, torch.Tensor] = {}  # id(p) -> its slice of its bucket's buffer (_link_gradients)
+        for bucket in self._buckets:  # no memory until a step needs it
+            bucket.main = torch.empty(bucket.padded, dtype=torch.float32, device=self._device)
+            bucket.main.untyped_storage().resize_(0)
+
+    def _link_gradients(self) -> None:
+        """Make the views of every bucket's buffer (each parameter's main gradient, the masters'
+        .grad), one bucket holding memory at a time; the views stay valid when the memory comes
+        and goes."""
+        members: Dict[int, List[nn.Parameter]] = {}
+        for p in self._params:
+            members.setdefault(self._bucket_of[id(p)], []).append(p)
+        for b, bucket in enumerate(self._buckets):
+            self._allocate(bucket)
+            for p in members.get(b, []):
+                lo = self._offset[id(p)] - bucket.start
+                self._main[id(p)] = bucket.main[lo:lo + p.numel()].view_as(p)
+            self._link_bucket(b, members.get(b, []))
+        self._release_gradients()
+
+    def _link_bucket(self, b: int, params: List[nn.Parameter]) -> None:
+        masters = {id(low): high for lows, highs in zip(self.fp16_groups, self.fp32_groups)
+                   for low, high in zip(lows, highs)}
+        for p in params:
+            masters[id(p)].grad = self._main[id(p)]
+
+    # -- main-gradient memory: held from a bucket's first gradient of a step to the step's end ----
+    def _allocate(self, bucket: _Bucket) -> None:
+        """Give the bucket's buffer its memory (uninitialised: every slice is copied into or
+        zeroed before it is read; the padding, which takes part in reductions, is zeroed)."""
+        bucket.main.untyped_storage().resize_(bucket.padded * bucket.main.element_size())
+        if bucket.padded > bucket.size:
+            bucket.main[bucket.size:].zero_()
+        bucket.allocated = True
+
+    def _release_gradients(self) -> None:
+        for bucket in self._buckets:
+            if bucket.allocated:
+                bucket.main.untyped_storage().resize_(0)
+                bucket.allocated = False
 
     @staticmethod
     def _close(bucket: _Bucket, pad: int) -> int:
@@ -156,13 +208,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         return bucket.start + bucket.padded
 
     def _build_masters(self) -> List[List[torch.Tensor]]:
+        """Each master takes over its parameter's fp32 storage (no copy; `.float()` copies only
+        a parameter that is not fp32); the parameter then gets a new bf16 one."""
         self.fp32_groups: List[List[torch.Tensor]] = []
         for group in self.fp16_groups:
             masters = []
             for p in group:
-                master = p.detach().clone().float()
-                master.grad = self._main[id(p)]
-                masters.append(master)
+                masters.append(p.detach().float())
             self.fp32_groups.append(masters)
         with torch.no_grad():
             for p in self._params:
@@ -204,6 +256,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if self._seen[index] == self._generation:
             main.add_(param.grad)
         else:
+            bucket = self._buckets[self._bucket_of[id(param)]]
+            if not bucket.allocated:
+                self._allocate(bucket)
             main.copy_(param.grad)
             self._seen[index] = self._generation
             self._arrived += 1
@@ -219,12 +274,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 self.buckets_overlapped += 1
 
     def _launch(self, bucket: _Bucket) -> None:
-        view = self._main_flat[bucket.start:bucket.start + bucket.padded]
-        bucket.handle = dist.all_reduce(view, op=self._average_op, group=self._pstate.data_group, async_op=True)
+        bucket.handle = dist.all_reduce(bucket.main, op=self._average_op, group=self._pstate.data_group,
+                                        async_op=True)
 
     def _after_reduction(self) -> None:
         if self._average_op == dist.ReduceOp.SUM:
-            self._main_flat.div_(self._pstate.data_size)
+            torch._foreach_div_([bucket.main for bucket in self._buckets], float(self._pstate.data_size))
 
     @torch.no_grad()
     def zero_missing_gradients(self) -> None:
@@ -233,6 +288,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             return
         for i, p in enumerate(self._params):
             if self._seen[i] != self._generation:
+                bucket = self._buckets[self._bucket_of[id(p)]]
+                if not bucket.allocated:
+                    self._allocate(bucket)
                 self._main[id(p)].zero_()
                 self._seen[i] = self._generation
         self._arrived = len(self._params)
@@ -279,6 +337,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         for bucket in self._buckets:
             bucket.pending = 0
         self._reduced = False
+        self._release_gradients()
 
     # -- step ---------------------------------------------------------------------------------
     def _norm_groups(self) -> List:
@@ -291,7 +350,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if self._counted:
             squares = torch.stack(torch._foreach_norm(self._counted)).double().pow(2).sum()
         else:
-            squares = torch.zeros((), dtype=torch.float64, device=self._main_flat.device)
+            squares = torch.zeros((), dtype=torch.float64, device=self._device)
         for group in self._norm_groups():
             dist.all_reduce(squares, group=group)
         return squares.sqrt()
@@ -300,7 +359,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         return float(self.grad_norm_on_device())
 
     def _scale_gradients(self, factor: float) -> None:
-        self._main_flat.mul_(factor)
+        torch._foreach_mul_([bucket.main for bucket in self._buckets], factor)
 
     def _write_back_pairs(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """(bf16 destinations, fp32 sources) of the write-back; fixed once built."""
@@ -397,7 +456,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             clip = self.cfg.grad_clip
             clipping = clip > 0 and norm > clip  # factor clip / (norm + 1e-6), as DeepSpeed's
             if clipping and self.optimizer.param_groups[0].get("fused"):
-                self.optimizer.grad_scale = torch.tensor((norm + 1e-6) / clip, device=self._main_flat.device)
+                self.optimizer.grad_scale = torch.tensor((norm + 1e-6) / clip, device=self._device)
             elif clipping:
                 self._scale_gradients(clip / (norm + 1e-6))
             self.optimizer.step()
@@ -431,7 +490,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         return state[key].detach() if key in state else None
 
     def full_grad_of(self, param) -> torch.Tensor:
-        """This step's fp32 gradient (data-parallel average once reduced)."""
+        """This step's fp32 gradient (data-parallel average once reduced); zeros between steps."""
+        if not self._buckets[self._bucket_of[id(param)]].allocated:
+            return torch.zeros(param.shape, dtype=torch.float32, device=self._device)
         return self._main[id(param)]
 
     @torch.no_grad()
@@ -484,10 +545,10 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             if tuple(entry["master"].shape) != tuple(p.shape):
                 raise ValueError(f"checkpoint master weight of shape {tuple(entry['master'].shape)} does not fit a "
                                  f"parameter of shape {tuple(p.shape)}")
-            self.set_master_of(p, entry["master"].to(self._main_flat.device))
+            self.set_master_of(p, entry["master"].to(self._device))
             if step > 0:
                 for key in MOMENTS:
-                    self.set_moment_of(p, key, entry[key].to(self._main_flat.device))
+                    self.set_moment_of(p, key, entry[key].to(self._device))
 
     def remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -505,7 +566,8 @@ class ShardedMasterAdamW(MasterWeightAdamW):
     Gradients are reduce-scattered bucket by bucket (overlapping backward as above); AdamW
     runs on the owned pieces of each parameter (fp32 master + moments only there); the bf16
     weights live in one flat buffer with the same layout, whose buckets are all-gathered after
-    the update. Memory per parameter and rank: 2 (bf16) + 4 (main gradient) + 12 / D."""
+    the update. Memory per parameter and rank: 2 (bf16) + 4 (main gradient, during a step) +
+    4 / D (shard gradient; with one data rank the main buffers themselves) + 12 / D."""
 
     def _pad(self) -> int:
         return self._pstate.data_size
@@ -525,12 +587,11 @@ class ShardedMasterAdamW(MasterWeightAdamW):
         for bucket in self._buckets:
             self._shard_start.append(total)
             total += bucket.padded // d
-        if d == 1 and self._shard_start == [bucket.start for bucket in self._buckets]:
-            # one data rank owns everything: the main gradients are the shard (no copy, no 4 B/param)
-            self._shard_grad = self._main_flat
-        else:
-            self._shard_grad = torch.zeros(total, dtype=torch.float32, device=self._main_flat.device)
-        self._low_flat = torch.zeros(self._main_flat.numel(), dtype=torch.bfloat16, device=self._main_flat.device)
+        # one data rank owns everything: the main gradients are the shard (no copy, no 4 B/param)
+        self._shard_is_main = d == 1 and self._shard_start == [bucket.start for bucket in self._buckets]
+        self._shard_grad = None if self._shard_is_main else torch.zeros(total, dtype=torch.float32,
+                                                                         device=self._device)
+        self._low_flat = torch.zeros(self._total, dtype=torch.bfloat16, device=self._device)
         self._pieces: Dict[int, Tuple[torch.Tensor, int, int]] = {}  # id(p) -> (master piece, lo, hi) in p
         self.fp32_groups = []
         for group in self.fp16_groups:
@@ -541,9 +602,9 @@ class ShardedMasterAdamW(MasterWeightAdamW):
                 lo, hi = max(self._offset[id(p)], own_lo), min(self._offset[id(p)] + p.numel(), own_hi)
                 if lo >= hi:
                     continue
-                start = self._shard_start[b] + lo - own_lo
-                piece = p.detach().reshape(-1)[lo - self._offset[id(p)]:hi - self._offset[id(p)]].clone().float()
-                piece.grad = self._shard_grad[start:start + hi - lo]
+                whole = hi - lo == p.numel()  # the piece is the whole parameter: take over its fp32 storage
+                piece = p.detach().reshape(-1)[lo - self._offset[id(p)]:hi - self._offset[id(p)]]
+                piece = piece.float() if whole else piece.clone().float()
                 self._pieces[id(p)] = (piece, lo - self._offset[id(p)], hi - self._offset[id(p)])
                 masters.append(piece)
             self.fp32_groups.append(masters)
@@ -554,6 +615,23 @@ class ShardedMasterAdamW(MasterWeightAdamW):
                 p.data = view.view_as(p)
         return self.fp32_groups
 
+    def _link_bucket(self, b: int, params: List[nn.Parameter]) -> None:
+        own_lo, _ = self._owned(self._buckets[b])
+        shard = self._shard_of(b)
+        for p in params:
+            if id(p) in self._pieces:
+                piece, lo, hi = self._pieces[id(p)]
+                start = self._offset[id(p)] + lo - own_lo
+                piece.grad = shard[start:start + hi - lo]
+
+    def _shard_of(self, b: int) -> torch.Tensor:
+        """Bucket b's shard gradient: its owned slice, reduced (the bucket's main buffer itself
+        with one data rank)."""
+        if self._shard_is_main:
+            return self._buckets[b].main
+        share = self._buckets[b].padded // self._pstate.data_size
+        return self._shard_grad[self._shard_start[b]:self._shard_start[b] + share]
+
     def _norm_tensors(self, counted_in_norm) -> List[torch.Tensor]:
         return [self._pieces[id(p)][0].grad for p in self._params if id(p) in self._pieces and counted_in_norm(p)]
 
@@ -562,10 +640,9 @@ class ShardedMasterAdamW(MasterWeightAdamW):
 
     def _launch(self, bucket: _Bucket) -> None:
         b = self._buckets.index(bucket)
-        out = self._shard_grad[self._shard_start[b]:self._shard_start[b] + bucket.padded // self._pstate.data_size]
-        view = self._main_flat[bucket.start:bucket.start + bucket.padded]
+        out, view = self._shard_of(b), bucket.main
         if self._pstate.data_size == 1:
-            if out.data_ptr() != view.data_ptr():
+            if not self._shard_is_main:
                 out.copy_(view)
             bucket.handle = _Done()
             return
@@ -595,6 +672,8 @@ class ShardedMasterAdamW(MasterWeightAdamW):
             self._shard_grad.div_(self._pstate.data_size)
 
     def _scale_gradients(self, factor: float) -> None:
+        if self._shard_is_main:
+            return super()._scale_gradients(factor)
         self._shard_grad.mul_(factor)
 
     def _write_back_pairs(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -616,7 +695,7 @@ class ShardedMasterAdamW(MasterWeightAdamW):
 
     # -- whole tensors: each rank contributes its piece, summed over the data-parallel group ------
     def _assemble(self, param, piece_value: Optional[torch.Tensor]) -> torch.Tensor:
-        full = torch.zeros(param.numel(), dtype=torch.float32, device=self._main_flat.device)
+        full = torch.zeros(param.numel(), dtype=torch.float32, device=self._device)
         if piece_value is not None:
             _, lo, hi = self._pieces[id(param)]
             full[lo:hi] = piece_value
@@ -635,7 +714,8 @@ class ShardedMasterAdamW(MasterWeightAdamW):
 
     def full_grad_of(self, param) -> torch.Tensor:
         piece = self._pieces.get(id(param))
-        return self._assemble(param, piece[0].grad if piece else None)
+        held = piece and (not self._shard_is_main or self._buckets[self._bucket_of[id(param)]].allocated)
+        return self._assemble(param, piece[0].grad if held else None)
 
     @torch.no_grad()
     def set_master_of(self, param, value: torch.Tensor) -> None:
@@ -652,7 +732,7 @@ class ShardedMasterAdamW(MasterWeightAdamW):
 
     def step_count(self) -> int:
         """Equal on every rank (a rank without pieces reads it from the others)."""
-        count = torch.tensor([float(super().step_count())], device=self._main_flat.device)
+        count = torch.tensor([float(super().step_count())], device=self._device)
         if self._pstate.data_size > 1:
             dist.all_reduce(count, op=dist.ReduceOp.MAX, group=self._pstate.data_group)
         return int(count.item())
