@@ -179,7 +179,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 lo = self._offset[id(p)] - bucket.start
                 self._main[id(p)] = bucket.main[lo:lo + p.numel()].view_as(p)
             self._link_bucket(b, members.get(b, []))
-        self._release_gradients()
+            bucket.main.untyped_storage().resize_(0)
+            bucket.allocated = False
 
     def _link_bucket(self, b: int, params: List[nn.Parameter]) -> None:
         masters = {id(low): high for lows, highs in zip(self.fp16_groups, self.fp32_groups)
