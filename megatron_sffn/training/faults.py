@@ -2,6 +2,9 @@
 
 A signal only sets a flag; the loop checks it between steps and every rank agrees on the
 decision through one tiny all-reduce, so all ranks save the same checkpoint and exit together.
+That all-reduce runs on the CPU (a gloo group made at install(), or the default group when it
+is gloo): over NCCL it needed a device tensor and its `.item()`, a wait for the device every
+step of a multi-GPU run.
 """
 from __future__ import annotations
 
@@ -20,10 +23,15 @@ class StopRequests:
         self.exit_interval = exit_interval
         self.signal_name: Optional[str] = None
         self._previous = {}
+        self._group = None  # the host group of agreed_reason (None: the default group)
 
     def install(self) -> "StopRequests":
+        """Collective when distributed (every rank calls it at the same point): makes the
+        CPU group the stop decision is agreed over, where the default group is not gloo."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        if _distributed() and "gloo" not in str(dist.get_backend()):
+            self._group = dist.new_group(backend="gloo")
         return self
 
     def uninstall(self) -> None:
@@ -43,16 +51,21 @@ class StopRequests:
             return f"reached --exit-interval {self.exit_interval}"
         return None
 
-    def agreed_reason(self, device, step: Optional[int] = None) -> Optional[str]:
-        """The stop reason if ANY rank wants to stop (all ranks return the same answer)."""
+    def agreed_reason(self, device=None, step: Optional[int] = None) -> Optional[str]:
+        """The stop reason if ANY rank wants to stop (all ranks return the same answer).
+        Agreed on the host (`device` is not used any more; kept for callers)."""
         reason = self.local_reason(step)
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not _distributed():
             return reason
-        code = torch.tensor([0 if reason is None else (1 if self.signal_name else 2)], device=device)
-        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        code = torch.tensor([0 if reason is None else (1 if self.signal_name else 2)])
+        dist.all_reduce(code, op=dist.ReduceOp.MAX, group=self._group)
         if code.item() == 0:
             return None
         return reason or ("a signal on another rank" if code.item() == 1 else "the wall-clock limit")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class NonFiniteGuard:
