@@ -60,6 +60,12 @@ def parse_args(argv=None):
     ap.add_argument("--rank", type=int, default=16, help="model.ffn.rank for structured configs")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every case")
     ap.add_argument("--reference", action="store_true", help="also the plain-PyTorch reference's step")
+    ap.add_argument("--reference-bf16", action="store_true",
+                    help="the reference under bf16 autocast on the CPU too (its GPU precision; default fp32 there, "
+                         "as bench_reference.py runs on a CPU)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each case this many times (own process each) and keep the fastest: a shared "
+                         "machine's noise only ever adds time")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON to --out
     return ap.parse_args(argv)
@@ -229,7 +235,7 @@ def run_reference_case(config: str, mode: str, args) -> dict:
     cfg = load_config(config, tiny_overrides(config, args) + [
         f"training.micro_batch_size={args.micro_batch_size}", f"training.global_batch_size={args.micro_batch_size}"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else None
+    dtype = torch.bfloat16 if device.type == "cuda" or args.reference_bf16 else None
     model, opt, step_fn = ref.build(cfg, device, mode == "compile")
     # torch's fused AdamW, as the reference runs on a GPU (its CPU fallback, foreach with CPU step
     # counters, reads every counter with .item(): 2 syncs per tensor a GPU run does not make)
@@ -268,7 +274,8 @@ def run_reference_case(config: str, mode: str, args) -> dict:
         records.append(r)
     timed = [r for r in records if args.warmup <= r["step"] < args.warmup + args.steps]
     row = summarise(timed, [r for r in records if "syncs" in r])
-    row.update({"name": f"reference-{os.path.basename(config).replace('.json', '')}-{mode}", "side": "reference",
+    suffix = "-bf16" if dtype is not None and device.type == "cpu" else ""
+    row.update({"name": f"reference-{os.path.basename(config).replace('.json', '')}-{mode}{suffix}", "side": "reference",
                 "config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind,
                 "layers": cfg.model.num_layers, "optimizer": "torch AdamW, fused",
                 "precision": "fp32" if dtype is None else "bf16 autocast", "params": model_stats(cfg.model).total_params,
@@ -284,6 +291,8 @@ def run_in_subprocess(case: dict, args) -> dict:
                "--log-interval", str(args.log_interval), "--micro-batch-size", str(args.micro_batch_size),
                "--seq-length", str(args.seq_length), "--hidden-size", str(args.hidden_size),
                "--ffn-hidden-size", str(args.ffn_hidden_size), "--rank", str(args.rank)]
+        if args.reference_bf16:
+            cmd.append("--reference-bf16")
         for o in args.override:
             cmd += ["--override", o]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -339,7 +348,12 @@ def main(argv=None) -> int:
              for side in (["megatron_sffn", "reference"] if args.reference else ["megatron_sffn"])]
     rows = []
     for case in cases:
-        rows.append(run_in_subprocess(case, args))
+        runs = [run_in_subprocess(case, args) for _ in range(max(1, args.repeat))]
+        good = [r for r in runs if "error" not in r]
+        row = min(good, key=lambda r: r["step_ms"]) if good else runs[0]
+        if good:
+            row["repeats_step_ms"] = [r["step_ms"] for r in good]
+        rows.append(row)
         print(f"done: {rows[-1].get('name')}", file=sys.stderr, flush=True)
     print_table(rows)
     if args.out:

@@ -212,9 +212,12 @@ class TrainEngine:
     def step_outcome(self) -> Tuple[object, object]:
         """(skipped, gradient norm) of the last step without waiting: bools/floats, or 0-d
         device tensors (skipped: 1.0 = skipped) with the fused optimizer; norm None if unknown."""
-        if self._fused_direct:
+        if self._fused_direct:  # a new tensor every step
             return self._skip_flag, self.ds.optimizer.grad_norm_tensor
-        return self._skip_flag, self._grad_norm_now()
+        norm = self._grad_norm_now()
+        if isinstance(norm, torch.Tensor):  # DeepSpeed's own: a copy, in case its buffer is reused
+            norm = norm.detach().clone()
+        return self._skip_flag, norm
 
     @property
     def device(self) -> torch.device:
