@@ -101,6 +101,17 @@ def open_training_data(cfg: Config, rank: int, num_samples: Tuple[int, int], sho
     return train, valid, tokenizer
 
 
+def _host_copy(view: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of `view`, in pinned (page-locked) memory when there is a GPU: the
+    engine's non_blocking copy to the device then really does not block (from pageable memory
+    the driver stages it through a bounce buffer, and can wait for the device to reach it)."""
+    if not torch.cuda.is_available():
+        return view.contiguous()
+    out = torch.empty(view.shape, dtype=view.dtype, pin_memory=True)
+    out.copy_(view)
+    return out
+
+
 class DataFeed:
     def __init__(self, cfg: Config, state, phases: RunPhases, show_progress: bool = True, watch=None):
         self.cfg, self.state = cfg, state
@@ -118,7 +129,7 @@ class DataFeed:
             rows = [np.asarray(dataset[start + offset + i]["tokens"], dtype=np.int64)
                     for i in range(self.micro_batch)]
             tokens = torch.from_numpy(np.stack(rows))
-            yield tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+            yield _host_copy(tokens[:, :-1]), _host_copy(tokens[:, 1:])
 
     def train_micro_batches(self, data_step: int):
         return self._micro_batches(self.train, data_step * self.global_batch)
