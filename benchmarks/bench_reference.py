@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,8 +112,10 @@ def build(cfg, device, compiled: bool):
     return model, opt, (torch.compile(model) if compiled else model)
 
 
-def train_step(step_fn, model, opt, data, args, device, dtype, grad_clip) -> float:
-    """One optimizer step over --grad-accumulation micro-batches; returns the mean loss (synchronises)."""
+def train_step(step_fn, model, opt, data, args, device, dtype, grad_clip):
+    """One optimizer step over --grad-accumulation micro-batches; returns the mean loss as a device
+    tensor: a script that reads it every step waits for the device every step, which the
+    timed window below does not (megatron_sffn's loop reads its losses at log steps only)."""
     import torch
     total = 0.0
     for _ in range(args.grad_accumulation):
@@ -127,7 +128,7 @@ def train_step(step_fn, model, opt, data, args, device, dtype, grad_clip) -> flo
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(total)
+    return total
 
 
 def run_case(name: str, config: str, mode: str, overrides: list, args) -> dict:
@@ -146,16 +147,26 @@ def run_case(name: str, config: str, mode: str, overrides: list, args) -> dict:
     model, opt, step_fn = build(cfg, device, mode == "compile")
     data = TokenWindows(args.data_path, cfg.model.seq_length, cfg.training.seed)
     warmup_steps = max(1, round(cfg.optimizer.warmup_fraction * args.steps))
-    losses, times = [], []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    losses, timed_from, first_step_s = [], None, None
+    warmup = min(args.warmup, args.steps - 1)
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.optimizer.lr * min(1.0, (step + 1) / warmup_steps)
+        if step == warmup:
+            sync()
+            timed_from = time.perf_counter()
         started = time.perf_counter()
         losses.append(train_step(step_fn, model, opt, data, args, device, dtype, cfg.optimizer.grad_clip))
-        times.append(time.perf_counter() - started)
+        if step == 0:
+            sync()
+            first_step_s = time.perf_counter() - started
+    sync()
+    # the timed steps' wall time, device work included, with no wait between steps
+    step_time = (time.perf_counter() - timed_from) / (args.steps - warmup)
+    losses = [float(loss) for loss in losses]
     stats = model_stats(cfg.model)
     tokens_per_step = args.micro_batch_size * args.grad_accumulation * cfg.model.seq_length
-    step_time = statistics.median(times[args.warmup:] or times[-1:])
     tflops = train_flops_per_token(stats) * tokens_per_step / step_time / 1e12
     peak = detect_peak_tflops(cfg.training.peak_tflops_per_gpu)
     memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else _rss_gb()
@@ -164,7 +175,7 @@ def run_case(name: str, config: str, mode: str, overrides: list, args) -> dict:
             "params": sum(p.numel() for p in model.parameters()), "accounting_params": stats.total_params,
             "flops_per_token": train_flops_per_token(stats), "micro_batch": args.micro_batch_size,
             "grad_accumulation": args.grad_accumulation, "tokens_per_step": tokens_per_step,
-            "timed_steps": len(times[args.warmup:]), "first_step_s": times[0], "step_time_s": step_time,
+            "timed_steps": args.steps - warmup, "first_step_s": first_step_s, "step_time_s": step_time,
             "tokens_per_s": tokens_per_step / step_time, "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
             "max_allocated_gb": memory, "first_loss": losses[0], "final_loss": losses[-1], "losses": losses}
 

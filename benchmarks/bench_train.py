@@ -4,7 +4,7 @@
 Each case is one `launchers/pretrain.py` run (real data: the embedded corpus unless
 --data-path is given; real engine: DeepSpeed with the config's ZeRO stage and precision),
 timed from the run's own per-step log (run_dir/metrics.jsonl). Steps after the warm-up
-give the median step time, tokens/s, model TFLOP/s per GPU (model/accounting.py, for the
+(whole log windows) give the mean step time, tokens/s, model TFLOP/s per GPU (model/accounting.py, for the
 config as the case runs it: variants and overrides included), MFU and peak memory. Prints a
 table and writes JSON.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shutil
 import statistics
@@ -91,11 +92,20 @@ def run_overrides(args, extra=()) -> list:
     return out + (SMOKE if args.smoke else []) + args.override + list(extra)  # a variant overrides the smoke model
 
 
+def log_interval(args) -> int:
+    """The loop waits for the device only at log steps, so a step's own time is exact only there:
+    timed steps must be whole log windows (the warm-up and the run end on a log step); --guided
+    logs every step, because its phases and left-out compile steps are single steps."""
+    if args.guided:
+        return 1
+    return math.gcd(args.warmup, args.steps) or args.steps
+
+
 def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list:
     global_batch = args.micro_batch_size * args.grad_accumulation * args.nproc
     cmd = ["launchers/pretrain.py", "--config", config, "--run-dir", run_dir, "--data-path", args.data_path,
            "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(global_batch),
-           "--train-steps", str(args.steps), "--log-interval", str(max(1, args.steps // 3)),
+           "--train-steps", str(args.steps), "--log-interval", str(log_interval(args)),
            "--eval-interval", str(10 ** 9), "--no-save"]
     if mode == "compile":
         cmd.append("--compile")
@@ -130,7 +140,9 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
     timed_steps = phases["unguided_phase"]["steps"] if phases else [s for s in sorted(records) if s > args.warmup]
     if not timed_steps:
         raise ValueError(f"no timed steps in {run_dir}: raise --steps above --warmup ({args.warmup})")
-    step_time = statistics.median(records[s]["step_time_s"] for s in timed_steps)
+    # mean, not median: between log steps a step's time is the host's, the wait for the device
+    # lands on the window's log step; a window's sum is its wall time
+    step_time = statistics.fmean(records[s]["step_time_s"] for s in timed_steps)
     flops = train_flops_per_token(model_stats(cfg.model), 0.0) * tokens_per_step
     tflops = flops / step_time / args.nproc / 1e12
     return {"config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind, "nproc": args.nproc,
@@ -140,7 +152,8 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
             "mfu": tflops / peak if peak else None,
             "max_allocated_gb": max(r["max_allocated_gb"] for r in records.values()),
             "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"],
-            "losses": [records[s]["loss"] for s in sorted(records)], **phases}
+            "losses": [records[s]["loss"] for s in sorted(records)],
+            "step_times_s": [records[s]["step_time_s"] for s in sorted(records)], **phases}
 
 
 def environment() -> dict:
@@ -169,6 +182,8 @@ def run_case(config: str, mode: str, variant: str, extra, tmp: str, args) -> dic
         print(f"{name}: FAILED (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}", file=sys.stderr)
         shutil.rmtree(run_dir, ignore_errors=True)
         return {"config": os.path.basename(config), "mode": mode, "variant": variant, "error": proc.returncode}
+    if args.keep_logs and os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+        shutil.copy(os.path.join(run_dir, "metrics.jsonl"), os.path.join(args.keep_logs, f"{name}.metrics.jsonl"))
     r = summarise(config, mode, run_dir, args, extra)
     r.update(variant=variant, overrides=list(extra))
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -226,6 +241,8 @@ def print_guided_table(rows) -> None:
                   f"{p['tflops_per_gpu']:>12.1f} {mfu:>6} {done:>17}")
         ratio = r["guided_mfu_over_unguided"]
         print(f"{'':<24} {'':<8} guided MFU / unguided MFU = " + (f"{ratio:.3f}" if ratio else "n/a"))
+        if r.get("compile_steps_excluded"):
+            print(f"{'':<24} {'':<8} left out, graphs compiled in them: steps {r['compile_steps_excluded']}")
 
 
 def print_tables(rows) -> None:

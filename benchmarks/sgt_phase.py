@@ -4,6 +4,12 @@ The training loop logs the *expected* guide FLOPs (a per step with reduce_flop).
 step's real cost depends on which layers drew the guide, so here each timed step's guides
 are replayed with the loop's own draw (structured/guide.py GuideState, keyed by the
 model's layer ids) and counted: MFU of the guided phase = FLOPs the steps executed / time.
+
+A compiled run compiles a graph for each combination of an FFN's draws the first time it
+occurs, which can be well inside the guided phase (at a = 0.9 a layer skips both guides
+with probability 0.01): such a step costs seconds, not milliseconds (1.75 s against ~0.15 s
+on an H200). Steps whose record says graphs were compiled in them (`compiled_graphs` rose,
+training/loop.py) are left out of both phases and listed; a user's run pays them once.
 """
 from __future__ import annotations
 
@@ -58,8 +64,9 @@ def summarise_phases(cfg: Config, records: Dict[int, Dict], warmup: int, tokens_
     stats = model_stats(cfg.model)
     base = stats.train_flops_per_token
     guide = {s: executed_guide_flops_per_token(cfg, s - 1, guided_steps) for s in records if s <= guided_steps}
-    guided = [s for s in sorted(records) if warmup < s <= guided_steps]
-    unguided = [s for s in sorted(records) if s > guided_steps + warmup]
+    compiling = compile_steps(records)
+    guided = [s for s in sorted(records) if warmup < s <= guided_steps and s not in compiling]
+    unguided = [s for s in sorted(records) if s > guided_steps + warmup and s not in compiling]
     g = _phase(records, guided, lambda s: (base + guide[s]) * tokens_per_step, nproc, peak)
     u = _phase(records, unguided, lambda s: base * tokens_per_step, nproc, peak)
     for phase in (g, u):
@@ -71,4 +78,15 @@ def summarise_phases(cfg: Config, records: Dict[int, Dict], warmup: int, tokens_
     # = the MFU ratio (same peak); defined on CPU too, where there is no peak
     ratio = g["tflops_per_gpu"] / u["tflops_per_gpu"] if g["tflops_per_gpu"] and u["tflops_per_gpu"] else None
     return {"guided_steps_planned": guided_steps, "guided_phase": g, "unguided_phase": u,
-            "guided_mfu_over_unguided": ratio}
+            "guided_mfu_over_unguided": ratio, "compile_steps_excluded": sorted(s for s in compiling if s > warmup)}
+
+
+def compile_steps(records: Dict[int, Dict]) -> set:
+    """Steps in which the run compiled graphs: the record's running count rose over the previous one."""
+    out, before = set(), None
+    for s in sorted(records):
+        count = records[s].get("compiled_graphs")
+        if count is not None and before is not None and count > before:
+            out.add(s)
+        before = count if count is not None else before
+    return out

@@ -38,3 +38,10 @@ def compile_blocks(module: nn.Module) -> int:
     for block in blocks:
         block.compile(dynamic=False)
     return len(blocks)
+
+
+def compiled_graph_count() -> int:
+    """Graphs torch.compile has made in this process so far (each recompile counts): a step in
+    which it rises paid for compiling (benchmarks/sgt_phase.py leaves such steps out)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]

@@ -26,6 +26,7 @@ import torch
 
 from ..config import Config, fused_optimizer_applies, optimizer_chosen_automatically
 from ..model.accounting import model_stats, train_flops_per_token
+from ..model.compile import compiled_graph_count
 from ..model.paper import describe_ffn
 from ..structured.guide import GuideState
 from .checkpointing import CheckpointError, CheckpointManager
@@ -196,17 +197,23 @@ class Trainer:
         self.logger.step_record({"step": out["step"], "tokens": out["tokens"], "loss": out["loss"],
                                  "lr": out["lr"], "grad_norm": out["grad_norm"], "guide_alpha": out["alpha"],
                                  "skipped": out["skipped"], "step_time_s": out["step_time_s"],
-                                 "max_allocated_gb": out["max_allocated_gb"]})
+                                 "max_allocated_gb": out["max_allocated_gb"],
+                                 **({"compiled_graphs": out["compiled_graphs"]}
+                                    if out.get("compiled_graphs") is not None else {})})
 
-    def settle(self, check_guard: bool = True) -> Optional[Dict]:
+    def settle(self, check_guard: bool = True, timer: Optional[StepTimer] = None) -> Optional[Dict]:
         """Read the pending steps' device values (one wait for all of them) and do their
         bookkeeping in order; raises TrainingStopped at the step where the non-finite limit is
         reached (its line and those before it written), unless check_guard is False.
-        Returns the last settled step."""
+        With `timer`, the last pending step's time is taken after the wait. Returns the last
+        settled step."""
         pending, self._pending = self._pending, []
         if not pending:
             return None
         _read_device_values(pending)
+        if timer is not None:
+            pending[-1]["step_time_s"] = timer.lap()
+            self._window["time"] += pending[-1]["step_time_s"]
         t = self.cfg.training
         for out in pending:
             out["skipped"] = bool(out["skipped"]) or not math.isfinite(out["loss"])
@@ -291,9 +298,8 @@ class Trainer:
             while self.loop.step < self.phases.total_steps:
                 self.maybe_drop_guides()
                 out = self.train_step()
-                out["step_time_s"] = timer.lap()
                 out["max_allocated_gb"] = max_allocated_gb()
-                self._window["time"] += out["step_time_s"]
+                out["compiled_graphs"] = compiled_graph_count() if t.compile else None
                 self._pending.append(out)
                 step = self.loop.step
                 last = step >= self.phases.total_steps
@@ -301,7 +307,12 @@ class Trainer:
                 save = step % t.save_interval == 0 and not last
                 log = step % t.log_interval == 0
                 if log or evaluate or save or last:
-                    self.settle()  # the only wait for the device in a step (log, eval, save, end)
+                    # the only wait for the device in a step (log, eval, save, end); this step's
+                    # time includes it, so a log window's step times sum to its wall time
+                    self.settle(timer=timer)
+                else:
+                    out["step_time_s"] = timer.lap()
+                    self._window["time"] += out["step_time_s"]
                 if log:
                     self.log_step(out, self._window)
                     self._window = _new_window()

@@ -95,3 +95,23 @@ def test_executed_guide_flops_follow_the_models_own_draws(shape):
         seen.add(expected)
     assert executed_guide_flops_per_token(cfg, 0, guided_steps) == full  # a = 1: every guide runs
     assert 0.0 in seen and len(seen) > 3  # a = 0 after the phase; partial draws in between
+
+
+def test_steps_that_compiled_graphs_are_left_out_of_both_phases():
+    from sgt_phase import compile_steps, summarise_phases
+    cfg = load_config(TINY, bench_train.SMOKE + ["training.train_steps=8", "training.train_tokens=null",
+                                                 "self_guided.enabled=true"])
+    guided_steps = RunPhases.from_config(cfg).guided_steps
+    assert guided_steps == 4
+    phases = RunPhases.from_config(cfg)
+    graphs = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4, 6: 6, 7: 6, 8: 6}  # step 3 met a new draw combination, 6 the drop
+    records = {s: {"step_time_s": 2.0 if s in (3, 6) else 0.1, "guide_alpha": phases.alpha(s - 1) if s <= 4 else 0.0,
+                   "compiled_graphs": graphs[s]} for s in graphs}
+    assert compile_steps(records) == {3, 6}
+    out = summarise_phases(cfg, records, 1, 64, 1, None)
+    assert out["guided_phase"]["steps"] == [2, 4] and out["unguided_phase"]["steps"] == [7, 8]
+    assert out["compile_steps_excluded"] == [3, 6]
+    assert out["guided_phase"]["seconds"] == pytest.approx(0.2)
+    # records without the count (eager runs, older logs) leave every step in
+    plain = {s: {k: v for k, v in r.items() if k != "compiled_graphs"} for s, r in records.items()}
+    assert compile_steps(plain) == set()

@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from megatron_sffn.training.metrics import read_step_log
+
 from .runs import TINY, losses, run
 
 pytestmark = pytest.mark.slow
@@ -38,3 +40,7 @@ def test_compiled_layout_trains_like_eager_data_parallel(layout, eager_losses, t
     assert sorted(compiled) == sorted(eager_losses) == list(range(1, STEPS + 1))
     for step, loss in eager_losses.items():
         assert compiled[step] == pytest.approx(loss, rel=1e-5), step
+    # every step's record counts the graphs made so far: the first step compiles, and so does the
+    # step after the drop (blocks without guides); bench_train --guided leaves such steps out
+    graphs = [r["compiled_graphs"] for _, r in sorted(read_step_log(run_dir).items())]
+    assert len(graphs) == STEPS and graphs[0] > 0 and graphs == sorted(graphs)
