@@ -212,8 +212,8 @@ class TrainEngine:
     def step_outcome(self) -> Tuple[object, object]:
         """(skipped, gradient norm) of the last step without waiting: bools/floats, or 0-d
         device tensors (skipped: 1.0 = skipped) with the fused optimizer; norm None if unknown."""
-        if self._fused_direct:  # a new tensor every step
-            return self._skip_flag, self.ds.optimizer.grad_norm_tensor
+        if self._fused_direct:  # a new tensor every step (a float without torch's fused kernel)
+            return self._skip_flag, _fused_norm(self.ds.optimizer)
         norm = self._grad_norm_now()
         if isinstance(norm, torch.Tensor):  # DeepSpeed's own: a copy, in case its buffer is reused
             norm = norm.detach().clone()
@@ -280,7 +280,7 @@ class TrainEngine:
         optimizer.step()  # the wrapped step: gradient observers first
         ds.global_steps += 1
         ds.global_samples += ds.train_batch_size()
-        ds._global_grad_norm = optimizer.grad_norm_tensor
+        ds._global_grad_norm = _fused_norm(optimizer)
         self._skip_flag = optimizer.found_inf if optimizer.found_inf is not None else optimizer.overflow
         return self._data_parallel_mean_tensor(torch.stack(losses).mean() if count > 1 else losses[0])
 
@@ -472,6 +472,11 @@ class TrainEngine:
             stats[f"allocated_gb_{when}"] = torch.cuda.memory_allocated() / 2 ** 30
             stats[f"max_allocated_gb_{when}"] = torch.cuda.max_memory_allocated() / 2 ** 30
         return stats
+
+
+def _fused_norm(optimizer: MasterWeightAdamW):
+    """The last step's gradient norm: a device tensor, or a float where the step ran on the host."""
+    return optimizer.grad_norm_tensor if optimizer.grad_norm_tensor is not None else optimizer._global_grad_norm
 
 
 def _release(ds) -> None:

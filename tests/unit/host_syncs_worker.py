@@ -19,8 +19,21 @@ from megatron_sffn.training.host_syncs import SyncCounter  # noqa: E402
 from megatron_sffn.training.loop import Trainer  # noqa: E402
 
 
+def _without_fused_adamw() -> None:
+    """HOST_SYNCS_WORKER_NO_FUSED=1: the fused optimizer on a device without torch's fused AdamW
+    kernel (its foreach fallback, which decides on the host)."""
+    from megatron_sffn.training import master_optimizer
+
+    def foreach_adamw(params, cfg):
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay, foreach=True)
+    master_optimizer._adamw = foreach_adamw
+
+
 def main(out: str, argv) -> None:
     torch.set_num_threads(1)
+    if os.environ.get("HOST_SYNCS_WORKER_NO_FUSED") == "1":
+        _without_fused_adamw()
     args, overrides = parse(argv)
     cfg = load_config(args.config, overrides, world_size=1)
     trainer = Trainer(cfg)
