@@ -85,7 +85,7 @@ def compare_entry(entry: Dict[str, Any], root: str, hw: Hardware) -> Comparison:
         raise ConfigError(f"measured entry {entry['config']} {layout.short()}: layout covers {layout.gpus} GPUs, "
                           f"'gpus' says {entry['gpus']}")
     cfg = layout_config(raw, layout, entry["global_batch_size"])
-    return Comparison(entry, predict(cfg, layout, hw))
+    return Comparison(entry, predict(cfg, layout, hw, bool(entry.get("main_gradients_whole_run", False))))
 
 
 def compare_file(path: str, root: str, hw: Hardware) -> List[Comparison]:

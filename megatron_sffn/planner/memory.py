@@ -2,8 +2,12 @@
 
 Per local parameter (guides included while they exist, i.e. for self-guided configs), bytes:
   fused optimizer (the default for bf16 ZeRO 0/1; training/master_optimizer.py)
-      2 bf16 weight + 4 fp32 main gradient (one flat buffer) + 12 fp32 master and two
-      moments (divided by the data size under ZeRO 1)
+      2 bf16 weight + 4 fp32 main gradient + 12 fp32 master and two moments (divided by the
+      data size under ZeRO 1). The main gradients exist only from a step's first gradient to
+      its update (per-bucket buffers): with one micro-batch per step and no pipeline they
+      fill while backward frees the activations, so they count only where they outgrow them;
+      with more micro-batches (accumulation, a pipeline's schedule) they are held through the
+      later forwards, so they count whole
   DeepSpeed's optimizer: ZeRO 0  2 + 2 bf16 gradient + 12
                          ZeRO 1  2 + 2 + 4 fp32 accumulation + 12 / D  (BF16_Optimizer)
                          ZeRO 2  2 + (4 + 12) / D, plus its bf16 reduce bucket
@@ -116,15 +120,20 @@ def stage_activations(m: ModelConfig, layout: Layout, pieces: Sequence[Piece], s
 
 
 def predict_memory(m: ModelConfig, layout: Layout, pieces: Sequence[Piece], implementation: str,
-                   micro_batches: int, checkpoint_interval: int, guided: bool, hw: Hardware) -> List[StageMemory]:
-    """Memory of every pipeline stage of `layout` (pieces: the model's layer list at its tensor size)."""
+                   micro_batches: int, checkpoint_interval: int, guided: bool, hw: Hardware,
+                   main_gradients_whole_run: bool = False) -> List[StageMemory]:
+    """Memory of every pipeline stage of `layout` (pieces: the model's layer list at its tensor size).
+    main_gradients_whole_run: the fused optimizer before 2026-11-28, for measurements made then."""
     w, g, o = bytes_per_param(implementation, layout.zero_stage, layout.data)
     stages = []
     for s, local in enumerate(stage_pieces(pieces, layout.pipeline)):
         params = sum(p.params + (p.guide_params if guided else 0) for p in local)
         held, logits = stage_activations(m, layout, local, s, micro_batches, checkpoint_interval, guided)
         bucket = ZERO2_BUCKET_BYTES if (implementation != "fused" and layout.zero_stage == 2) else 0.0
+        gradients = g * params + bucket
+        if implementation == "fused" and micro_batches == 1 and layout.pipeline == 1 and not main_gradients_whole_run:
+            gradients = max(0.0, gradients - held - logits)  # filled as backward frees activations
         stages.append(StageMemory(stage=s, blocks=sum(p.kind == "block" for p in local), params=params,
-                                  weights=w * params, gradients=g * params + bucket, optimizer=o * params,
+                                  weights=w * params, gradients=gradients, optimizer=o * params,
                                   activations=held, logits=logits, overhead=hw.overhead_gb * GIB))
     return stages

@@ -105,15 +105,18 @@ def layout_config(raw: Dict[str, Any], layout: Layout, global_batch_size: int) -
     return cfg
 
 
-def predict(cfg: Config, layout: Layout, hw: Hardware) -> Prediction:
-    """Memory and step time of a config already in `layout` (layout_config)."""
+def predict(cfg: Config, layout: Layout, hw: Hardware, main_gradients_whole_run: bool = False) -> Prediction:
+    """Memory and step time of a config already in `layout` (layout_config). main_gradients_whole_run:
+    the fused optimizer as it was before 2026-11-28 (one main-gradient buffer held for the whole
+    run), for measurements made then."""
     m, t = cfg.model, cfg.training
     guided = cfg.self_guided.enabled
     pieces = model_pieces(m, layout.tensor, guided)
     micro_batches = t.global_batch_size // (t.micro_batch_size * layout.data)
     interval = t.checkpoint_interval
     implementation = cfg.optimizer.implementation
-    stages_mem = predict_memory(m, layout, pieces, implementation, micro_batches, interval, guided, hw)
+    stages_mem = predict_memory(m, layout, pieces, implementation, micro_batches, interval, guided, hw,
+                                main_gradients_whole_run)
     gf = guide_fraction(cfg)
     step = predict_step(m, layout, stage_pieces(pieces, layout.pipeline), implementation, micro_batches, gf,
                         guided, m.ffn.kind, hw)

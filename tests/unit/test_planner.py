@@ -131,6 +131,20 @@ def test_zero1_shards_the_optimizer_state_over_data_ranks():
     assert z1.stages[0].weights == z0.stages[0].weights and z1.peak_gb < z0.peak_gb
 
 
+def test_fused_main_gradients_count_only_where_they_are_held_with_the_activations():
+    """One micro-batch per step: the main gradients fill while backward frees the activations,
+    so only what outgrows them counts; with accumulation they are held through later forwards."""
+    layout = dp(mb=8)  # 4 data ranks
+    one = predicted("1p3b_lowrank", layout, global_batch=32).stages[0]
+    accumulating = predicted("1p3b_lowrank", layout, global_batch=64).stages[0]
+    assert accumulating.gradients == pytest.approx(4.0 * accumulating.params)
+    assert one.gradients == pytest.approx(max(0.0, 4.0 * one.params - one.activations - one.logits))
+    assert one.activations == accumulating.activations
+    raw = raw_config("1p3b_lowrank")
+    before = predict(layout_config(raw, layout, 32), layout, H200, main_gradients_whole_run=True).stages[0]
+    assert before.gradients == pytest.approx(4.0 * before.params)
+
+
 def test_activation_checkpointing_keeps_less():
     off, on = predicted("6p7b_lowrank", dp(mb=8)), predicted("6p7b_lowrank", dp(mb=8, ckpt=True))
     assert on.stages[0].activations < off.stages[0].activations / 5
