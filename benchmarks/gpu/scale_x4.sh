@@ -11,6 +11,10 @@
 #   1p3b_dense  the same for 1.3B dense: DP4, TP2xDP2 SP, TP4 SP, TP2xPP2 SP, PP4
 #   6p7b      6.7B lowrank: DP4, TP4 +/- SP, TP2xPP2 SP, PP4 (micro 2, global 128, 64 per pipeline)
 #   6p7b_dense  6.7B dense TP4 SP and TP2xPP2 SP; 13B lowrank TP2xPP2 SP (does it train on 4 x 141 GB)
+#   compiled  the runs of 2026-11-28 that met targets, each compiled unless noted: DP weak
+#             scaling 1 -> 4 GPUs (1.3B lowrank, micro-batch 8 x 4 accumulation), 6.7B lowrank DP4
+#             (micro-batch 4 x 4), 13B lowrank DP4 eager (micro-batch 4 x 2, the config's default
+#             layout), 1.3B lowrank TP2 SP (micro-batch 8 x 4); about 6 minutes
 # FFN init 'normal' (the paper's SVD init of 6.7B-13B factors costs minutes and no speed).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/scale_x4.sh OUT_DIR SET [SET ...]}; shift
@@ -49,6 +53,20 @@ for set in "$@"; do
           "$TP2PP2SP"
       bench 13b configs/13b_lowrank.json 2 16 4 2 o:parallel.tensor=2 o:parallel.pipeline=2 \
           o:parallel.sequence_parallel=true ;;
+    compiled)
+      for n in 1 4; do
+        python3 benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --nproc $n --modes compile \
+            --micro-batch-size 8 --grad-accumulation 4 --steps 20 --warmup 10 --out "$out/dp_weak_n$n.json" 2>&1 | tail -2
+      done
+      python3 benchmarks/bench_train.py --configs configs/6p7b_lowrank.json --nproc 4 --modes compile \
+          --micro-batch-size 4 --grad-accumulation 4 --steps 4 --warmup 2 --override model.ffn.init=\"normal\" \
+          --out "$out/6p7b_dp4_compiled.json" 2>&1 | tail -2
+      python3 benchmarks/bench_train.py --configs configs/13b_lowrank.json --nproc 4 --modes eager \
+          --micro-batch-size 4 --grad-accumulation 2 --steps 4 --warmup 2 --override model.ffn.init=\"normal\" \
+          --out "$out/13b_dp4.json" 2>&1 | tail -2
+      python3 benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --nproc 4 --modes compile \
+          --micro-batch-size 8 --grad-accumulation 4 --steps 6 --warmup 2 --override parallel.tensor=2 \
+          --override parallel.sequence_parallel=true --out "$out/tp2sp_compiled.json" 2>&1 | tail -2 ;;
     *) echo "unknown set '$set'" >&2; exit 2 ;;
   esac
 done
