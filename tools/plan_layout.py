@@ -38,6 +38,8 @@ CONSTANTS = [  # flag, Hardware field, help
     ("--network-gb-s", "network_gb_s", "per-GPU bandwidth between nodes, GB/s (uncalibrated)"),
     ("--collective-latency-us", "collective_latency_us", "fixed cost per collective call (uncalibrated)"),
     ("--layer-overhead-ms", "layer_overhead_ms", "host time per block and micro-batch (calibrated, 1.3B profile)"),
+    ("--tp-layer-host-ms", "tp_layer_host_ms",
+     "more host time per block and micro-batch under tensor parallelism (calibrated, 4 x H200)"),
     ("--tp-overlap", "tp_overlap", "fraction of tensor-parallel collective time hidden (uncalibrated)"),
     ("--dp-overlap", "dp_overlap", "fraction of the last backward that hides the gradient reduction"),
     ("--overhead-gb", "overhead_gb", "memory outside torch's allocator count (uncalibrated)"),

@@ -42,6 +42,12 @@ class Hardware:
     # host/launch time per transformer block per micro-batch that the GPU waits for, ms.
     # Calibrated: 7.7 ms of GPU idle per step over 24 blocks (1.3B lowrank compiled profile)
     layer_overhead_ms: float = 0.3
+    # more host time per block per micro-batch under tensor parallelism (its collectives, region
+    # autograd functions and the graph breaks at them), ms. Calibrated: the 4-GPU runs of
+    # 2026-11-28 (1.3B and 6.7B, TP2/TP4, +/- SP, eager and compiled) left 3.0-7.0 ms per block
+    # and micro-batch unexplained by compute and collectives (median 4.8); the 2-GPU TP2 runs of
+    # 2026-11-23 (one or two micro-batches per step) about 1 ms. docs/performance.md
+    tp_layer_host_ms: float = 4.5
     # fraction of the tensor-parallel collective time hidden behind GEMMs. Uncalibrated; 0
     # until issue 14's overlap is measured
     tp_overlap: float = 0.0

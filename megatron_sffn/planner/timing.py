@@ -5,7 +5,8 @@ Per micro-batch and pipeline stage:
               token, replicated ones on every token, or on the rank's 1/t under SP)
               / achievable TFLOP/s
   recompute   activation checkpointing runs each block's forward again: 1/3 of its FLOPs
-  host        Hardware.layer_overhead_ms per block (launch and Python time the GPU waits for)
+  host        Hardware.layer_overhead_ms per block (launch and Python time the GPU waits for),
+              + Hardware.tp_layer_host_ms per block under tensor parallelism (host-bound there)
   tensor      the tensor group's collectives (design.md's count: per block one region entry
               and one exit for attention and for the FFN, of T x d for attention and dense FFNs,
               T x r for LowRank/BlockDense, T x min(d, f) for BlockShuffle, + T x d for an
@@ -139,7 +140,8 @@ def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], 
         p2p = boundaries * 2 * payload / (pipeline_bandwidth(layout, hw) * 1e9)
     return {"compute": flops / rate,
             "recompute": block_flops / 3.0 / rate if layout.activation_checkpointing else 0.0,
-            "host": sum(p.kind == "block" for p in stage) * hw.layer_overhead_ms * 1e-3,
+            "host": sum(p.kind == "block" for p in stage) * 1e-3
+                    * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if t > 1 else 0.0)),
             "tensor_comm": tensor, "pipeline_p2p": p2p}
 
 
