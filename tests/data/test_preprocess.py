@@ -252,7 +252,9 @@ def test_interrupted_run_leaves_previous_output_and_no_partial_files(tmp_path, s
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_cli_interrupted_mid_run_writes_nothing(tmp_path, corpus_records, tokenizer_path, signum):
-    big = write_jsonl(tmp_path / "big.jsonl", corpus_records * 6)
+    # big enough that the run is still going when the signal comes, on a loaded machine too
+    # (at 6 copies a run could finish in the half second before it; the test then failed)
+    big = write_jsonl(tmp_path / "big.jsonl", corpus_records * 60)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "tools/preprocess_data.py", "--input", big,
                              "--json-keys", "text", "--tokenizer-model", tokenizer_path,
@@ -263,7 +265,8 @@ def test_cli_interrupted_mid_run_writes_nothing(tmp_path, corpus_records, tokeni
     while not (out.exists() and any(".tmp-" in n for n in os.listdir(out))):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted: make the input larger"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
