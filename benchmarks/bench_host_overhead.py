@@ -24,6 +24,20 @@ sync counts are what a GPU run makes. --reference adds the plain-PyTorch script'
 
     python benchmarks/bench_host_overhead.py --out benchmarks/results/host_overhead_cpu.json
     python benchmarks/bench_host_overhead.py --configs configs/1p3b_lowrank.json --modes eager compile --reference
+
+--tensor-parallel T runs every case in T processes over gloo (started here, the way torchrun
+would: RANK, WORLD_SIZE, MASTER_*; one CPU thread each) as tensor T, and beside it tensor 1 x
+data T on the same processes and widths (add --sequence-parallel for the SP case too). Each
+collective call (and each asynchronous one's wait) is timed and taken out of its phase: on a
+CPU, gloo collectives block and cost real time (the peer's skew included), which on a GPU is
+the device's. The table then gives host ms per block per micro-batch ((forward + backward -
+collectives) / layers, one micro-batch per step) and its excess over tensor 1.
+--profile adds a cProfile run of rank 0's timed steps (its own run: the profiler slows
+Python down) and lists the top functions by own and cumulative time, with calls per block
+per micro-batch.
+
+    python benchmarks/bench_host_overhead.py --configs configs/1p3b_lowrank.json --modes eager \
+        --tensor-parallel 2 --sequence-parallel --profile --out benchmarks/results/host_overhead_tp2_cpu.json
 """
 from __future__ import annotations
 
@@ -66,6 +80,12 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each case this many times (own process each) and keep the fastest: a shared "
                          "machine's noise only ever adds time")
+    ap.add_argument("--tensor-parallel", type=int, default=1,
+                    help="T > 1: each case in T gloo processes as tensor T, beside tensor 1 x data T")
+    ap.add_argument("--sequence-parallel", action="store_true", help="with --tensor-parallel: also tensor T with SP")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --tensor-parallel: also a cProfile run of rank 0 per case (top functions)")
+    ap.add_argument("--profile-top", type=int, default=40)
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON to --out
     return ap.parse_args(argv)
@@ -85,14 +105,19 @@ def tiny_overrides(config: str, args) -> list:
     return out + args.override
 
 
-def launcher_argv(config: str, mode: str, run_dir: str, args) -> list:
+def launcher_argv(config: str, mode: str, run_dir: str, args, tensor: int = 1, data: int = 1,
+                  sequence_parallel: bool = False) -> list:
     total = args.warmup + args.steps + args.count_steps + 1  # the last step ends in the final evaluation
     argv = ["--config", config, "--run-dir", run_dir, "--data-path", "embedded",
-            "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(args.micro_batch_size),
+            "--micro-batch-size", str(args.micro_batch_size),
+            "--global-batch-size", str(args.micro_batch_size * data),  # one micro-batch per step and rank
+            "--tensor-parallel", str(tensor),
             "--train-steps", str(total), "--log-interval", str(args.log_interval),
             "--eval-interval", str(10 ** 9), "--no-save"]
     if mode == "compile":
         argv.append("--compile")
+    if sequence_parallel:
+        argv.append("--sequence-parallel")
     for o in tiny_overrides(config, args):
         argv += ["--override", o]
     return argv
@@ -104,6 +129,7 @@ class PhaseClock:
     def __init__(self):
         self.current = Counter()
         self.depth = 0
+        self.phase = None  # the outermost wrapped call running now
 
     def wrap(self, owner, attr: str, phase: str) -> None:
         original = getattr(owner, attr)
@@ -113,12 +139,14 @@ class PhaseClock:
             if clock.depth:
                 return original(*a, **k)
             clock.depth += 1
+            clock.phase = phase
             started = time.perf_counter()
             try:
                 return original(*a, **k)
             finally:
                 clock.current[phase] += time.perf_counter() - started
                 clock.depth -= 1
+                clock.phase = None
 
         setattr(owner, attr, timed)
 
@@ -127,7 +155,64 @@ class PhaseClock:
         return out
 
 
-def run_megatron_case(config: str, mode: str, args) -> dict:
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "reduce_scatter_tensor",
+               "reduce_scatter_single", "reduce_scatter", "broadcast", "barrier", "all_gather_object")
+
+
+class _TimedWork:
+    """An asynchronous collective's handle whose wait() is timed as collective time."""
+
+    def __init__(self, work, record):
+        self._work, self._record = work, record
+
+    def wait(self, *a, **k):
+        started = time.perf_counter()
+        try:
+            return self._work.wait(*a, **k)
+        finally:
+            self._record(time.perf_counter() - started, wait=True)
+
+    def __getattr__(self, name):
+        return getattr(self._work, name)
+
+
+class CollectiveClock:
+    """Time in torch.distributed's collectives (a blocking call's whole time, an asynchronous
+    one's launch and wait), per step by the phase it ran in (`clock.phase`), and counts."""
+
+    def __init__(self, clock: PhaseClock):
+        self.clock, self.current, self.calls = clock, Counter(), Counter()
+
+    def install(self) -> None:
+        import torch.distributed as dist
+        for name in COLLECTIVES:
+            original = getattr(dist, name, None)
+            if original is not None:
+                setattr(dist, name, self._timed(original, name))
+
+    def _record(self, seconds: float, name: str = "", wait: bool = False) -> None:
+        phase = self.clock.phase or "loop"
+        self.current[f"coll_{phase}"] += seconds
+        if not wait:
+            self.calls[f"{phase}:{name}"] += 1
+
+    def _timed(self, original, name):
+        def timed(*a, **k):
+            started = time.perf_counter()
+            try:
+                work = original(*a, **k)
+            finally:
+                self._record(time.perf_counter() - started, name)
+            return _TimedWork(work, self._record) if k.get("async_op") and work is not None else work
+        return timed
+
+    def take(self):
+        out, self.current = self.current, Counter()
+        calls, self.calls = self.calls, Counter()
+        return out, calls
+
+
+def run_megatron_case(config: str, mode: str, args, layout: dict = None) -> dict:
     import torch
     from deepspeed.runtime.engine import DeepSpeedEngine
 
@@ -149,11 +234,22 @@ def run_megatron_case(config: str, mode: str, args) -> dict:
     clock.wrap(DeepSpeedEngine, "step", "optimizer_step")
     inner.wrap(MasterWeightAdamW, "step", "optimizer")
     clock.wrap(MasterWeightAdamW, "step", "optimizer_step")
-    run_dir = tempfile.mkdtemp(prefix="host_overhead_")
-    launcher_args, overrides = parse(launcher_argv(config, mode, run_dir, args))
-    cfg = load_config(launcher_args.config, overrides, world_size=1)
+    layout = layout or {}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tensor = layout.get("tensor", 1)
+    collectives = CollectiveClock(clock)
+    collectives.install()
+    run_dir = layout.get("run_dir") or tempfile.mkdtemp(prefix="host_overhead_")
+    launcher_args, overrides = parse(launcher_argv(config, mode, run_dir, args, tensor=tensor,
+                                                   data=world // tensor,
+                                                   sequence_parallel=layout.get("sequence_parallel", False)))
+    cfg = load_config(launcher_args.config, overrides, world_size=world)
     trainer = loop_module.Trainer(cfg)
     clock.wrap(type(trainer.engine.module), "__call__", "forward")
+    profiler = None
+    if layout.get("profile") and trainer.state.rank == 0:
+        import cProfile
+        profiler = cProfile.Profile()
     steps, counter = [], None
     state = {"start": None}
     count_from, count_to = args.warmup + args.steps, args.warmup + args.steps + args.count_steps
@@ -163,17 +259,23 @@ def run_megatron_case(config: str, mode: str, args) -> dict:
         nonlocal counter
         now = time.perf_counter()
         step = trainer.loop.step
+        if profiler is not None and step == args.warmup + args.steps:
+            profiler.disable()
         if state["start"] is not None:
-            record = {"step": step - 1, "total": now - state["start"], **clock.take(), **inner.take()}
+            spent, calls = collectives.take()
+            record = {"step": step - 1, "total": now - state["start"], **clock.take(), **inner.take(), **spent,
+                      "collective_calls": calls}
             record["log_step"] = step % args.log_interval == 0
             if counter is not None:
                 counter.__exit__(None, None, None)
                 record["syncs"], record["ops"] = counter.snapshot(), counter.ops
                 counter = None
             steps.append(record)
-        if count_from <= step < count_to:
+        if count_from <= step < count_to and profiler is None:
             counter = SyncCounter(count_ops=True)
             counter.__enter__()
+        if profiler is not None and step == args.warmup:
+            profiler.enable()
         state["start"] = time.perf_counter()
         return original()
 
@@ -188,8 +290,41 @@ def run_megatron_case(config: str, mode: str, args) -> dict:
                 "precision": cfg.training.precision, "zero_stage": cfg.parallel.zero_stage,
                 "params": trainer.stats.total_params,
                 "param_tensors": sum(1 for _ in trainer.engine.module.parameters()),
-                "overrides": overrides, "final_loss": result.train_losses.get(result.steps)})
+                "overrides": overrides, "final_loss": result.train_losses.get(result.steps),
+                "world_size": world, "tensor": tensor, "data": world // tensor,
+                "sequence_parallel": bool(layout.get("sequence_parallel")) and tensor > 1,
+                "rank": trainer.state.rank})
+    plain = [s for s in timed if not s["log_step"]] or timed
+    for phase in PHASES[:-1] + ("loop",):
+        row[f"collective_{phase}_ms"] = 1000 * statistics.median(s.get(f"coll_{phase}", 0.0) for s in plain)
+    calls = Counter()
+    for s in plain:
+        calls.update(s["collective_calls"])
+    row["collective_calls_per_step"] = {k: v / len(plain) for k, v in sorted(calls.items())}
+    layers = cfg.model.num_layers
+    host = [s.get("forward", 0.0) + s.get("backward", 0.0) - s.get("coll_forward", 0.0) - s.get("coll_backward", 0.0)
+            for s in plain]
+    row["fwd_bwd_host_ms"] = 1000 * statistics.median(host)
+    row["host_ms_per_block"] = row["fwd_bwd_host_ms"] / layers  # one micro-batch per step
+    if profiler is not None:
+        row["profile"] = profile_rows(profiler, args.steps, layers, args.profile_top)
+        row["profiled"] = True
     return row
+
+
+def profile_rows(profiler, steps: int, layers: int, top: int) -> dict:
+    """Top functions of a cProfile run by own and cumulative time, per step and per block."""
+    import pstats
+    stats = pstats.Stats(profiler).stats
+    rows = []
+    for (path, line, func), (cc, nc, tt, ct, _) in stats.items():
+        where = f"{os.path.relpath(path, ROOT) if path.startswith(ROOT) else os.path.basename(path)}:{line}({func})"
+        rows.append({"function": where, "calls_per_step": nc / steps, "calls_per_block": nc / steps / layers,
+                     "own_ms_per_step": 1000 * tt / steps, "cum_ms_per_step": 1000 * ct / steps})
+    total_calls = sum(r["calls_per_step"] for r in rows)
+    return {"python_calls_per_step": total_calls, "python_calls_per_block": total_calls / layers,
+            "by_own": sorted(rows, key=lambda r: -r["own_ms_per_step"])[:top],
+            "by_cumulative": sorted(rows, key=lambda r: -r["cum_ms_per_step"])[:top]}
 
 
 def summarise(timed, counted) -> dict:
@@ -284,23 +419,76 @@ def run_reference_case(config: str, mode: str, args) -> dict:
 
 
 def run_in_subprocess(case: dict, args) -> dict:
+    if case.get("world", 1) > 1:
+        return run_ranks_in_subprocesses(case, args)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "case.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--case", json.dumps(case), "--out", out,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--count-steps", str(args.count_steps),
-               "--log-interval", str(args.log_interval), "--micro-batch-size", str(args.micro_batch_size),
-               "--seq-length", str(args.seq_length), "--hidden-size", str(args.hidden_size),
-               "--ffn-hidden-size", str(args.ffn_hidden_size), "--rank", str(args.rank)]
-        if args.reference_bf16:
-            cmd.append("--reference-bf16")
-        for o in args.override:
-            cmd += ["--override", o]
+        cmd = case_command(case, out, args)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{case}: FAILED (exit {proc.returncode})\n{(proc.stdout + proc.stderr)[-3000:]}", file=sys.stderr)
-            return {"name": f"{case['side']}-{case['config']}-{case['mode']}", "error": proc.returncode}
+            return {"name": case_name(case), "error": proc.returncode}
         with open(out) as f:
             return json.load(f)
+
+
+def case_name(case: dict) -> str:
+    name = f"{case['side']}-{case['config']}-{case['mode']}"
+    if case.get("world", 1) > 1:
+        name = f"{os.path.basename(case['config']).replace('.json', '')}-{case['mode']}-" + layout_name(case)
+    return name + ("-profiled" if case.get("profile") else "")
+
+
+def layout_name(case: dict) -> str:
+    t, w = case.get("tensor", 1), case.get("world", 1)
+    return f"t{t}d{w // t}" + ("sp" if case.get("sequence_parallel") and t > 1 else "")
+
+
+def run_ranks_in_subprocesses(case: dict, args) -> dict:
+    """One case on case['world'] local processes over gloo, started as torchrun would; rank 0's row."""
+    from megatron_sffn.parallel.launch import free_port
+    world, port = case["world"], free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        case = dict(case, run_dir=os.path.join(tmp, "run"))
+        outs = [os.path.join(tmp, f"rank{r}.json") for r in range(world)]
+        logs = [open(os.path.join(tmp, f"rank{r}.log"), "w+") for r in range(world)]
+        procs = []
+        for r in range(world):
+            env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                       CUDA_VISIBLE_DEVICES="")
+            procs.append(subprocess.Popen(case_command(case, outs[r], args), cwd=ROOT, env=env, stdout=logs[r],
+                                          stderr=subprocess.STDOUT))
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            for r, log in enumerate(logs):
+                log.seek(0)
+                print(f"{case_name(case)} rank {r}: exit {codes[r]}\n{log.read()[-3000:]}", file=sys.stderr)
+            return {"name": case_name(case), "error": max(codes)}
+        rows = []
+        for out in outs:
+            with open(out) as f:
+                rows.append(json.load(f))
+        row = rows[0]
+        row["name"] = case_name(case)
+        row["other_ranks"] = [{k: r.get(k) for k in ("rank", "step_ms", "forward_ms", "backward_ms",
+                                                    "optimizer_step_ms", "collective_forward_ms",
+                                                    "collective_backward_ms", "host_ms_per_block")} for r in rows[1:]]
+        return row
+
+
+def case_command(case: dict, out: str, args) -> list:
+    cmd = [sys.executable, os.path.abspath(__file__), "--case", json.dumps(case), "--out", out,
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--count-steps", str(args.count_steps),
+           "--log-interval", str(args.log_interval), "--micro-batch-size", str(args.micro_batch_size),
+           "--seq-length", str(args.seq_length), "--hidden-size", str(args.hidden_size),
+           "--ffn-hidden-size", str(args.ffn_hidden_size), "--rank", str(args.rank)]
+    if args.reference_bf16:
+        cmd.append("--reference-bf16")
+    for o in args.override:
+        cmd += ["--override", o]
+    cmd += ["--profile-top", str(args.profile_top)]
+    return cmd
 
 
 def environment() -> dict:
@@ -335,19 +523,67 @@ def print_table(rows) -> None:
             print(f"  {r['name']}: syncs per non-logging step: {kinds}")
 
 
+def tensor_parallel_cases(args) -> list:
+    t = args.tensor_parallel
+    layouts = [dict(tensor=1), dict(tensor=t)] + ([dict(tensor=t, sequence_parallel=True)]
+                                                   if args.sequence_parallel else [])
+    cases = []
+    for c in args.configs:
+        for m in args.modes:
+            base = {"side": "megatron_sffn", "config": c, "mode": m, "world": t}
+            cases += [dict(base, **layout) for layout in layouts]
+            if args.profile:
+                cases += [dict(base, profile=True, **layout) for layout in layouts]
+    return cases
+
+
+def print_tensor_parallel_table(rows) -> None:
+    """Host ms per block per micro-batch, collectives taken out, against tensor 1 of the same config."""
+    timed = [r for r in rows if "error" not in r and not r.get("profiled")]
+    header = (f"{'case':<36} {'fwd':>7} {'bwd':>7} {'opt':>7} {'coll fwd':>8} {'coll bwd':>8} {'coll opt':>8} "
+              f"{'host/blk':>8} {'vs t1':>7} {'coll calls':>10}")
+    print("\nper step (one micro-batch), ms; host/blk = (fwd + bwd - their collectives) / layers\n" + header)
+    print("-" * len(header))
+    for r in timed:
+        base = next((b for b in timed if b["config"] == r["config"] and b["mode"] == r["mode"] and b["tensor"] == 1),
+                    None)
+        excess = r["host_ms_per_block"] - base["host_ms_per_block"] if base else None
+        calls = sum(v for k, v in r["collective_calls_per_step"].items() if not k.startswith("loop"))
+        print(f"{r['name']:<36} {fmt(r['forward_ms']):>7} {fmt(r['backward_ms']):>7} {fmt(r['optimizer_step_ms']):>7} "
+              f"{fmt(r['collective_forward_ms']):>8} {fmt(r['collective_backward_ms']):>8} "
+              f"{fmt(r['collective_optimizer_step_ms']):>8} {fmt(r['host_ms_per_block'], '.3f'):>8} "
+              f"{fmt(excess, '+.3f'):>7} {calls:>10.0f}")
+    for r in rows:
+        if r.get("profiled") and "error" not in r:
+            p = r["profile"]
+            print(f"\n{r['name']} (cProfile, rank 0, per step; {p['python_calls_per_block']:.0f} Python calls per block)")
+            print(f"  {'own ms':>7} {'cum ms':>7} {'calls/blk':>9}  function (by own time)")
+            for f in p["by_own"][:20]:
+                print(f"  {f['own_ms_per_step']:7.2f} {f['cum_ms_per_step']:7.2f} {f['calls_per_block']:9.2f}  {f['function']}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.case:
         case = json.loads(args.case)
-        run = run_reference_case if case["side"] == "reference" else run_megatron_case
-        row = run(case["config"], case["mode"], args)
+        if case["side"] == "reference":
+            row = run_reference_case(case["config"], case["mode"], args)
+        else:
+            row = run_megatron_case(case["config"], case["mode"], args, layout=case)
         with open(args.out, "w") as f:
             json.dump(row, f)
         return 0
-    cases = [{"side": side, "config": c, "mode": m} for c in args.configs for m in args.modes
-             for side in (["megatron_sffn", "reference"] if args.reference else ["megatron_sffn"])]
+    if args.tensor_parallel > 1:
+        cases = tensor_parallel_cases(args)
+    else:
+        cases = [{"side": side, "config": c, "mode": m} for c in args.configs for m in args.modes
+                 for side in (["megatron_sffn", "reference"] if args.reference else ["megatron_sffn"])]
     rows = []
     for case in cases:
+        if case.get("profile"):  # one run: its times are the profiler's, not the timed ones
+            rows.append(run_in_subprocess(case, args))
+            print(f"done: {rows[-1].get('name')}", file=sys.stderr, flush=True)
+            continue
         runs = [run_in_subprocess(case, args) for _ in range(max(1, args.repeat))]
         good = [r for r in runs if "error" not in r]
         row = min(good, key=lambda r: r["step_ms"]) if good else runs[0]
@@ -355,7 +591,9 @@ def main(argv=None) -> int:
             row["repeats_step_ms"] = [r["step_ms"] for r in good]
         rows.append(row)
         print(f"done: {rows[-1].get('name')}", file=sys.stderr, flush=True)
-    print_table(rows)
+    print_table([r for r in rows if not r.get("profiled")])
+    if args.tensor_parallel > 1:
+        print_tensor_parallel_table(rows)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
