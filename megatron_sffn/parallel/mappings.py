@@ -45,7 +45,8 @@ class TensorParallel:
 
 def _all_reduce_fused(tensors: Sequence[torch.Tensor], group) -> Tuple[torch.Tensor, ...]:
     if len(tensors) == 1:
-        out = tensors[0].contiguous().clone()
+        # one copy (contiguous() then clone() made two of a strided input)
+        out = tensors[0].clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out, group=group)
         return (out,)
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -82,37 +83,38 @@ class _ScatterToRegion(torch.autograd.Function):
     """Forward: keep this rank's slice of the last dim. Backward: all-gather it."""
 
     @staticmethod
-    def forward(ctx, group, x):
-        ctx.group = group
-        return _split_last(x, group)
+    def forward(ctx, tp, x):
+        ctx.tp = tp
+        return _split_last(x, tp)
 
     @staticmethod
     def backward(ctx, grad):
-        return None, _gather_last(grad, ctx.group)
+        return None, _gather_last(grad, ctx.tp)
 
 
 class _GatherFromRegion(torch.autograd.Function):
     """Forward: all-gather the last dim. Backward: keep this rank's slice."""
 
     @staticmethod
-    def forward(ctx, group, x):
-        ctx.group = group
-        return _gather_last(x, group)
+    def forward(ctx, tp, x):
+        ctx.tp = tp
+        return _gather_last(x, tp)
 
     @staticmethod
     def backward(ctx, grad):
-        return None, _split_last(grad, ctx.group)
+        return None, _split_last(grad, ctx.tp)
 
 
-def _split_last(x: torch.Tensor, group) -> torch.Tensor:
-    size, rank = dist.get_world_size(group), dist.get_rank(group)
-    return x.chunk(size, dim=-1)[rank].contiguous()
+# size and rank come from the TensorParallel built once at start-up, not from a process-group
+# query per call
+def _split_last(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    return x.chunk(tp.size, dim=-1)[tp.rank].contiguous()
 
 
-def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
+def _gather_last(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x, group=group)
+    parts = [torch.empty_like(x) for _ in range(tp.size)]
+    dist.all_gather(parts, x, group=tp.group)
     return torch.cat(parts, dim=-1)
 
 
@@ -131,8 +133,8 @@ def reduce_from_tensor_region(tp: TensorParallel, *tensors: torch.Tensor):
 
 
 def scatter_to_tensor_region(tp: TensorParallel, x: torch.Tensor) -> torch.Tensor:
-    return _ScatterToRegion.apply(tp.group, x) if tp.enabled else x
+    return _ScatterToRegion.apply(tp, x) if tp.enabled else x
 
 
 def gather_from_tensor_region(tp: TensorParallel, x: torch.Tensor) -> torch.Tensor:
-    return _GatherFromRegion.apply(tp.group, x) if tp.enabled else x
+    return _GatherFromRegion.apply(tp, x) if tp.enabled else x

@@ -52,8 +52,11 @@ def _side_by_side(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _apart(buffer: torch.Tensor, like: Sequence[torch.Tensor], factor: float) -> List[torch.Tensor]:
     """Split a (tokens, widths) buffer back into views shaped like `like` with tokens scaled."""
+    if len(like) == 1:  # the common case, without the lists
+        t = like[0]
+        return [buffer.view(*_scaled_lead(t, factor), t.shape[-1])]
     widths = [t.shape[-1] for t in like]
-    pieces = buffer.split(widths, dim=-1) if len(like) > 1 else [buffer]
+    pieces = buffer.split(widths, dim=-1)
     return [p.view(*_scaled_lead(t, factor), t.shape[-1]) for p, t in zip(pieces, like)]
 
 

@@ -19,3 +19,24 @@ def test_phases_and_syncs_of_the_launchers_step_and_the_reference(tmp_path):
     # the default path waits for the device only at log steps; the reference reads its loss every step
     assert ours["syncs_per_step"] == 0 and ours["syncs_per_log_step"] <= 1
     assert reference["syncs_per_step"] == 1
+
+
+def test_tensor_parallel_cases_split_collectives_from_host_time(tmp_path):
+    """--tensor-parallel 2 --sequence-parallel: tensor 1 x data 2, tensor 2 and tensor 2 with SP
+    on 2 gloo processes each, collective time per phase and host ms per block."""
+    out = tmp_path / "tp.json"
+    _, result = run_script("bench_host_overhead.py", [
+        "--configs", "configs/1p3b_lowrank.json", "--modes", "eager", "--tensor-parallel", "2",
+        "--sequence-parallel", "--steps", "2", "--warmup", "1", "--count-steps", "0", "--log-interval", "100",
+        "--hidden-size", "32", "--ffn-hidden-size", "64", "--rank", "8", "--out", out])
+    rows = {(r["tensor"], r["sequence_parallel"]): r for r in result["results"]}
+    assert set(rows) == {(1, False), (2, False), (2, True)}
+    dp, tp, sp = rows[(1, False)], rows[(2, False)], rows[(2, True)]
+    assert dp["data"] == 2 and tp["data"] == 1 and all(r["world_size"] == 2 for r in rows.values())
+    forward = lambda r: sum(v for k, v in r["collective_calls_per_step"].items() if k.startswith("forward:"))
+    # no collective in a data-parallel forward; one per row-parallel layer (2 per block) with TP;
+    # under SP also the gathers entering the column-parallel layers
+    assert forward(dp) == 0 and forward(tp) >= 2 * 24 and forward(sp) > forward(tp)
+    for r in rows.values():
+        assert 0 < r["host_ms_per_block"] and r["collective_forward_ms"] <= r["forward_ms"]
+        assert len(r["other_ranks"]) == 1
