@@ -3,11 +3,11 @@
 Blocks are compiled one by one (nn.Module.compile keeps parameter names and module
 structure), so the same call serves the data-parallel model and every pipeline stage, and
 activation checkpointing still wraps whole blocks. Under tensor parallelism the collectives
-stay outside the graphs (parallel/regions.py disables compilation there): a block compiles
-as the pieces between its collectives, and the functions those pieces start in are shared by
-every linear of the block (qkv, proj, fc1, fc2 differ in shapes) and by training and
-evaluation, so the per-function recompile limit is raised to hold them all instead of
-falling back to eager after 8. Guided blocks compile too: the guide weight a enters the graphs
+are traced into the graphs (parallel/collectives.py), so a block is one graph there too.
+The per-function recompile limit is raised so that every graph a function needs (shapes of
+qkv, proj, fc1, fc2; training and evaluation; guided draws) is kept instead of falling back
+to eager after 8; with `collectives_in_graphs=False` a block compiles as the pieces between
+its collectives (the behaviour before, for comparison) and needs that most. Guided blocks compile too: the guide weight a enters the graphs
 as a tensor (GuideState.alpha_tensor), not a constant, and the reduce_flop draws are made
 outside the graphs (structured/linear.py draw_guides), so a guided FFN has at most one graph
 per combination of its layers' draws, shared by every block, and a step with new draws or a
@@ -28,10 +28,11 @@ from .block import TransformerBlock
 RECOMPILE_LIMIT = 64
 
 
-def compile_blocks(module: nn.Module) -> int:
+def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
-    keep_collectives_out_of_compiled_graphs()
+    if not collectives_in_graphs:
+        keep_collectives_out_of_compiled_graphs()
     keep_draws_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)

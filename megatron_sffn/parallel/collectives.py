@@ -1,12 +1,23 @@
-"""The single-tensor all-gather and reduce-scatter under whichever name this torch has.
+"""The tensor group's collectives, eager or traced into a torch.compile graph.
 
-torch 2.13 renamed them (all_gather_single, reduce_scatter_single; the old names warn) and
-2.11 has only the old ones. They are looked up at each call, not bound at import, so a
-wrapper installed on torch.distributed (benchmarks/bench_scaling.py's traffic counter)
-sees every call.
+Eager, they are torch.distributed's calls (asynchronous where the caller overlaps them with
+a GEMM: a work handle comes back). While torch.compile traces, they are the functional
+collectives instead, which Dynamo puts into the graph: a compiled tensor-parallel block is
+then one forward and one backward graph, not a piece between every two collectives with
+torch.distributed's Python layer and a graph-cache lookup at each (the host time that bound
+tensor parallelism on the H200s, docs/performance.md). Inductor places each wait before the
+first use of the result, so a collective still runs beside the independent GEMMs after it.
+
+torch 2.13 renamed the single-tensor all-gather and reduce-scatter (all_gather_single,
+reduce_scatter_single; the old names warn) and 2.11 has only the old ones; names are looked
+up at each call, not bound at import, so a wrapper installed on torch.distributed
+(benchmarks/bench_scaling.py's traffic counter) sees every eager call.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
+import torch
 import torch.distributed as dist
 
 
@@ -16,3 +27,49 @@ def all_gather_single(*args, **kwargs):
 
 def reduce_scatter_single(*args, **kwargs):
     return (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(*args, **kwargs)
+
+
+def _functional(new: str, old: str):
+    import torch.distributed._functional_collectives as functional
+    return getattr(functional, new, None) or getattr(functional, old)
+
+
+def tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def gather_rows(local: torch.Tensor, group, size: int, async_op: bool = False
+                ) -> Tuple[torch.Tensor, Optional[object]]:
+    """(n, ...) on each rank -> (size n, ...) in rank order: (result, work to wait on or None)."""
+    if tracing():
+        return _functional("all_gather_single", "all_gather_tensor")(local, 0, group), None
+    out = local.new_empty((size * local.shape[0],) + tuple(local.shape[1:]))
+    return out, all_gather_single(out, local, group=group, async_op=async_op)
+
+
+def reduce_scatter_rows(full: torch.Tensor, group, size: int, async_op: bool = False
+                        ) -> Tuple[torch.Tensor, Optional[object]]:
+    """(size n, ...) partial sums -> this rank's summed (n, ...) rows: (result, work or None)."""
+    if full.shape[0] % size:
+        raise ValueError(f"{full.shape[0]} tokens cannot be split over {size} tensor ranks")
+    if tracing():
+        return _functional("reduce_scatter_single", "reduce_scatter_tensor")(full, "sum", 0, group), None
+    out = full.new_empty((full.shape[0] // size,) + tuple(full.shape[1:]))
+    return out, reduce_scatter_single(out, full, group=group, async_op=async_op)
+
+
+def sum_over_group(t: torch.Tensor, group, async_op: bool = False) -> Tuple[torch.Tensor, Optional[object]]:
+    """All-reduce (sum) of a tensor the caller owns: in place eager, a new tensor traced."""
+    if tracing():
+        return _functional("all_reduce", "all_reduce")(t, "sum", group), None
+    return t, dist.all_reduce(t, group=group, async_op=async_op)
+
+
+def gather_last_dim(x: torch.Tensor, group, size: int) -> torch.Tensor:
+    """Each rank's slice of the last dim -> the whole last dim, in rank order."""
+    if tracing():
+        return _functional("all_gather_single", "all_gather_tensor")(x.contiguous(), x.dim() - 1, group)
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts, dim=-1)

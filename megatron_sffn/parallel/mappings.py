@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
+
+from .collectives import gather_last_dim, sum_over_group
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,9 @@ class TensorParallel:
 def _all_reduce_fused(tensors: Sequence[torch.Tensor], group) -> Tuple[torch.Tensor, ...]:
     if len(tensors) == 1:
         # one copy (contiguous() then clone() made two of a strided input)
-        out = tensors[0].clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, group=group)
+        out, _ = sum_over_group(tensors[0].clone(memory_format=torch.contiguous_format), group)
         return (out,)
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, group=group)
+    flat, _ = sum_over_group(torch.cat([t.reshape(-1) for t in tensors]), group)
     return tuple(piece.view_as(t) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors))
 
 
@@ -112,10 +111,7 @@ def _split_last(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
 
 
 def _gather_last(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(tp.size)]
-    dist.all_gather(parts, x, group=tp.group)
-    return torch.cat(parts, dim=-1)
+    return gather_last_dim(x, tp.group, tp.size)
 
 
 def copy_to_tensor_region(tp: TensorParallel, *tensors: torch.Tensor):

@@ -9,16 +9,16 @@
 
 Layers call these and never ask which mode is on. With tensor size 1 all are local.
 
-Under torch.compile the collectives stay outside the graphs (a graph break at each, not a
-failure): model/compile.py calls `keep_collectives_out_of_compiled_graphs` first. It is
-not done at import, because importing torch._dynamo costs every process ~1.5 s of start-up.
+Under torch.compile the collectives are traced into the block's graphs (parallel/collectives.py).
+`keep_collectives_out_of_compiled_graphs` puts them back outside (a graph break at each), the
+behaviour before, kept for comparison (benchmarks/bench_host_overhead.py).
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from .collectives import sum_over_group
 from .mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
 from .sequence import (_apart, gather_from_sequence, gather_tokens, reduce_scatter_to_sequence,
                        start_token_gather, start_token_reduce_scatter)
@@ -92,12 +92,12 @@ class _ColumnProduct(torch.autograd.Function):
                     shard, work = start_token_reduce_scatter([full_grad_x], group, size, async_op=True)
                     grad_x = _apart(shard, [full_grad_x], 1.0 / size)[0]
                 else:
-                    grad_x = full_grad_x
-                    work = dist.all_reduce(grad_x, group=group, async_op=True)
+                    grad_x, work = sum_over_group(full_grad_x, group, async_op=True)
             grad_w = None
             if need_w:
                 if regather:
-                    gather_work.wait()
+                    if gather_work is not None:  # None when traced: the graph waits
+                        gather_work.wait()
                     full = gathered
                 else:
                     full = saved.reshape(-1, saved.shape[-1])
@@ -128,7 +128,8 @@ _COLLECTIVE_ENTRY_POINTS = ("_gather_in", "_scatter_out", "_copy_in", "_reduce_o
 
 
 def keep_collectives_out_of_compiled_graphs() -> None:
-    """Wrap every collective entry point above in torch.compiler.disable (idempotent)."""
+    """Wrap every collective entry point above in torch.compiler.disable (idempotent, for the
+    rest of the process): compiled blocks then break their graph at every collective."""
     module = globals()
     for name in _COLLECTIVE_ENTRY_POINTS:
         function = module[name]

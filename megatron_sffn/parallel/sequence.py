@@ -26,12 +26,10 @@ import functools
 from typing import List, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-from .collectives import all_gather_single, reduce_scatter_single
+from .collectives import gather_rows, reduce_scatter_rows, sum_over_group
 from .mappings import TensorParallel
-
 
 
 def _scaled_lead(t: torch.Tensor, factor: float) -> List[int]:
@@ -62,20 +60,12 @@ def _apart(buffer: torch.Tensor, like: Sequence[torch.Tensor], factor: float) ->
 
 def start_token_gather(tensors: Sequence[torch.Tensor], group, size: int, async_op: bool = False):
     """All-gather the token shards of `tensors` into one buffer: (buffer, work or None)."""
-    local = _side_by_side(tensors)
-    out = torch.empty(size * local.shape[0], local.shape[1], dtype=local.dtype, device=local.device)
-    work = all_gather_single(out, local, group=group, async_op=async_op)
-    return out, work
+    return gather_rows(_side_by_side(tensors), group, size, async_op=async_op)
 
 
 def start_token_reduce_scatter(tensors: Sequence[torch.Tensor], group, size: int, async_op: bool = False):
     """Reduce-scatter full-token partial sums of `tensors` into one shard buffer: (buffer, work or None)."""
-    full = _side_by_side(tensors)
-    if full.shape[0] % size:
-        raise ValueError(f"{full.shape[0]} tokens cannot be split over {size} tensor ranks")
-    out = torch.empty(full.shape[0] // size, full.shape[1], dtype=full.dtype, device=full.device)
-    work = reduce_scatter_single(out, full, group=group, async_op=async_op)
-    return out, work
+    return reduce_scatter_rows(_side_by_side(tensors), group, size, async_op=async_op)
 
 
 def gather_tokens(tensors: Sequence[torch.Tensor], group, size: int) -> List[torch.Tensor]:
@@ -123,9 +113,7 @@ def reduce_scatter_to_sequence(tp: TensorParallel, *tensors: torch.Tensor):
 
 
 def _sum_over_group(grad: torch.Tensor, group) -> torch.Tensor:
-    summed = grad.clone()
-    dist.all_reduce(summed, group=group)
-    return summed
+    return sum_over_group(grad.clone(), group)[0]
 
 
 def mark_sequence_parallel_params(module: nn.Module, tp: TensorParallel) -> List[nn.Parameter]:

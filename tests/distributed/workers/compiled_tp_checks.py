@@ -1,0 +1,73 @@
+"""Worker (2 ranks, tensor 2): compiled tensor-parallel models against their eager selves.
+
+For every FFN kind (and guided lowrank), with and without sequence parallelism, one model
+runs eager and a copy runs with its blocks compiled (model/compile.py); both take the same
+three micro-batches. Rank 0 writes <out>/compiled_tp.pt with, per case: the largest relative
+loss and gradient differences (this rank's shards and partial sums), the graph breaks
+Dynamo reported, and how many graphs it made: with the collectives traced into the graphs
+(parallel/collectives.py) a block has no graph break, where before it broke at every one.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch._dynamo.utils import counters  # noqa: E402
+
+from megatron_sffn.model import GPTModel  # noqa: E402
+from megatron_sffn.model.compile import compile_blocks  # noqa: E402
+from megatron_sffn.parallel.topology import build_parallel_state, init_distributed  # noqa: E402
+from megatron_sffn.structured.guide import GuideState  # noqa: E402
+from tests.distributed.common import SEED, micro_batches, tiny_config  # noqa: E402
+
+# every kind under sequence parallelism, two without (the collectives there are all-reduces)
+CASES = [(kind, True) for kind in ("dense", "lowrank", "blockdense", "blockshuffle", "lowrank_sgt")] + \
+        [("lowrank", False), ("lowrank_sgt", False)]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def compare(kind: str, sequence_parallel: bool) -> dict:
+    cfg = tiny_config(kind, tensor=2, sequence_parallel=sequence_parallel)
+    state = build_parallel_state(cfg)
+    guided = cfg.self_guided.enabled
+    models = []
+    for _ in range(2):
+        guide_state = GuideState(active=guided, seed=SEED, reduce_flop=False, alpha=0.5)
+        models.append(GPTModel(cfg.model, state.tp, guided, guide_state).initialize(SEED))
+    eager, compiled = models
+    torch._dynamo.reset()
+    counters.clear()
+    compile_blocks(compiled)
+    loss_diff = 0.0
+    for ids, labels in list(micro_batches(0, 0, 1))[:3]:
+        want, got = eager.loss(ids, labels), compiled.loss(ids, labels)
+        want.backward()
+        got.backward()
+        loss_diff = max(loss_diff, abs(float(got) - float(want)) / abs(float(want)))
+    grad_diff = max(relative(q.grad, p.grad) for p, q in zip(eager.parameters(), compiled.parameters()))
+    return {"loss": loss_diff, "grad": grad_diff, "graph_breaks": sum(counters["graph_break"].values()),
+            "graphs": counters["stats"]["unique_graphs"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    init_distributed()
+    results = {}
+    for kind, sp in CASES:
+        results[(kind, sp)] = compare(kind, sp)
+    if dist.get_rank() == 0:
+        torch.save(results, os.path.join(args.out, "compiled_tp.pt"))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
