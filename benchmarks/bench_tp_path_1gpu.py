@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Host cost of the tensor-parallel code path, on one device: tensor parallelism of size 1.
+
+On 4 H200 the tensor-parallel layouts ran at 12-31% of data parallelism with the GPUs mostly
+waiting: each rank's host needed ~5 ms per block and micro-batch to issue its work. This
+separates that host cost from everything a multi-GPU run adds (rank skew, the link): the
+model runs its tensor-parallel path (every region edge, every collective, sequence
+parallelism's gathers and reduce-scatters) on a tensor group of ONE rank, so the math is the
+plain model's and each collective is a real but trivial call (NCCL on a GPU, gloo on a CPU).
+
+Modes (each in its own process, forward + backward of one micro-batch per step, bf16
+parameters on a GPU, fp32 on a CPU; no optimizer):
+  plain-eager, plain-compiled  the model without the tensor-parallel path (tensor size 1)
+  tp-eager                     the tensor-parallel path, eager
+  tp-split                     compiled, the collectives outside the graphs (a graph break at
+                               each: the behaviour before parallel/collectives.py)
+  tp-traced                    compiled, the collectives traced into the graphs
+Reported per mode: ms per step (timed window, the device synchronised at its end only),
+host ms per step (until backward() returns: when it nears the step time the host is the
+bound), graph breaks and graphs Dynamo made, and the loss of the first step (equal across
+modes: the path of size 1 computes the plain model). Prints a table and writes JSON.
+
+    python benchmarks/bench_tp_path_1gpu.py --config configs/1p3b_lowrank.json --micro-batch-size 8 \\
+        --out benchmarks/results/tp_path_1gpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODES = ("plain-eager", "plain-compiled", "tp-eager", "tp-split", "tp-traced")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/1p3b_lowrank.json")
+    ap.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--micro-batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    ap.add_argument("--no-sequence-parallel", action="store_true", help="the tensor path without SP")
+    ap.add_argument("--out", default=None, help="JSON results")
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
+    return ap.parse_args(argv)
+
+
+def one_rank_tensor_parallel(sequence_parallel: bool):
+    """A TensorParallel of size 1 that still takes the tensor-parallel path."""
+    import torch.distributed as dist
+    from megatron_sffn.parallel.mappings import TensorParallel
+
+    @dataclasses.dataclass(frozen=True)
+    class OneRankTensorParallel(TensorParallel):
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    return OneRankTensorParallel(group=dist.new_group([0]), size=1, rank=0, sequence_parallel=sequence_parallel)
+
+
+def run_case(mode: str, args) -> dict:
+    import torch
+    import torch.distributed as dist
+    from torch._dynamo.utils import counters
+    from megatron_sffn.config import load_config
+    from megatron_sffn.model import GPTModel
+    from megatron_sffn.model.compile import compile_blocks
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if not cuda:
+        torch.set_num_threads(1)  # a shared CPU's cores oversubscribed make every op crawl
+    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1,
+                            **({"device_id": device} if cuda else {}))
+    cfg = load_config(os.path.join(ROOT, args.config), ["model.ffn.init=\"normal\""] + args.override)
+    tp = one_rank_tensor_parallel(not args.no_sequence_parallel) if mode.startswith("tp-") else None
+    model = GPTModel(cfg.model, tp).initialize(1234, device=device).to(device)
+    if cuda:
+        model.to(torch.bfloat16)
+    if mode.endswith(("compiled", "split", "traced")):
+        compile_blocks(model, collectives_in_graphs=mode != "tp-split")
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.micro_batch_size, cfg.model.seq_length)
+    batches = [torch.randint(0, cfg.model.vocab_size, shape, generator=generator).to(device) for _ in range(4)]
+
+    def step(i):
+        ids = batches[i % len(batches)]
+        loss = model.loss(ids, ids)
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+        return loss
+
+    first_loss = float(step(0).detach())
+    for i in range(1, args.warmup):
+        step(i)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    host, start = [], time.perf_counter()
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        step(i)
+        host.append(time.perf_counter() - t0)
+    sync()
+    wall = (time.perf_counter() - start) / args.steps
+    dist.destroy_process_group()
+    return {"mode": mode, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
+            "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
+            "first_loss": first_loss, "layers": cfg.model.num_layers, "device": str(device),
+            "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
+
+
+def run_in_subprocess(mode: str, args, out_path: str) -> dict:
+    from megatron_sffn.parallel.launch import free_port
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()))
+    cmd = [sys.executable, os.path.abspath(__file__), "--case", mode, "--out", out_path, "--config", args.config,
+           "--micro-batch-size", str(args.micro_batch_size), "--steps", str(args.steps),
+           "--warmup", str(args.warmup)] + [f"--override={o}" for o in args.override]
+    if args.no_sequence_parallel:
+        cmd.append("--no-sequence-parallel")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"mode {mode} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    with open(out_path) as f:
+        return json.load(f)
+
+
+def print_table(rows) -> None:
+    base = {r["mode"]: r for r in rows}.get("plain-compiled")
+    print(f"{'mode':<16}{'ms/step':>10}{'host ms':>10}{'ms/block':>10}{'vs plain-compiled':>19}"
+          f"{'breaks':>8}{'graphs':>8}{'loss':>10}")
+    for r in rows:
+        ratio = f"{r['step_ms'] / base['step_ms']:.2f}x" if base else "-"
+        print(f"{r['mode']:<16}{r['step_ms']:>10.1f}{r['host_ms']:>10.1f}{r['step_ms'] / r['layers']:>10.2f}"
+              f"{ratio:>19}{r['graph_breaks']:>8}{r['graphs']:>8}{r['first_loss']:>10.4f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.case:
+        result = run_case(args.case, args)
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+        return 0
+    import tempfile
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.modes:
+            rows.append(run_in_subprocess(mode, args, os.path.join(tmp, f"{mode}.json")))
+            print(f"{mode}: {rows[-1]['step_ms']:.1f} ms/step", flush=True)
+    print_table(rows)
+    if args.out:
+        import torch
+        meta = {"config": args.config, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
+                "steps": args.steps, "warmup": args.warmup, "sequence_parallel": not args.no_sequence_parallel,
+                "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
