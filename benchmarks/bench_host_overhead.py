@@ -38,6 +38,20 @@ per micro-batch.
 
     python benchmarks/bench_host_overhead.py --configs configs/1p3b_lowrank.json --modes eager \
         --tensor-parallel 2 --sequence-parallel --profile --out benchmarks/results/host_overhead_tp2_cpu.json
+
+--modes compile-split compiles the blocks with the tensor-parallel collectives kept outside the
+graphs (parallel/regions.py keep_collectives_out_of_compiled_graphs, called in the case's
+processes before the engine compiles: a graph break at every collective, the behaviour before),
+beside compile, where they are traced into the graphs as functional collectives. Traced
+collectives run inside the compiled graphs, where the torch.distributed wrapper above does not
+see them: their time stays in host/blk. So the column comparable across eager / compile-split /
+compile is f+b/blk (ms_per_block in the JSON): (forward + backward) / layers, collectives
+included, the same collectives in every mode. Each row also gives torch._dynamo's graph breaks
+and unique graphs over the run (graph_breaks, unique_graphs) and the collective calls per block
+the wrapper saw (wrapper_collective_calls_per_block: ~0 from the blocks when traced).
+
+    python benchmarks/bench_host_overhead.py --configs configs/1p3b_lowrank.json \
+        --modes eager compile-split compile --tensor-parallel 2 --sequence-parallel
 """
 from __future__ import annotations
 
@@ -57,12 +71,16 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 PHASES = ("forward", "backward", "optimizer_step", "loop")
+MODES = ("eager", "compile", "compile-split")
+COMPILED = ("compile", "compile-split")
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["configs/1p3b_dense.json", "configs/1p3b_lowrank.json"])
-    ap.add_argument("--modes", nargs="+", default=["compile"], choices=["eager", "compile"])
+    ap.add_argument("--modes", nargs="+", default=["compile"], choices=list(MODES),
+                    help="compile: collectives traced into the compiled graphs; compile-split: compiled, "
+                         "collectives outside the graphs (a graph break at each, the behaviour before)")
     ap.add_argument("--steps", type=int, default=40, help="timed steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--count-steps", type=int, default=20, help="steps counted for syncs (after the timed ones)")
@@ -114,7 +132,7 @@ def launcher_argv(config: str, mode: str, run_dir: str, args, tensor: int = 1, d
             "--tensor-parallel", str(tensor),
             "--train-steps", str(total), "--log-interval", str(args.log_interval),
             "--eval-interval", str(10 ** 9), "--no-save"]
-    if mode == "compile":
+    if mode in COMPILED:
         argv.append("--compile")
     if sequence_parallel:
         argv.append("--sequence-parallel")
@@ -244,6 +262,9 @@ def run_megatron_case(config: str, mode: str, args, layout: dict = None) -> dict
                                                    data=world // tensor,
                                                    sequence_parallel=layout.get("sequence_parallel", False)))
     cfg = load_config(launcher_args.config, overrides, world_size=world)
+    if mode == "compile-split":  # before the engine compiles its blocks: every later compile_blocks keeps them out
+        from megatron_sffn.parallel.regions import keep_collectives_out_of_compiled_graphs
+        keep_collectives_out_of_compiled_graphs()
     trainer = loop_module.Trainer(cfg)
     clock.wrap(type(trainer.engine.module), "__call__", "forward")
     profiler = None
@@ -306,10 +327,27 @@ def run_megatron_case(config: str, mode: str, args, layout: dict = None) -> dict
             for s in plain]
     row["fwd_bwd_host_ms"] = 1000 * statistics.median(host)
     row["host_ms_per_block"] = row["fwd_bwd_host_ms"] / layers  # one micro-batch per step
+    # collectives included: the same collectives run in every mode, but traced ones (compile) run
+    # inside the compiled graphs where the torch.distributed wrapper does not see them, so this,
+    # not host_ms_per_block, is the column comparable across eager / compile-split / compile
+    row["fwd_bwd_ms"] = 1000 * statistics.median(s.get("forward", 0.0) + s.get("backward", 0.0) for s in plain)
+    row["ms_per_block"] = row["fwd_bwd_ms"] / layers
+    row["wrapper_collective_calls_per_block"] = sum(
+        v for k, v in row["collective_calls_per_step"].items() if k.startswith(("forward:", "backward:"))) / layers
+    row["collectives_in_graphs"] = mode == "compile"
+    row.update(dynamo_counts())
     if profiler is not None:
         row["profile"] = profile_rows(profiler, args.steps, layers, args.profile_top)
         row["profiled"] = True
     return row
+
+
+def dynamo_counts() -> dict:
+    """torch._dynamo's graph breaks (total and by reason) and unique graphs over the whole run."""
+    from torch._dynamo.utils import counters
+    breaks = counters["graph_break"]
+    return {"graph_breaks": sum(breaks.values()), "unique_graphs": counters["stats"].get("unique_graphs", 0),
+            "graph_break_reasons": {str(k)[:300]: v for k, v in Counter(breaks).most_common(10)}}
 
 
 def profile_rows(profiler, steps: int, layers: int, top: int) -> dict:
@@ -473,7 +511,8 @@ def run_ranks_in_subprocesses(case: dict, args) -> dict:
         row["name"] = case_name(case)
         row["other_ranks"] = [{k: r.get(k) for k in ("rank", "step_ms", "forward_ms", "backward_ms",
                                                     "optimizer_step_ms", "collective_forward_ms",
-                                                    "collective_backward_ms", "host_ms_per_block")} for r in rows[1:]]
+                                                    "collective_backward_ms", "host_ms_per_block", "ms_per_block")}
+                              for r in rows[1:]]
         return row
 
 
@@ -541,8 +580,13 @@ def print_tensor_parallel_table(rows) -> None:
     """Host ms per block per micro-batch, collectives taken out, against tensor 1 of the same config."""
     timed = [r for r in rows if "error" not in r and not r.get("profiled")]
     header = (f"{'case':<36} {'fwd':>7} {'bwd':>7} {'opt':>7} {'coll fwd':>8} {'coll bwd':>8} {'coll opt':>8} "
-              f"{'host/blk':>8} {'vs t1':>7} {'coll calls':>10}")
-    print("\nper step (one micro-batch), ms; host/blk = (fwd + bwd - their collectives) / layers\n" + header)
+              f"{'host/blk':>8} {'vs t1':>7} {'coll calls':>10} {'f+b/blk':>8} {'calls/blk':>9} {'breaks':>6} "
+              f"{'graphs':>6}")
+    print("\nper step (one micro-batch), ms; host/blk = (fwd + bwd - the collectives the torch.distributed wrapper "
+          "saw) / layers;\nf+b/blk = (fwd + bwd) / layers, collectives included: the column comparable across "
+          "eager / compile-split / compile\n(traced collectives run inside the compiled graphs, unseen by the "
+          "wrapper: calls/blk = the wrapper's fwd + bwd calls per block;\nbreaks, graphs = torch._dynamo's "
+          "graph breaks and unique graphs over the run)\n" + header)
     print("-" * len(header))
     for r in timed:
         base = next((b for b in timed if b["config"] == r["config"] and b["mode"] == r["mode"] and b["tensor"] == 1),
@@ -552,7 +596,9 @@ def print_tensor_parallel_table(rows) -> None:
         print(f"{r['name']:<36} {fmt(r['forward_ms']):>7} {fmt(r['backward_ms']):>7} {fmt(r['optimizer_step_ms']):>7} "
               f"{fmt(r['collective_forward_ms']):>8} {fmt(r['collective_backward_ms']):>8} "
               f"{fmt(r['collective_optimizer_step_ms']):>8} {fmt(r['host_ms_per_block'], '.3f'):>8} "
-              f"{fmt(excess, '+.3f'):>7} {calls:>10.0f}")
+              f"{fmt(excess, '+.3f'):>7} {calls:>10.0f} {fmt(r.get('ms_per_block'), '.3f'):>8} "
+              f"{fmt(r.get('wrapper_collective_calls_per_block'), '.2f'):>9} {r.get('graph_breaks', 0):>6} "
+              f"{r.get('unique_graphs', 0):>6}")
     for r in rows:
         if r.get("profiled") and "error" not in r:
             p = r["profile"]
@@ -577,7 +623,8 @@ def main(argv=None) -> int:
         cases = tensor_parallel_cases(args)
     else:
         cases = [{"side": side, "config": c, "mode": m} for c in args.configs for m in args.modes
-                 for side in (["megatron_sffn", "reference"] if args.reference else ["megatron_sffn"])]
+                 for side in (["megatron_sffn", "reference"] if args.reference and m != "compile-split"
+                              else ["megatron_sffn"])]  # the reference has no collectives to split
     rows = []
     for case in cases:
         if case.get("profile"):  # one run: its times are the profiler's, not the timed ones
