@@ -48,6 +48,7 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled modes (reduce-overhead: CUDA graphs)")
     ap.add_argument("--no-sequence-parallel", action="store_true", help="the tensor path without SP")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
@@ -88,12 +89,14 @@ def run_case(mode: str, args) -> dict:
     if cuda:
         model.to(torch.bfloat16)
     if mode.endswith(("compiled", "split", "traced")):
-        compile_blocks(model, collectives_in_graphs=mode != "tp-split")
+        compile_blocks(model, collectives_in_graphs=mode != "tp-split", mode=args.compile_mode)
     generator = torch.Generator().manual_seed(0)
     shape = (args.micro_batch_size, cfg.model.seq_length)
     batches = [torch.randint(0, cfg.model.vocab_size, shape, generator=generator).to(device) for _ in range(4)]
 
     def step(i):
+        if args.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         ids = batches[i % len(batches)]
         loss = model.loss(ids, ids)
         loss.backward()
@@ -129,6 +132,8 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
            "--warmup", str(args.warmup)] + [f"--override={o}" for o in args.override]
     if args.no_sequence_parallel:
         cmd.append("--no-sequence-parallel")
+    if args.compile_mode:
+        cmd += ["--compile-mode", args.compile_mode]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"mode {mode} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
@@ -164,6 +169,7 @@ def main(argv=None) -> int:
         import torch
         meta = {"config": args.config, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
                 "steps": args.steps, "warmup": args.warmup, "sequence_parallel": not args.no_sequence_parallel,
+                "compile_mode": args.compile_mode,
                 "torch": torch.__version__, "date": datetime.date.today().isoformat()}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

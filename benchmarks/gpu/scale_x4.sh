@@ -15,6 +15,11 @@
 #             scaling 1 -> 4 GPUs (1.3B lowrank, micro-batch 8 x 4 accumulation), 6.7B lowrank DP4
 #             (micro-batch 4 x 4), 13B lowrank DP4 eager (micro-batch 4 x 2, the config's default
 #             layout), 1.3B lowrank TP2 SP (micro-batch 8 x 4); about 6 minutes
+#   traced    compiled tensor parallelism with the collectives traced into the graphs (parallel/
+#             collectives.py), at equal per-GPU micro-batch 8 against DP4: 1.3B lowrank DP4, TP2xDP2
+#             SP, TP4 SP, TP2xPP2 SP (global batch 128: 16 micro-batches per pipeline), compiled; ~8 minutes
+#   sp_memory 6.7B lowrank TP4, micro-batch 16, sequence parallelism off and on (peak memory; the
+#             planner predicts 52.3 -> 39.4 GB allocated, -25%), eager, 3 steps
 # FFN init 'normal' (the paper's SVD init of 6.7B-13B factors costs minutes and no speed).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/scale_x4.sh OUT_DIR SET [SET ...]}; shift
@@ -67,6 +72,19 @@ for set in "$@"; do
       python3 benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --nproc 4 --modes compile \
           --micro-batch-size 8 --grad-accumulation 4 --steps 6 --warmup 2 --override parallel.tensor=2 \
           --override parallel.sequence_parallel=true --out "$out/tp2sp_compiled.json" 2>&1 | tail -2 ;;
+    traced)
+      for layout in "dp4:" "tp2sp:parallel.tensor=2;parallel.sequence_parallel=true" \
+                    "tp4sp:parallel.tensor=4;parallel.sequence_parallel=true" \
+                    "tp2pp2sp:parallel.tensor=2;parallel.pipeline=2;parallel.sequence_parallel=true"; do
+        name=${layout%%:*}; overrides=(); IFS=';' read -ra kv <<< "${layout#*:}"
+        for o in "${kv[@]}"; do overrides+=(--override "$o"); done
+        echo "== traced $name, $(date +%T)"
+        python3 benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --nproc 4 --modes compile \
+            --micro-batch-size 8 --grad-accumulation 4 --steps 6 --warmup 3 "${overrides[@]}" \
+            --keep-logs "$out/logs_traced_$name" --out "$out/traced_$name.json" 2>&1 | tail -2
+      done ;;
+    sp_memory)
+      bench sp_memory configs/6p7b_lowrank.json 16 1 3 1 o:parallel.tensor=4 "$TP4SP" ;;
     *) echo "unknown set '$set'" >&2; exit 2 ;;
   esac
 done

@@ -15,6 +15,8 @@ new a recompiles nothing.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -28,8 +30,9 @@ from .block import TransformerBlock
 RECOMPILE_LIMIT = 64
 
 
-def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True) -> int:
-    """Compile every TransformerBlock under `module`; returns how many were compiled."""
+def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: Optional[str] = None) -> int:
+    """Compile every TransformerBlock under `module`; returns how many were compiled.
+    mode: torch.compile's (None = default; "reduce-overhead" replays CUDA graphs)."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     if not collectives_in_graphs:
         keep_collectives_out_of_compiled_graphs()
@@ -37,7 +40,7 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True) -> int
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=False, mode=mode)
     return len(blocks)
 
 

@@ -43,17 +43,24 @@ class Rotary(nn.Module):
         self._cache = {}
 
     def cos_sin(self, start: int, length: int, device, dtype):
+        if torch.compiler.is_compiling():
+            # in the graph, uncached: a few fused elementwise ops; a cache filled while tracing
+            # would hold the graph's outputs, which a CUDA-graph replay overwrites
+            return self._angles_cos_sin(start, length, device, dtype)
         key = (start, length, device, dtype)
         if key not in self._cache:
-            inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
-                                            / self.head_dim))
-            pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
-            angles = torch.outer(pos, inv_freq)
-            angles = torch.cat([angles, angles], dim=-1)
             if len(self._cache) > 8:
                 self._cache.clear()
-            self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            self._cache[key] = self._angles_cos_sin(start, length, device, dtype)
         return self._cache[key]
+
+    def _angles_cos_sin(self, start: int, length: int, device, dtype):
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
+                                        / self.head_dim))
+        pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+        angles = torch.outer(pos, inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def at_positions(self, positions: torch.Tensor, dtype):
         """cos/sin for explicit (B, S) positions, shaped (B, 1, S, head_dim)."""
