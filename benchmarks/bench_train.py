@@ -117,11 +117,13 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
     return [sys.executable] + cmd
 
 
-def run_config(config: str, args, extra=()):
-    """The config exactly as the case's launcher run builds it (overrides, variant, batch, steps)."""
+def run_config(config: str, args, extra=(), mode: str = "eager"):
+    """The config exactly as the case's launcher run builds it (overrides, variant, batch, steps,
+    --compile: a variant's training.cuda_graphs needs it to validate)."""
     from megatron_sffn.config import load_config
     global_batch = args.micro_batch_size * args.grad_accumulation * args.nproc
-    return load_config(config, run_overrides(args, extra) + [
+    return load_config(config, [f"training.compile={'true' if mode == 'compile' else 'false'}"] +
+                       run_overrides(args, extra) + [
         f"training.micro_batch_size={args.micro_batch_size}", f"training.global_batch_size={global_batch}",
         f"training.train_steps={args.steps}", "training.train_tokens=null"])
 
@@ -130,7 +132,7 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
     from megatron_sffn.model.accounting import model_stats, train_flops_per_token
     from megatron_sffn.training.metrics import detect_peak_tflops, read_step_log
     records = read_step_log(run_dir)
-    cfg = run_config(config, args, extra)  # the variant's own shape: its FLOPs, not the base config's
+    cfg = run_config(config, args, extra, mode)  # the variant's own shape: its FLOPs, not the base config's
     tokens_per_step = args.micro_batch_size * args.grad_accumulation * args.nproc * cfg.model.seq_length
     peak = detect_peak_tflops()
     phases = {}

@@ -118,6 +118,15 @@ class TrainingConfig:
     exit_interval: Optional[int] = None  # save and exit once the step is a multiple of this (Megatron's --exit-interval)
     max_nonfinite_steps: int = 5        # consecutive non-finite steps before the run stops
     compile: bool = False               # torch.compile each transformer block (guided ones too)
+    # replay each compiled block's forward and backward as CUDA graphs (torch.compile's
+    # "reduce-overhead"): the host no longer issues every kernel, which is what bounds small
+    # micro-batches and tensor parallelism (docs/performance.md); needs compile, the fused
+    # optimizer, tensor 1, no pipeline, no activation checkpointing
+    cuda_graphs: bool = False
+    # under compile, the tensor-parallel collectives are traced into the blocks' graphs; false
+    # keeps them outside (a graph break at each, 1.9x slower per step on an H200: the
+    # behaviour before, kept as a fallback)
+    trace_collectives: bool = True
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
     peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak
@@ -427,6 +436,8 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"= bf16, got {t.precision!r} (fp16 needs DeepSpeed's loss scaling, fp32 has no master weights)")
         _require(p.zero_stage in (0, 1), "config key 'optimizer.implementation' = 'fused' needs "
                  f"'parallel.zero_stage' = 0 or 1, got {p.zero_stage}; use implementation 'deepspeed' for ZeRO 2/3")
+    if t.cuda_graphs:
+        _check_cuda_graphs(cfg)
     d = cfg.data
     _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
     if d.weights is not None:
@@ -445,6 +456,27 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"config key 'layouts.{machine}' must be a list of 'key.path=value' overrides, got {overrides!r}")
     if world_size is not None:
         check_layout(cfg, world_size)
+
+
+def _check_cuda_graphs(cfg: Config) -> None:
+    """A replay writes its outputs into the same memory every time: only where nothing keeps a
+    block's outputs past the next replay of that block (one forward, then its backward; the
+    fused optimizer takes each gradient as it arrives) is that known to be safe."""
+    t, p, o = cfg.training, cfg.parallel, cfg.optimizer
+    key = "config key 'training.cuda_graphs' = true"
+    _require(t.compile, f"{key} needs 'training.compile' = true (--compile): the graphs are the compiled blocks'")
+    _require(p.tensor == 1, f"{key} needs 'parallel.tensor' = 1, got {p.tensor}: with the tensor-parallel "
+             "collectives inside the replayed graphs the first 2-GPU run hung (docs/performance.md); "
+             "use --compile alone there")
+    _require(p.pipeline == 1, f"{key} needs 'parallel.pipeline' = 1, got {p.pipeline}: the pipeline engine runs "
+             "several forwards of a block before their backwards, and a replay would overwrite the saved ones")
+    _require(not t.activation_checkpointing, f"{key} needs 'training.activation_checkpointing' = false: "
+             "recomputing a block in backward replays its forward while its outputs are still in use")
+    fused = o.implementation == "fused" or (o.implementation == "auto" and fused_optimizer_applies(cfg))
+    _require(fused, f"{key} needs the fused optimizer ('optimizer.implementation' = fused or auto, with "
+             f"'training.precision' = bf16 and 'parallel.zero_stage' 0 or 1), got implementation "
+             f"{o.implementation!r}, precision {t.precision!r}, ZeRO {p.zero_stage}: DeepSpeed's optimizers keep "
+             "gradients across micro-batches that the next replay would overwrite")
 
 
 # DeepSpeed keys derived from our own sections; setting them twice would let them disagree.

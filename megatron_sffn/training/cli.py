@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=tp, default=None, help=f"sets {key}")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the transformer blocks (sets training.compile)")
+    p.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="replay the compiled blocks as CUDA graphs (sets training.cuda_graphs; with --compile)")
     p.add_argument("--sequence-parallel", action="store_true", default=None,
                    help="shard norms and residuals along the sequence over the tensor group "
                         "(sets parallel.sequence_parallel; needs --tensor-parallel > 1 to matter)")
@@ -89,6 +91,8 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
             overrides.append(f"{key}={json.dumps(value)}")
     if args.compile:
         overrides.append("training.compile=true")
+    if args.cuda_graphs:
+        overrides.append("training.cuda_graphs=true")
     if args.no_save:
         overrides.append("output.checkpoints=false")
     if args.sequence_parallel:

@@ -105,7 +105,9 @@ class TrainEngine:
         module = builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
         use_compiled_passes(self.cfg.training.compile)  # the loss's T x V passes (no guide involved)
         if self.cfg.training.compile:  # guided blocks too (model/compile.py), again after the drop
-            self.compiled_blocks = compile_blocks(module)
+            mode = "reduce-overhead" if self.cfg.training.cuda_graphs else None
+            self.compiled_blocks = compile_blocks(module, mode=mode,
+                                                  collectives_in_graphs=self.cfg.training.trace_collectives)
         return module
 
     def _initialize(self, module: nn.Module):
@@ -272,6 +274,7 @@ class TrainEngine:
         losses = []
         for i in range(count):
             ids, labels = self._to_device(next(data_iter))
+            self._new_replay_step()
             loss = ds.module(ids, labels)
             optimizer.last_micro_batch = i == count - 1  # its gradients are final: reduce during backward
             (loss / count if count > 1 else loss).backward()
@@ -284,6 +287,12 @@ class TrainEngine:
         self._skip_flag = optimizer.found_inf if optimizer.found_inf is not None else optimizer.overflow
         return self._data_parallel_mean_tensor(torch.stack(losses).mean() if count > 1 else losses[0])
 
+    def _new_replay_step(self) -> None:
+        """With CUDA graphs: this micro-batch's replays may reuse the memory of the previous
+        one's outputs (its backward is done, its loss detached)."""
+        if self.cfg.training.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
     @torch.no_grad()
     def eval_batch(self, data_iter: Iterator[Batch]) -> float:
         """Mean loss over one global batch of micro-batches, without gradients."""
@@ -293,6 +302,7 @@ class TrainEngine:
         losses = []
         for _ in range(self.micro_batches):
             ids, labels = self._to_device(next(data_iter))
+            self._new_replay_step()
             losses.append(self.ds(ids, labels).float())
         return self._data_parallel_mean(torch.stack(losses).mean())
 

@@ -3,8 +3,9 @@
 Self-guided lowrank (tiny_demo): two compiled guided steps, the guide drop and its rebuilt,
 recompiled engine, two more steps. Each compiled run must train like the eager
 data-parallel run of the same model and data
-(fp32 on CPU: every step's loss to 1e-5): the collectives stay outside the compiled graphs
-(parallel/regions.py) and the per-function recompile limit holds every graph a block needs
+(fp32 on CPU: every step's loss to 1e-5): the collectives traced into the compiled graphs
+(parallel/collectives.py), or kept outside them (training.trace_collectives = false, the
+fallback), and the per-function recompile limit holds every graph a block needs
 (model/compile.py), so no piece silently falls back to eager after the limit.
 """
 import os
@@ -29,8 +30,9 @@ def eager_losses(tmp_path_factory):
     return losses(run_dir)
 
 
-@pytest.mark.parametrize("layout", [["--tensor-parallel", "2", "--sequence-parallel"], ["--pipeline-parallel", "2"]],
-                         ids=["tp2-sp", "pp2"])
+@pytest.mark.parametrize("layout", [["--tensor-parallel", "2", "--sequence-parallel"], ["--pipeline-parallel", "2"],
+                                    ["--tensor-parallel", "2", "--override", "training.trace_collectives=false"]],
+                         ids=["tp2-sp", "pp2", "tp2-collectives-outside"])
 def test_compiled_layout_trains_like_eager_data_parallel(layout, eager_losses, tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(2, COMMON + layout + ["--run-dir", run_dir, "--compile"], str(tmp_path / "logs"))

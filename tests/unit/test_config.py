@@ -117,3 +117,29 @@ def test_load_config_file_errors(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(base()))
     assert load_config(good, ["model.num_layers=3"]).model.num_layers == 3
+
+
+def test_cuda_graphs_name_what_they_need():
+    from megatron_sffn.config import ConfigError, validate
+    from tests.distributed.common import tiny_config
+
+    def error(**changes):
+        cfg = tiny_config("lowrank", precision="bf16fused")
+        cfg.training.compile = cfg.training.cuda_graphs = True
+        for key, value in changes.items():
+            section, field = key.split("__")
+            setattr(getattr(cfg, section), field, value)
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            return str(e)
+        return None
+
+    assert error() is None
+    assert error(optimizer__implementation="auto") is None  # auto picks fused for bf16, ZeRO 1
+    assert "'training.compile' = true" in error(training__compile=False)
+    assert "'parallel.pipeline' = 1, got 2" in error(parallel__pipeline=2)
+    assert "'parallel.tensor' = 1, got 2" in error(parallel__tensor=2)
+    assert "'training.activation_checkpointing' = false" in error(training__activation_checkpointing=True)
+    assert "needs the fused optimizer" in error(optimizer__implementation="deepspeed")
+    assert "ZeRO 2" in error(optimizer__implementation="auto", parallel__zero_stage=2)
