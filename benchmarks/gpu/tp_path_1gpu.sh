@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The tensor-parallel code path's host cost on ONE GPU (issue 14): bench_tp_path_1gpu.py runs the
+# The tensor-parallel code path's host cost on ONE GPU (issue 14): bench_tp_path.py runs the
 # 1.3B model plain and through its tensor-parallel path on a tensor group of one rank (real NCCL
 # calls, no peers, no link), eager, compiled with the collectives outside the graphs, and compiled
 # with them traced in. Each mode compiles the 24 blocks once (~1 min on an H200).
-#   benchmarks/gpu/tp_path_1gpu.sh OUT_DIR [CONFIG] [extra bench_tp_path_1gpu.py args]
+#   benchmarks/gpu/tp_path_1gpu.sh OUT_DIR [CONFIG] [extra bench_tp_path.py args]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/tp_path_1gpu.sh OUT_DIR [CONFIG] [ARGS...]}; shift
 config=${1:-configs/1p3b_lowrank.json}; shift || true
@@ -16,5 +16,5 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null;
   export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
 fi
 name=$(basename "$config" .json)
-python3 benchmarks/bench_tp_path_1gpu.py --config "$config" "$@" --out "$out/tp_path_$name.json" 2>&1 \
+python3 benchmarks/bench_tp_path.py --config "$config" "$@" --out "$out/tp_path_$name.json" 2>&1 \
     | grep -v "^\[20" | tail -20

@@ -1,4 +1,4 @@
-"""benchmarks/bench_tp_path_1gpu.py on a CPU: the tensor-parallel path of size 1 computes the
+"""benchmarks/bench_tp_path.py on a CPU: the tensor-parallel path of size 1 computes the
 plain model, and only the traced compile keeps the blocks whole.
 
 Tiny widths, the 1.3B lowrank config's 24 blocks and sequence parallelism, gloo on one rank.
@@ -19,7 +19,7 @@ TINY = ["model.hidden_size=64", "model.ffn_hidden_size=256", "model.ffn.rank=16"
 
 def test_tensor_path_of_one_rank_equals_plain_and_traced_compile_has_no_breaks(tmp_path):
     out = tmp_path / "tp_path.json"
-    cmd = [sys.executable, "benchmarks/bench_tp_path_1gpu.py", "--config", "configs/1p3b_lowrank.json",
+    cmd = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
            "--micro-batch-size", "2", "--steps", "2", "--warmup", "1", "--modes", "plain-eager", "tp-split",
            "tp-traced", "--out", str(out)] + [f"--override={o}" for o in TINY]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -34,3 +34,23 @@ def test_tensor_path_of_one_rank_equals_plain_and_traced_compile_has_no_breaks(t
     # the collectives outside the graphs break every block at each of them; traced, none
     assert rows["tp-split"]["graph_breaks"] >= 24
     assert rows["tp-traced"]["graph_breaks"] == 0
+
+
+def test_real_tensor_parallel_two_ranks_equal_plain_and_a_hang_is_reported(tmp_path):
+    out = tmp_path / "tp2.json"
+    common = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
+              "--micro-batch-size", "2", "--steps", "2", "--warmup", "1", "--tensor-parallel", "2"]
+    common += [f"--override={o}" for o in TINY]
+    done = subprocess.run(common + ["--modes", "plain-eager", "tp-traced", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["tp-traced"]["tensor_parallel"] == 2 and rows["plain-eager"]["tensor_parallel"] == 1
+    # tensor 2 with its real shards and collectives computes the plain model
+    assert rows["tp-traced"]["first_loss"] == pytest.approx(rows["plain-eager"]["first_loss"], rel=1e-5)
+    assert rows["tp-traced"]["graph_breaks"] == 0
+    # a mode that does not finish in --case-timeout is reported, not waited on forever
+    hung = subprocess.run(common + ["--modes", "tp-eager", "--case-timeout", "1", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert hung.returncode == 0 and "HUNG after 1 s" in hung.stdout
+    assert json.loads(out.read_text())["rows"][0]["hung"] is True

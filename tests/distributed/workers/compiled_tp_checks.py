@@ -26,6 +26,8 @@ from tests.distributed.common import SEED, micro_batches, tiny_config  # noqa: E
 # every kind under sequence parallelism, two without (the collectives there are all-reduces)
 CASES = [(kind, True) for kind in ("dense", "lowrank", "blockdense", "blockshuffle", "lowrank_sgt")] + \
         [("lowrank", False), ("lowrank_sgt", False)]
+if os.environ.get("COMPILED_TP_CASES"):  # e.g. "lowrank_sgt:1", to look at one case
+    CASES = [(k, v == "1") for k, v in (c.split(":") for c in os.environ["COMPILED_TP_CASES"].split(","))]
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -52,6 +54,7 @@ def compare(kind: str, sequence_parallel: bool) -> dict:
         loss_diff = max(loss_diff, abs(float(got) - float(want)) / abs(float(want)))
     grad_diff = max(relative(q.grad, p.grad) for p, q in zip(eager.parameters(), compiled.parameters()))
     return {"loss": loss_diff, "grad": grad_diff, "graph_breaks": sum(counters["graph_break"].values()),
+            "break_reasons": sorted(counters["graph_break"]),
             "graphs": counters["stats"]["unique_graphs"]}
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Host cost of the tensor-parallel code path, on one device: tensor parallelism of size 1.
+"""Host cost of the tensor-parallel code path: on one device (a tensor group of one rank), or
+on N devices as real tensor parallelism (--tensor-parallel N), without DeepSpeed or data.
 
 On 4 H200 the tensor-parallel layouts ran at 12-31% of data parallelism with the GPUs mostly
 waiting: each rank's host needed ~5 ms per block and micro-batch to issue its work. This
@@ -15,13 +16,19 @@ parameters on a GPU, fp32 on a CPU; no optimizer):
   tp-split                     compiled, the collectives outside the graphs (a graph break at
                                each: the behaviour before parallel/collectives.py)
   tp-traced                    compiled, the collectives traced into the graphs
-Reported per mode: ms per step (timed window, the device synchronised at its end only),
+--tensor-parallel N: N processes (one GPU each, NCCL; gloo on a CPU), the tp- modes as tensor
+N with the real shards and collectives, the plain- modes as N independent copies of the plain
+model (each device's own full model: the per-GPU baseline). Each mode runs under
+--case-timeout seconds; a mode that hangs is reported as such and the others still run.
+
+Reported per mode (rank 0): ms per step (timed window, the device synchronised at its end only),
 host ms per step (until backward() returns: when it nears the step time the host is the
 bound), graph breaks and graphs Dynamo made, and the loss of the first step (equal across
 modes: the path of size 1 computes the plain model). Prints a table and writes JSON.
 
-    python benchmarks/bench_tp_path_1gpu.py --config configs/1p3b_lowrank.json --micro-batch-size 8 \\
+    python benchmarks/bench_tp_path.py --config configs/1p3b_lowrank.json --micro-batch-size 8 \\
         --out benchmarks/results/tp_path_1gpu.json
+    python benchmarks/bench_tp_path.py --tensor-parallel 2 --modes plain-compiled tp-traced --micro-batch-size 8
 """
 from __future__ import annotations
 
@@ -49,16 +56,21 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled modes (reduce-overhead: CUDA graphs)")
+    ap.add_argument("--tensor-parallel", type=int, default=1, help="processes (devices); the tp- modes' tensor size")
+    ap.add_argument("--case-timeout", type=float, default=600, help="seconds per mode before it counts as hung")
     ap.add_argument("--no-sequence-parallel", action="store_true", help="the tensor path without SP")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
     return ap.parse_args(argv)
 
 
-def one_rank_tensor_parallel(sequence_parallel: bool):
-    """A TensorParallel of size 1 that still takes the tensor-parallel path."""
+def tensor_parallel(size: int, rank: int, sequence_parallel: bool):
+    """Tensor parallelism over every process; of size 1 it still takes the tensor-parallel path."""
     import torch.distributed as dist
     from megatron_sffn.parallel.mappings import TensorParallel
+    group = dist.new_group(list(range(size)))
+    if size > 1:
+        return TensorParallel(group=group, size=size, rank=rank, sequence_parallel=sequence_parallel)
 
     @dataclasses.dataclass(frozen=True)
     class OneRankTensorParallel(TensorParallel):
@@ -66,7 +78,7 @@ def one_rank_tensor_parallel(sequence_parallel: bool):
         def enabled(self) -> bool:
             return True
 
-    return OneRankTensorParallel(group=dist.new_group([0]), size=1, rank=0, sequence_parallel=sequence_parallel)
+    return OneRankTensorParallel(group=group, size=1, rank=0, sequence_parallel=sequence_parallel)
 
 
 def run_case(mode: str, args) -> dict:
@@ -78,13 +90,16 @@ def run_case(mode: str, args) -> dict:
     from megatron_sffn.model.compile import compile_blocks
 
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if not cuda:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    else:
         torch.set_num_threads(1)  # a shared CPU's cores oversubscribed make every op crawl
-    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1,
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                             **({"device_id": device} if cuda else {}))
     cfg = load_config(os.path.join(ROOT, args.config), ["model.ffn.init=\"normal\""] + args.override)
-    tp = one_rank_tensor_parallel(not args.no_sequence_parallel) if mode.startswith("tp-") else None
+    tp = tensor_parallel(world, rank, not args.no_sequence_parallel) if mode.startswith("tp-") else None
     model = GPTModel(cfg.model, tp).initialize(1234, device=device).to(device)
     if cuda:
         model.to(torch.bfloat16)
@@ -116,17 +131,17 @@ def run_case(mode: str, args) -> dict:
         host.append(time.perf_counter() - t0)
     sync()
     wall = (time.perf_counter() - start) / args.steps
+    dist.barrier()
     dist.destroy_process_group()
-    return {"mode": mode, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
+    return {"mode": mode, "tensor_parallel": world if tp is not None else 1, "processes": world, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
             "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
             "first_loss": first_loss, "layers": cfg.model.num_layers, "device": str(device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def run_in_subprocess(mode: str, args, out_path: str) -> dict:
+    """The mode on --tensor-parallel processes; rank 0's result, or a row saying it hung or failed."""
     from megatron_sffn.parallel.launch import free_port
-    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()))
     cmd = [sys.executable, os.path.abspath(__file__), "--case", mode, "--out", out_path, "--config", args.config,
            "--micro-batch-size", str(args.micro_batch_size), "--steps", str(args.steps),
            "--warmup", str(args.warmup)] + [f"--override={o}" for o in args.override]
@@ -134,18 +149,36 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
         cmd.append("--no-sequence-parallel")
     if args.compile_mode:
         cmd += ["--compile-mode", args.compile_mode]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"mode {mode} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    world, port = args.tensor_parallel, str(free_port())
+    procs = [subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
+    deadline = time.monotonic() + args.case_timeout
+    outputs, codes = [], []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+            codes.append(p.returncode)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            return {"mode": mode, "hung": True, "after_s": args.case_timeout,
+                    "output_tail": (p.communicate()[0] or "")[-3000:]}
+    if any(codes):
+        return {"mode": mode, "failed": codes, "output_tail": "\n".join(o[-3000:] for o in outputs)}
     with open(out_path) as f:
         return json.load(f)
 
 
 def print_table(rows) -> None:
-    base = {r["mode"]: r for r in rows}.get("plain-compiled")
+    base = {r["mode"]: r for r in rows if "step_ms" in r}.get("plain-compiled")
     print(f"{'mode':<16}{'ms/step':>10}{'host ms':>10}{'ms/block':>10}{'vs plain-compiled':>19}"
           f"{'breaks':>8}{'graphs':>8}{'loss':>10}")
     for r in rows:
+        if "step_ms" not in r:
+            print(f"{r['mode']:<16}  {'HUNG after %.0f s' % r['after_s'] if r.get('hung') else 'FAILED'}")
+            continue
         ratio = f"{r['step_ms'] / base['step_ms']:.2f}x" if base else "-"
         print(f"{r['mode']:<16}{r['step_ms']:>10.1f}{r['host_ms']:>10.1f}{r['step_ms'] / r['layers']:>10.2f}"
               f"{ratio:>19}{r['graph_breaks']:>8}{r['graphs']:>8}{r['first_loss']:>10.4f}")
@@ -155,19 +188,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.case:
         result = run_case(args.case, args)
-        with open(args.out, "w") as f:
-            json.dump(result, f)
+        if os.environ.get("RANK", "0") == "0":
+            with open(args.out, "w") as f:
+                json.dump(result, f)
         return 0
     import tempfile
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             rows.append(run_in_subprocess(mode, args, os.path.join(tmp, f"{mode}.json")))
-            print(f"{mode}: {rows[-1]['step_ms']:.1f} ms/step", flush=True)
+            row = rows[-1]
+            print(f"{mode}: " + (f"{row['step_ms']:.1f} ms/step" if "step_ms" in row else
+                                 ("hung" if row.get("hung") else "failed") + "\n" + row["output_tail"]), flush=True)
     print_table(rows)
     if args.out:
         import torch
-        meta = {"config": args.config, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
+        meta = {"config": args.config, "tensor_parallel": args.tensor_parallel, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
                 "steps": args.steps, "warmup": args.warmup, "sequence_parallel": not args.no_sequence_parallel,
                 "compile_mode": args.compile_mode,
                 "torch": torch.__version__, "date": datetime.date.today().isoformat()}
