@@ -21,9 +21,17 @@ def results(tmp_path_factory):
     return torch.load(out / "compiled_tp.pt")
 
 
+def test_compiled_sequence_parallel_keeps_no_more_than_eager(results):
+    """Traced, the re-gather of a d-wide input in backward is a collective the partitioner
+    would never recompute: without the selective checkpoint in regions.py the compiled dense
+    block kept 8% more than eager, the gathered inputs whole."""
+    for kind, saved in results["saved_bytes_sp"].items():
+        assert saved["compiled"] <= saved["eager"], (kind, saved)
+
+
 def test_every_kind_compiles_whole_under_tensor_parallelism(results):
-    assert {kind for kind, sp in results if sp} == {"dense", "lowrank", "blockdense", "blockshuffle", "lowrank_sgt"}
-    for (kind, sp), r in results.items():
+    assert {kind for kind, sp in results["cases"] if sp} == {"dense", "lowrank", "blockdense", "blockshuffle", "lowrank_sgt"}
+    for (kind, sp), r in results["cases"].items():
         if kind.endswith("_sgt"):  # every break at the draw (counted per compilation, not per call)
             assert r["graph_breaks"] >= 1 and all("draw_guides" in reason for reason in r["break_reasons"]), r
         else:
@@ -34,5 +42,5 @@ def test_every_kind_compiles_whole_under_tensor_parallelism(results):
 
 
 def test_compiled_tensor_parallel_equals_eager(results):
-    for (kind, sp), r in results.items():
+    for (kind, sp), r in results["cases"].items():
         assert r["loss"] <= 1e-5 and r["grad"] <= 1e-5, (kind, sp, r)
