@@ -438,11 +438,6 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"'parallel.zero_stage' = 0 or 1, got {p.zero_stage}; use implementation 'deepspeed' for ZeRO 2/3")
     if t.cuda_graphs:
         _check_cuda_graphs(cfg)
-    _require(not (t.compile and t.activation_checkpointing and s.enabled),
-             "config key 'training.activation_checkpointing' = true cannot be combined with 'training.compile' = true "
-             "while 'self_guided.enabled' = true: recomputing a compiled guided block (its graph breaks at the "
-             "reduce_flop draw) saves a different set of tensors than its forward did and the step fails; "
-             "drop one of the three")
     d = cfg.data
     _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
     if d.weights is not None:

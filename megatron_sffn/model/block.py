@@ -44,11 +44,16 @@ class FeedForward(nn.Module):
                      if self.swiglu else None)
         self.fc2 = ParallelLinear(f, d, "row", tp, layer_id=layer * SLOTS + FC2, **common)
 
-    def forward(self, x):
-        if any(m.has_guide() for m in self.linears()):  # this step's draws, outside compiled graphs
-            use = structured_linear.draw_guides(self.linears())
-        else:
-            use = (False,) * len(self.linears())
+    def draws(self) -> tuple:
+        """This step's reduce_flop draws of the linears (a bool each; all False without guides)."""
+        if any(m.has_guide() for m in self.linears()):
+            return structured_linear.draw_guides(self.linears())
+        return (False,) * len(self.linears())
+
+    def forward(self, x, use: Optional[tuple] = None):
+        """use: the draws, made by the caller outside compiled code (TransformerBlock.forward)."""
+        if use is None:
+            use = self.draws()
         if self.swiglu:
             use_fc1, use_gate, use_fc2 = use
             h = F.silu(self.gate(x, use_gate)) * self.fc1(x, use_fc1)
@@ -70,8 +75,15 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(cfg, layer, tp, guided, guide_state)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        # the reduce_flop draws are made here, in Python, and handed to the block's body, which
+        # is what model/compile.py compiles: a tuple of bools guards only on its values (every
+        # block shares the graphs), and the body has no graph break at the draw (a break inside
+        # a checkpointed compiled block made its recomputation save other tensors than its forward)
+        return self.body(x, cache, self.ffn.draws())
+
+    def body(self, x: torch.Tensor, cache: Optional[KVCache], use: tuple) -> torch.Tensor:
         # the layer index matters only to the KV cache; reading it otherwise would make every
         # block a separate torch.compile graph (integer module attributes are guarded)
         attended = self.attn(self.norm1(x), cache, self.layer) if cache is not None else self.attn(self.norm1(x))
         x = x + attended
-        return x + self.ffn(self.norm2(x))
+        return x + self.ffn(self.norm2(x), use)

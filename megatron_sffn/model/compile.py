@@ -1,15 +1,17 @@
 """torch.compile of the transformer blocks, in place.
 
-Blocks are compiled one by one (nn.Module.compile keeps parameter names and module
-structure), so the same call serves the data-parallel model and every pipeline stage, and
-activation checkpointing still wraps whole blocks. Under tensor parallelism the collectives
+Blocks are compiled one by one: each block's body (TransformerBlock.body: attention and FFN,
+after the block's Python forward has made this step's reduce_flop draws) becomes a compiled
+function, and parameter names and module structure stay as they are, so the same call
+serves the data-parallel model and every pipeline stage, and activation checkpointing still
+wraps whole blocks (the body has no graph break for the recomputation to trip on). Under tensor parallelism the collectives
 are traced into the graphs (parallel/collectives.py), so a block is one graph there too.
 The per-function recompile limit is raised so that every graph a function needs (shapes of
 qkv, proj, fc1, fc2; training and evaluation; guided draws) is kept instead of falling back
 to eager after 8; with `collectives_in_graphs=False` a block compiles as the pieces between
 its collectives (the behaviour before, for comparison) and needs that most. Guided blocks compile too: the guide weight a enters the graphs
 as a tensor (GuideState.alpha_tensor), not a constant, and the reduce_flop draws are made
-outside the graphs (structured/linear.py draw_guides), so a guided FFN has at most one graph
+before the body and handed to it as bools (model/block.py), so a guided FFN has at most one graph
 per combination of its layers' draws, shared by every block, and a step with new draws or a
 new a recompiles nothing.
 """
@@ -39,8 +41,8 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     keep_draws_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-    for block in blocks:
-        block.compile(dynamic=False, mode=mode)
+    for block in blocks:  # the body: the draws are made before it, in Python (model/block.py)
+        block.body = torch.compile(block.body, dynamic=False, mode=mode)
     return len(blocks)
 
 

@@ -68,9 +68,6 @@ CASES = [
     ("cuda-graphs-with-deepspeed-optimizer", ARGS + ["--compile", "--cuda-graphs", "--optimizer-implementation",
                                                      "deepspeed"],
      "config key 'training.cuda_graphs' = true needs the fused optimizer"),
-    ("compile-checkpointing-guided", ARGS + ["--compile", "--override", "training.activation_checkpointing=true"],
-     "config key 'training.activation_checkpointing' = true cannot be combined with 'training.compile' = true "
-     "while 'self_guided.enabled' = true"),
     ("zero3-with-pipeline", ARGS + ["--pipeline-parallel", "2", "--zero-stage", "3"],
      "config key 'parallel.zero_stage' = 3 is not supported with pipeline parallelism"),
     ("split-malformed", ARGS + ["--override", "data.split=90,10"],

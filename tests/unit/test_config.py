@@ -144,15 +144,3 @@ def test_cuda_graphs_name_what_they_need():
     assert "needs the fused optimizer" in error(optimizer__implementation="deepspeed")
     assert "ZeRO 2" in error(optimizer__implementation="auto", parallel__zero_stage=2)
 
-
-def test_compile_with_checkpointing_refuses_self_guided_training():
-    from megatron_sffn.config import ConfigError, validate
-    from tests.distributed.common import tiny_config
-    cfg = tiny_config("lowrank_sgt", activation_checkpointing=True)
-    cfg.training.compile = True
-    with pytest.raises(ConfigError, match="'training.activation_checkpointing' = true cannot be combined"):
-        validate(cfg)
-    for kind, compile_ in (("lowrank", True), ("lowrank_sgt", False)):  # each pair alone is fine
-        cfg = tiny_config(kind, activation_checkpointing=True)
-        cfg.training.compile = compile_
-        validate(cfg)
