@@ -60,6 +60,8 @@ def parse_args(argv=None):
     ap.add_argument("--case-timeout", type=float, default=600, help="seconds per mode before it counts as hung")
     ap.add_argument("--no-sequence-parallel", action="store_true", help="the tensor path without SP")
     ap.add_argument("--out", default=None, help="JSON results")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="after the timed window, profile 3 more steps per mode: DIR/<mode>.txt lists the ops by host time")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
     return ap.parse_args(argv)
 
@@ -131,12 +133,31 @@ def run_case(mode: str, args) -> dict:
         host.append(time.perf_counter() - t0)
     sync()
     wall = (time.perf_counter() - start) / args.steps
+    if args.profile:
+        profile_steps(step, mode, rank, args.profile, cuda)
     dist.barrier()
     dist.destroy_process_group()
     return {"mode": mode, "tensor_parallel": world if tp is not None else 1, "processes": world, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
             "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
             "first_loss": first_loss, "layers": cfg.model.num_layers, "device": str(device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
+
+
+def profile_steps(step, mode: str, rank: int, directory: str, cuda: bool) -> None:
+    """Three profiled steps; the table sorted by self host time says where a block's host cost goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for i in range(3):
+            step(i)
+        if cuda:
+            torch.cuda.synchronize()
+    if rank == 0:
+        os.makedirs(directory, exist_ok=True)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=70)
+        with open(os.path.join(directory, f"{mode}.txt"), "w") as f:
+            f.write(f"# {mode}: 3 steps, sorted by self host time\n{table}\n")
 
 
 def run_in_subprocess(mode: str, args, out_path: str) -> dict:
@@ -149,6 +170,8 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
         cmd.append("--no-sequence-parallel")
     if args.compile_mode:
         cmd += ["--compile-mode", args.compile_mode]
+    if args.profile:
+        cmd += ["--profile", os.path.abspath(args.profile)]
     world, port = args.tensor_parallel, str(free_port())
     procs = [subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
