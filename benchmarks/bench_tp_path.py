@@ -16,6 +16,8 @@ parameters on a GPU, fp32 on a CPU; no optimizer):
   tp-split                     compiled, the collectives outside the graphs (a graph break at
                                each: the behaviour before parallel/collectives.py)
   tp-traced                    compiled, the collectives traced into the graphs
+  tp-eager-nocomm,             as tp-eager / tp-traced with every collective of the one-rank group
+  tp-traced-nocomm             replaced by the identity: what the path costs without its calls
 --tensor-parallel N: N processes (one GPU each, NCCL; gloo on a CPU), the tp- modes as tensor
 N with the real shards and collectives, the plain- modes as N independent copies of the plain
 model (each device's own full model: the per-GPU baseline). Each mode runs under
@@ -44,7 +46,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODES = ("plain-eager", "plain-compiled", "tp-eager", "tp-split", "tp-traced")
+MODES = ("plain-eager", "plain-compiled", "tp-eager", "tp-split", "tp-traced", "tp-eager-nocomm", "tp-traced-nocomm")
 
 
 def parse_args(argv=None):
@@ -61,7 +63,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-sequence-parallel", action="store_true", help="the tensor path without SP")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="after the timed window, profile 3 more steps per mode: DIR/<mode>.txt lists the ops by host time")
+                    help="after the timed window, profile 3 more steps per mode: DIR/<mode>.txt lists the ops by host time, "
+                         "DIR/<mode>.trace.json.gz is their timeline (chrome://tracing, Perfetto)")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
     return ap.parse_args(argv)
 
@@ -83,6 +86,17 @@ def tensor_parallel(size: int, rank: int, sequence_parallel: bool):
     return OneRankTensorParallel(group=group, size=1, rank=0, sequence_parallel=sequence_parallel)
 
 
+def skip_collectives() -> None:
+    """Every tensor-group collective becomes the identity (exact on a group of one rank)."""
+    from megatron_sffn.parallel import mappings, regions, sequence
+    identity = {"gather_rows": lambda t, *a, **k: (t, None), "reduce_scatter_rows": lambda t, *a, **k: (t, None),
+                "sum_over_group": lambda t, *a, **k: (t, None), "gather_last_dim": lambda t, *a, **k: t}
+    for module in (mappings, regions, sequence):
+        for name, fn in identity.items():
+            if hasattr(module, name):
+                setattr(module, name, fn)
+
+
 def run_case(mode: str, args) -> dict:
     import torch
     import torch.distributed as dist
@@ -102,10 +116,14 @@ def run_case(mode: str, args) -> dict:
                             **({"device_id": device} if cuda else {}))
     cfg = load_config(os.path.join(ROOT, args.config), ["model.ffn.init=\"normal\""] + args.override)
     tp = tensor_parallel(world, rank, not args.no_sequence_parallel) if mode.startswith("tp-") else None
+    if mode.endswith("-nocomm"):
+        if world != 1:
+            raise SystemExit(f"{mode} runs on one device only (it drops the collectives)")
+        skip_collectives()
     model = GPTModel(cfg.model, tp).initialize(1234, device=device).to(device)
     if cuda:
         model.to(torch.bfloat16)
-    if mode.endswith(("compiled", "split", "traced")):
+    if mode.endswith(("compiled", "split", "traced", "traced-nocomm")):
         compile_blocks(model, collectives_in_graphs=mode != "tp-split", mode=args.compile_mode)
     generator = torch.Generator().manual_seed(0)
     shape = (args.micro_batch_size, cfg.model.seq_length)
@@ -158,6 +176,12 @@ def profile_steps(step, mode: str, rank: int, directory: str, cuda: bool) -> Non
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=70)
         with open(os.path.join(directory, f"{mode}.txt"), "w") as f:
             f.write(f"# {mode}: 3 steps, sorted by self host time\n{table}\n")
+        import gzip
+        trace = os.path.join(directory, f"{mode}.trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
+            dst.write(src.read())
+        os.remove(trace)
 
 
 def run_in_subprocess(mode: str, args, out_path: str) -> dict:

@@ -79,7 +79,10 @@ class TransformerBlock(nn.Module):
         # is what model/compile.py compiles: a tuple of bools guards only on its values (every
         # block shares the graphs), and the body has no graph break at the draw (a break inside
         # a checkpointed compiled block made its recomputation save other tensors than its forward)
-        return self.body(x, cache, self.ffn.draws())
+        use = self.ffn.draws()
+        if any(use):
+            self.ffn.fc1.guide_state.place_alpha(x.device)
+        return self.body(x, cache, use)
 
     def body(self, x: torch.Tensor, cache: Optional[KVCache], use: tuple) -> torch.Tensor:
         # the layer index matters only to the KV cache; reading it otherwise would make every

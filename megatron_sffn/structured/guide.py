@@ -65,6 +65,14 @@ class GuideState:
             else:
                 held.fill_(float(value))
 
+    def place_alpha(self, device: torch.device) -> None:
+        """Keep alpha_tensor on the activations' device: a CPU scalar in a compiled CUDA graph makes
+        Inductor split the graph around it, and replayed as CUDA graphs (training.cuda_graphs) the
+        guided backward then crashed (segfault, one H200, 2026-11-29)."""
+        held = self.__dict__["alpha_tensor"]
+        if held.device != device:
+            super().__setattr__("alpha_tensor", held.to(device))
+
     def use_guide(self, layer_id: int) -> bool:
         if not self.active or self.alpha <= 0.0:
             return False

@@ -140,7 +140,9 @@ class Trainer:
             f"layout     world {st.world_size} = tensor {st.tensor_size} x pipeline {st.pipe_size} x data "
             f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
             f"{cfg.optimizer.implementation}" + (" | torch.compile of the blocks" if cfg.training.compile else "")
-            + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else ""),
+            + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
+            + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled
+               and cfg.self_guided.reduce_flop else ""),
             f"batch      global {cfg.training.global_batch_size} x {m.seq_length} = {tokens_per_step:,} tokens/step, "
             f"micro {cfg.training.micro_batch_size}, grad accumulation "
             f"{cfg.training.global_batch_size // (cfg.training.micro_batch_size * st.data_size)}",

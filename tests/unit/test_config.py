@@ -144,3 +144,20 @@ def test_cuda_graphs_name_what_they_need():
     assert "needs the fused optimizer" in error(optimizer__implementation="deepspeed")
     assert "ZeRO 2" in error(optimizer__implementation="auto", parallel__zero_stage=2)
 
+
+
+def test_cuda_graphs_wait_for_the_guides_to_drop_under_reduce_flop():
+    # each step's reduce_flop draws are a new path through CUDA-graph trees (a new recording
+    # per step): the guided phase runs compiled only, the unguided one as graphs
+    from megatron_sffn.training.engine import replays_as_cuda_graphs
+    from tests.distributed.common import tiny_config
+
+    cfg = tiny_config("lowrank_sgt", precision="bf16fused")
+    cfg.training.compile = cfg.training.cuda_graphs = True
+    assert cfg.self_guided.enabled and cfg.self_guided.reduce_flop
+    assert not replays_as_cuda_graphs(cfg, guided=True)
+    assert replays_as_cuda_graphs(cfg, guided=False)
+    cfg.self_guided.reduce_flop = False  # one path through the blocks: graphs from the start
+    assert replays_as_cuda_graphs(cfg, guided=True)
+    cfg.training.cuda_graphs = False
+    assert not replays_as_cuda_graphs(cfg, guided=False)

@@ -34,6 +34,36 @@ def test_alpha_tensor_follows_alpha():
     assert float(state.alpha_tensor) == 0.25
 
 
+def test_alpha_tensor_moves_to_the_activations_device_and_keeps_following_alpha():
+    # a CPU alpha inside a CUDA graph split the compiled graph and crashed its replay (H200):
+    # the block places alpha where its input lives, and later steps fill that tensor
+    state = GuideState(active=True)
+    state.place_alpha(torch.device("meta"))
+    moved = state.alpha_tensor
+    assert moved.device.type == "meta"
+    state.set_step(3, 10, "cosine")
+    assert state.alpha_tensor is moved  # filled in place where it now lives
+    state = GuideState(active=True)
+    kept = state.alpha_tensor
+    state.place_alpha(torch.device("cpu"))
+    assert state.alpha_tensor is kept  # already there: no copy
+    state.alpha = 0.25
+    assert float(state.alpha_tensor) == 0.25
+
+
+def test_guided_blocks_hand_alpha_to_their_input_device():
+    model, state = guided_model(2)
+    state.alpha = 1.0  # every guide drawn
+    calls = []
+    original = GuideState.place_alpha
+    GuideState.place_alpha = lambda self, device: calls.append(device) or original(self, device)
+    try:
+        model.loss(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
+    finally:
+        GuideState.place_alpha = original
+    assert calls and all(d == torch.device("cpu") for d in calls)
+
+
 def test_compiled_guided_blocks_train_like_eager_without_a_graph_per_step():
     torch._dynamo.reset()
     counters.clear()
