@@ -21,7 +21,8 @@ parameters on a GPU, fp32 on a CPU; no optimizer):
 --tensor-parallel N: N processes (one GPU each, NCCL; gloo on a CPU), the tp- modes as tensor
 N with the real shards and collectives, the plain- modes as N independent copies of the plain
 model (each device's own full model: the per-GPU baseline). Each mode runs under
---case-timeout seconds; a mode that hangs is reported as such and the others still run.
+--case-timeout seconds; a mode that hangs is reported as such, with every rank's Python stacks
+dumped shortly before the timeout (where each waits), and the others still run.
 
 Reported per mode (rank 0): ms per step (timed window, the device synchronised at its end only),
 host ms per step (until backward() returns: when it nears the step time the host is the
@@ -66,6 +67,7 @@ def parse_args(argv=None):
                     help="after the timed window, profile 3 more steps per mode: DIR/<mode>.txt lists the ops by host time, "
                          "DIR/<mode>.trace.json.gz is their timeline (chrome://tracing, Perfetto)")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
+    ap.add_argument("--dump-stacks-after", type=float, default=None, help=argparse.SUPPRESS)  # internal
     return ap.parse_args(argv)
 
 
@@ -98,6 +100,9 @@ def skip_collectives() -> None:
 
 
 def run_case(mode: str, args) -> dict:
+    if args.dump_stacks_after:  # a hung rank says where it waits before it is killed
+        import faulthandler
+        faulthandler.dump_traceback_later(args.dump_stacks_after, exit=False)
     import torch
     import torch.distributed as dist
     from torch._dynamo.utils import counters
@@ -155,6 +160,9 @@ def run_case(mode: str, args) -> dict:
         profile_steps(step, mode, rank, args.profile, cuda)
     dist.barrier()
     dist.destroy_process_group()
+    if args.dump_stacks_after:
+        import faulthandler
+        faulthandler.cancel_dump_traceback_later()
     return {"mode": mode, "tensor_parallel": world if tp is not None else 1, "processes": world, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
             "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
             "first_loss": first_loss, "layers": cfg.model.num_layers, "device": str(device),
@@ -196,6 +204,7 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
         cmd += ["--compile-mode", args.compile_mode]
     if args.profile:
         cmd += ["--profile", os.path.abspath(args.profile)]
+    cmd += ["--dump-stacks-after", str(args.case_timeout - min(15.0, args.case_timeout / 2))]
     world, port = args.tensor_parallel, str(free_port())
     procs = [subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
@@ -210,8 +219,8 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            return {"mode": mode, "hung": True, "after_s": args.case_timeout,
-                    "output_tail": (p.communicate()[0] or "")[-3000:]}
+            tails = [f"--- rank {r} ---\n" + (q.communicate()[0] or "")[-6000:] for r, q in enumerate(procs)]
+            return {"mode": mode, "hung": True, "after_s": args.case_timeout, "output_tail": "\n".join(tails)}
     if any(codes):
         return {"mode": mode, "failed": codes, "output_tail": "\n".join(o[-3000:] for o in outputs)}
     with open(out_path) as f:

@@ -53,7 +53,11 @@ def test_real_tensor_parallel_two_ranks_equal_plain_and_a_hang_is_reported(tmp_p
     hung = subprocess.run(common + ["--modes", "tp-eager", "--case-timeout", "1", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert hung.returncode == 0 and "HUNG after 1 s" in hung.stdout
-    assert json.loads(out.read_text())["rows"][0]["hung"] is True
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["hung"] is True
+    # every rank's output comes back, with the Python stacks each dumped before it was killed
+    assert "--- rank 0 ---" in row["output_tail"] and "--- rank 1 ---" in row["output_tail"]
+    assert row["output_tail"].count('File "') >= 2
 
 
 def test_nocomm_mode_drops_only_the_collectives_and_profile_shows_them(tmp_path):
