@@ -5,11 +5,15 @@
 # settings. Each case runs under --case-timeout 150: a hung case comes back as HUNG with both
 # ranks' Python stacks (dumped 15 s before the kill) and the next case still runs. Case
 # `plain` first: the traced TP2 path without graphs against each GPU's own plain model (the
-# per-GPU baseline), which is also the first traced-TP measurement on two GPUs. ~8 minutes for all.
-#   benchmarks/gpu/tp_cuda_graphs_x2.sh OUT_DIR [CASE ...]   (cases: plain default nomix noasync)
+# per-GPU baseline), which is also the first traced-TP measurement on two GPUs. ~9 minutes for the default four.
+# Cases: plain; default (TORCH_LOGS=cudagraphs: every warm-up, recording and replay, so a
+# re-recording at each step shows); noreg (NCCL_GRAPH_REGISTER=0: NCCL registers the buffers of
+# captured collectives with the peers while capturing, a candidate for ranks waiting on each
+# other); nomix (NCCL_GRAPH_MIXING_SUPPORT=0); noasync (c10d's watchdog error handling off).
+#   benchmarks/gpu/tp_cuda_graphs_x2.sh OUT_DIR [CASE ...]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/tp_cuda_graphs_x2.sh OUT_DIR [CASE ...]}; shift
-cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(plain default nomix noasync)
+cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(plain default noreg nomix)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
 export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -24,8 +28,10 @@ for case in "${cases[@]}"; do
   case $case in
     plain) python3 benchmarks/bench_tp_path.py "${common[@]}" --modes plain-compiled tp-traced \
                --out "$out/tp2_traced.json" ;;
-    default) python3 benchmarks/bench_tp_path.py "${common[@]}" --modes tp-traced --compile-mode reduce-overhead \
+    default) TORCH_LOGS=cudagraphs python3 benchmarks/bench_tp_path.py "${common[@]}" --modes tp-traced --compile-mode reduce-overhead \
                --out "$out/tp2_graphs_default.json" ;;
+    noreg) NCCL_GRAPH_REGISTER=0 python3 benchmarks/bench_tp_path.py "${common[@]}" --modes tp-traced \
+               --compile-mode reduce-overhead --out "$out/tp2_graphs_noreg.json" ;;
     nomix) NCCL_GRAPH_MIXING_SUPPORT=0 python3 benchmarks/bench_tp_path.py "${common[@]}" --modes tp-traced \
                --compile-mode reduce-overhead --out "$out/tp2_graphs_nomix.json" ;;
     noasync) TORCH_NCCL_ASYNC_ERROR_HANDLING=0 TORCH_NCCL_ENABLE_MONITORING=0 python3 benchmarks/bench_tp_path.py \
