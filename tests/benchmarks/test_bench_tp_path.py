@@ -63,12 +63,12 @@ def test_real_tensor_parallel_two_ranks_equal_plain_and_a_hang_is_reported(tmp_p
 def test_nocomm_mode_drops_only_the_collectives_and_profile_shows_them(tmp_path):
     out, prof = tmp_path / "nocomm.json", tmp_path / "prof"
     cmd = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
-           "--micro-batch-size", "2", "--steps", "1", "--warmup", "1", "--modes", "plain-eager", "tp-eager",
-           "tp-eager-nocomm", "--profile", str(prof), "--out", str(out)] + [f"--override={o}" for o in TINY]
+           "--micro-batch-size", "2", "--steps", "1", "--warmup", "1", "--modes", "tp-eager", "tp-eager-nocomm", "--profile", str(prof), "--out", str(out)] + [f"--override={o}" for o in TINY]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["tp-eager-nocomm"]["first_loss"] == pytest.approx(rows["plain-eager"]["first_loss"], rel=1e-5)
+    # on one rank every collective is the identity: the same loss without them
+    assert rows["tp-eager-nocomm"]["first_loss"] == pytest.approx(rows["tp-eager"]["first_loss"], rel=1e-6)
     # the profile lists the tensor group's collectives on the TP path and none without them
     assert "c10d::" in (prof / "tp-eager.txt").read_text()
     assert "c10d::" not in (prof / "tp-eager-nocomm.txt").read_text()
