@@ -9,12 +9,7 @@ out=${1:?usage: benchmarks/gpu/cuda_graphs_1gpu.sh OUT_DIR [CONFIG]}
 config=${2:-configs/1p3b_lowrank.json}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
+. benchmarks/gpu/setup_env.sh
 for micro_accum in "8 2" "2 4"; do
   set -- $micro_accum
   python3 benchmarks/bench_train.py --configs "$config" --nproc 1 --modes compile --micro-batch-size "$1" \

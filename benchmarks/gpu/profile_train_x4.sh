@@ -4,12 +4,7 @@
 # 16 timed.      benchmarks/gpu/profile_train_x4.sh OUT_DIR
 set -uo pipefail
 out=$1; mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0
+. benchmarks/gpu/setup_env.sh
 common=(--override self_guided.enabled=false --override 'optimizer.implementation="fused"'
         --override parallel.zero_stage=0 --steps 10 --warmup 5)
 run() {  # gpu name config micro-batch compile [profile]

@@ -18,12 +18,7 @@ set -uo pipefail
 out=${1:?usage: benchmarks/gpu/reference_1gpu.sh OUT_DIR KIND [KIND ...]}; shift
 mkdir -p "$out/logs"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
+. benchmarks/gpu/setup_env.sh
 smoke=(); mode=compile; [ "${SMOKE:-0}" = 1 ] && smoke=(--smoke --steps 8 --warmup 1) && mode=eager
 
 run_kind() {  # KIND GPU

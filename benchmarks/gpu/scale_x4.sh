@@ -25,12 +25,7 @@ set -uo pipefail
 out=${1:?usage: benchmarks/gpu/scale_x4.sh OUT_DIR SET [SET ...]}; shift
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
+. benchmarks/gpu/setup_env.sh
 TP2='tp2:parallel.tensor=2' TP2SP='tp2sp:parallel.tensor=2;parallel.sequence_parallel=true'
 TP4='tp4:parallel.tensor=4' TP4SP='tp4sp:parallel.tensor=4;parallel.sequence_parallel=true'
 TP2PP2='tp2pp2:parallel.tensor=2;parallel.pipeline=2'

@@ -16,12 +16,7 @@ out=${1:?usage: benchmarks/gpu/tp_cuda_graphs_x2.sh OUT_DIR [CASE ...]}; shift
 cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(plain default noreg nomix)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
+. benchmarks/gpu/setup_env.sh
 common=(--config configs/1p3b_lowrank.json --tensor-parallel 2 --micro-batch-size 8 --case-timeout 150)
 for case in "${cases[@]}"; do
   echo "== $case $(date +%T)"

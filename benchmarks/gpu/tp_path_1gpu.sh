@@ -9,12 +9,7 @@ out=${1:?usage: benchmarks/gpu/tp_path_1gpu.sh OUT_DIR [CONFIG] [ARGS...]}; shif
 config=${1:-configs/1p3b_lowrank.json}; shift || true
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
+. benchmarks/gpu/setup_env.sh
 name=$(basename "$config" .json)
 python3 benchmarks/bench_tp_path.py --config "$config" "$@" --out "$out/tp_path_$name.json" 2>&1 \
     | grep -v "^\[20" | tail -20

@@ -11,12 +11,7 @@ set -uo pipefail
 out=${1:?usage: benchmarks/gpu/tp_x2.sh OUT_DIR}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-export TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
-  SITE=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
-fi
+. benchmarks/gpu/setup_env.sh
 SP=(--override parallel.tensor=2 --override parallel.sequence_parallel=true)
 for case in tp2sp dp2 tp2sp_outside; do
   case $case in
