@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -113,27 +112,15 @@ def measure(args) -> dict:
 
 
 def run_setting(setting: str, args, out_path: str) -> dict:
-    from megatron_sffn.parallel.launch import free_port
+    from local_ranks import run_local_ranks
     cmd = [sys.executable, os.path.abspath(__file__), "--case", setting, "--out", out_path,
            "--iterations", str(args.iterations), "--shape", *map(str, args.shape)]
-    port = str(free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCH_FR_", "TORCH_NCCL_"))}
-    env.update(SETTINGS[setting])
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(r),
-                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(args.nproc)]
-    deadline = time.monotonic() + args.timeout
-    outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            return {"setting": setting, "hung": True}
-    if any(p.returncode for p in procs):
-        return {"setting": setting, "failed": [p.returncode for p in procs], "output_tail": outputs[0][-3000:]}
+    ranks = run_local_ranks(cmd, args.nproc, args.timeout, env=dict(env, **SETTINGS[setting]))
+    if ranks.hung:
+        return {"setting": setting, "hung": True, "output_tail": ranks.tails()}
+    if ranks.failed:
+        return {"setting": setting, "failed": ranks.codes, "output_tail": ranks.tails()}
     with open(out_path) as f:
         return dict(json.load(f), setting=setting, env=SETTINGS[setting])
 

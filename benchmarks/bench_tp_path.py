@@ -40,7 +40,6 @@ import dataclasses
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -198,7 +197,7 @@ def profile_steps(step, mode: str, rank: int, directory: str, cuda: bool) -> Non
 
 def run_in_subprocess(mode: str, args, out_path: str) -> dict:
     """The mode on --tensor-parallel processes; rank 0's result, or a row saying it hung or failed."""
-    from megatron_sffn.parallel.launch import free_port
+    from local_ranks import run_local_ranks
     cmd = [sys.executable, os.path.abspath(__file__), "--case", mode, "--out", out_path, "--config", args.config,
            "--micro-batch-size", str(args.micro_batch_size), "--steps", str(args.steps),
            "--warmup", str(args.warmup)] + [f"--override={o}" for o in args.override]
@@ -209,24 +208,11 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
     if args.profile:
         cmd += ["--profile", os.path.abspath(args.profile)]
     cmd += ["--dump-stacks-after", str(args.case_timeout - min(15.0, args.case_timeout / 2))]
-    world, port = args.tensor_parallel, str(free_port())
-    procs = [subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
-                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
-    deadline = time.monotonic() + args.case_timeout
-    outputs, codes = [], []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-            codes.append(p.returncode)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            tails = [f"--- rank {r} ---\n" + (q.communicate()[0] or "")[-6000:] for r, q in enumerate(procs)]
-            return {"mode": mode, "hung": True, "after_s": args.case_timeout, "output_tail": "\n".join(tails)}
-    if any(codes):
-        return {"mode": mode, "failed": codes, "output_tail": "\n".join(o[-3000:] for o in outputs)}
+    ranks = run_local_ranks(cmd, args.tensor_parallel, args.case_timeout)
+    if ranks.hung:
+        return {"mode": mode, "hung": True, "after_s": args.case_timeout, "output_tail": ranks.tails(6000)}
+    if ranks.failed:
+        return {"mode": mode, "failed": ranks.codes, "output_tail": ranks.tails()}
     with open(out_path) as f:
         return json.load(f)
 
