@@ -40,6 +40,8 @@ CONSTANTS = [  # flag, Hardware field, help
     ("--layer-overhead-ms", "layer_overhead_ms", "host time per block and micro-batch (calibrated, 1.3B profile)"),
     ("--tp-layer-host-ms", "tp_layer_host_ms",
      "more host time per block and micro-batch under tensor parallelism (calibrated, 4 x H200)"),
+    ("--tp-call-host-us", "tp_call_host_us",
+     "host time per tensor-group collective call under tensor parallelism (calibrated, 4 x H200)"),
     ("--tp-overlap", "tp_overlap", "fraction of tensor-parallel collective time hidden (uncalibrated)"),
     ("--dp-overlap", "dp_overlap", "fraction of the last backward that hides the gradient reduction"),
     ("--overhead-gb", "overhead_gb", "memory outside torch's allocator count (uncalibrated)"),

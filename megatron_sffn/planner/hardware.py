@@ -42,12 +42,16 @@ class Hardware:
     # host/launch time per transformer block per micro-batch that the GPU waits for, ms.
     # Calibrated: 7.7 ms of GPU idle per step over 24 blocks (1.3B lowrank compiled profile)
     layer_overhead_ms: float = 0.3
-    # more host time per block per micro-batch under tensor parallelism (its collectives, region
-    # autograd functions and the graph breaks at them), ms. Calibrated: the 4-GPU runs of
-    # 2026-11-28 (1.3B and 6.7B, TP2/TP4, +/- SP, eager and compiled) left 3.0-7.0 ms per block
-    # and micro-batch unexplained by compute and collectives (median 4.8); the 2-GPU TP2 runs of
-    # 2026-11-23 (one or two micro-batches per step) about 1 ms. docs/performance.md
-    tp_layer_host_ms: float = 4.5
+    # host time on a host-bound tensor-parallel rank (the GPU waits for it), in two parts, fitted
+    # together to the ten 4-GPU TP runs of 2026-11-28 (1.3B and 6.7B, TP2/TP4/TP2xPP2, SP on and
+    # off; RMS log error 0.214 -> 0.184, and SP's cost against no SP now shows: measured
+    # 0.69-0.71x the tokens/s, predicted 0.82-0.84x, before 1.0x). docs/performance.md
+    # - per block and micro-batch (region autograd functions, the rest of the TP path), ms
+    tp_layer_host_ms: float = 3.25
+    # - per tensor-group collective call (SP makes about twice the calls per block), us; the
+    #   fit's 225 sits beside one H200's 105 eager / 205 compiled per call in the model
+    #   (benchmarks/bench_tp_path.py --modes ...-nocomm, 2026-11-29)
+    tp_call_host_us: float = 225.0
     # fraction of the tensor-parallel collective time hidden behind GEMMs. Uncalibrated; 0
     # until issue 14's overlap is measured
     tp_overlap: float = 0.0

@@ -6,13 +6,16 @@ Per micro-batch and pipeline stage:
               / achievable TFLOP/s
   recompute   activation checkpointing runs each block's forward again: 1/3 of its FLOPs
   host        Hardware.layer_overhead_ms per block (launch and Python time the GPU waits for),
-              + Hardware.tp_layer_host_ms per block under tensor parallelism (host-bound there)
+              + under tensor parallelism (host-bound there) Hardware.tp_layer_host_ms per block
+              and Hardware.tp_call_host_us per tensor-group collective call
   tensor      the tensor group's collectives (design.md's count: per block one region entry
               and one exit for attention and for the FFN, of T x d for attention and dense FFNs,
               T x r for LowRank/BlockDense, T x min(d, f) for BlockShuffle, + T x d for an
               active guide; all-reduce without SP, all-gather + reduce-scatter with it, plus
               the backward re-gather of a d-wide column input kept as a token shard, and the
-              gradient sum of replicated weights), ring bus bytes / NVLink bandwidth + a latency per call
+              gradient sum of replicated weights: per use with DeepSpeed's optimizer, one flat
+              fp32 all-reduce per step with the fused one), ring bus bytes / NVLink bandwidth +
+              a latency per call
   p2p         pipeline sends of the stage's output forward and its gradient back
 Then per step:
   pipeline    1F1B: (m + p - 1) x the slowest stage's micro-batch time (bubble (p-1)/(m+p-1))
@@ -74,8 +77,11 @@ def _region(payload: float, t: int, sp: bool, regather: bool, recompute: bool) -
     return _ring("gather", payload, t) * calls, calls
 
 
-def block_collectives(m: ModelConfig, piece: Piece, layout: Layout, guide_fraction: float) -> Tuple[float, int]:
-    """(bytes sent per rank, calls) of one block's tensor-group traffic for one micro-batch."""
+def block_collectives(m: ModelConfig, piece: Piece, layout: Layout, guide_fraction: float,
+                      partials_per_micro_batch: bool = True) -> Tuple[float, int]:
+    """(bytes sent per rank, calls) of one block's tensor-group traffic for one micro-batch.
+    partials_per_micro_batch: DeepSpeed's optimizer sums the SP-replicated weights' partial
+    gradients per use (hooks); the fused one once per step (partial_sum_per_step)."""
     t, sp, ckpt = layout.tensor, layout.sequence_parallel and layout.tensor > 1, layout.activation_checkpointing
     tokens = layout.micro_batch * m.seq_length
     d = m.hidden_size
@@ -97,31 +103,43 @@ def block_collectives(m: ModelConfig, piece: Piece, layout: Layout, guide_fracti
     for payload in exits:
         b, c = _region(payload, t, sp, False, ckpt)
         total, calls = total + b, calls + c
-    if sp:  # partial gradients of replicated weights summed over the tensor group, per micro-batch
+    if sp and partials_per_micro_batch:  # partial gradients of replicated weights, summed per use
         total += _ring("all_reduce", BF16 * piece.replicated_params, t)
         calls += piece.replicated_tensors
     return total, calls
 
 
-def piece_collectives(m: ModelConfig, piece: Piece, layout: Layout, guide_fraction: float) -> Tuple[float, int]:
+def piece_collectives(m: ModelConfig, piece: Piece, layout: Layout, guide_fraction: float,
+                      partials_per_micro_batch: bool = True) -> Tuple[float, int]:
     t, sp = layout.tensor, layout.sequence_parallel and layout.tensor > 1
     tokens = layout.micro_batch * m.seq_length
     if t == 1:
         return 0.0, 0
     if piece.kind == "block":
-        return block_collectives(m, piece, layout, guide_fraction)
+        return block_collectives(m, piece, layout, guide_fraction, partials_per_micro_batch)
     if piece.kind == "embedding":
         return _region(BF16 * tokens * m.hidden_size, t, sp, False, False)
     if piece.kind == "head":  # the head's input enters the region; the loss all-reduces three T-vectors
         b, c = _region(BF16 * tokens * m.hidden_size, t, sp, True, False)
         return b + 3 * _ring("all_reduce", FP32 * tokens, t), c + 3
-    if piece.kind == "norm" and sp:
+    if piece.kind == "norm" and sp and partials_per_micro_batch:
         return _ring("all_reduce", BF16 * piece.replicated_params, t), piece.replicated_tensors
     return 0.0, 0
 
 
+def partial_sum_per_step(layout: Layout, stage: Sequence[Piece], hw: Hardware) -> float:
+    """Seconds of the fused optimizer's one flat fp32 all-reduce of the SP-replicated weights'
+    partial gradients per step (training/master_optimizer.py: _sum_tensor_partials)."""
+    t, sp = layout.tensor, layout.sequence_parallel and layout.tensor > 1
+    if not sp:
+        return 0.0
+    payload = FP32 * sum(p.replicated_params for p in stage)
+    return (_ring("all_reduce", payload, t) / (hw.nvlink_gb_s * 1e9) + hw.collective_latency_us * 1e-6
+            + hw.tp_call_host_us * 1e-6)
+
+
 def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], guide_fraction: float,
-                        ffn_kind: str, hw: Hardware) -> dict:
+                        ffn_kind: str, hw: Hardware, partials_per_micro_batch: bool = True) -> dict:
     """Seconds one micro-batch spends on one stage, by part."""
     t, sp = layout.tensor, layout.sequence_parallel and layout.tensor > 1
     tokens = layout.micro_batch * m.seq_length
@@ -130,7 +148,7 @@ def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], 
     block_flops = sum(p.train_flops_per_token(t, sp, guide_fraction) for p in stage if p.kind == "block") * tokens
     comm_bytes, calls = 0.0, 0
     for p in stage:
-        b, c = piece_collectives(m, p, layout, guide_fraction)
+        b, c = piece_collectives(m, p, layout, guide_fraction, partials_per_micro_batch)
         comm_bytes, calls = comm_bytes + b, calls + c
     tensor = (comm_bytes / (hw.nvlink_gb_s * 1e9) + calls * hw.collective_latency_us * 1e-6) * (1 - hw.tp_overlap)
     p2p = 0.0
@@ -141,7 +159,8 @@ def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], 
     return {"compute": flops / rate,
             "recompute": block_flops / 3.0 / rate if layout.activation_checkpointing else 0.0,
             "host": sum(p.kind == "block" for p in stage) * 1e-3
-                    * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if t > 1 else 0.0)),
+                    * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if t > 1 else 0.0))
+                    + calls * hw.tp_call_host_us * 1e-6,
             "tensor_comm": tensor, "pipeline_p2p": p2p}
 
 
@@ -173,7 +192,8 @@ def data_seconds(layout: Layout, params: int, backward_window: float, micro_batc
 
 def predict_step(m: ModelConfig, layout: Layout, stages: Sequence[Sequence[Piece]], implementation: str,
                  micro_batches: int, guide_fraction: float, guided: bool, ffn_kind: str, hw: Hardware) -> StepTime:
-    per_stage = [micro_batch_seconds(m, layout, s, guide_fraction, ffn_kind, hw) for s in stages]
+    per_micro_batch = implementation != "fused"
+    per_stage = [micro_batch_seconds(m, layout, s, guide_fraction, ffn_kind, hw, per_micro_batch) for s in stages]
     slowest = max(per_stage, key=lambda parts: sum(parts.values()))
     p, n = layout.pipeline, micro_batches
     params = max(sum(pc.params + (pc.guide_params if guided else 0) for pc in s) for s in stages)
@@ -181,6 +201,8 @@ def predict_step(m: ModelConfig, layout: Layout, stages: Sequence[Sequence[Piece
     data = data_seconds(layout, params, backward_window, n, hw)
     updated = params / (layout.data if layout.zero_stage >= 1 else 1)
     optimizer = updated * hw.optimizer_ps_per_param[implementation] * 1e-12
+    if not per_micro_batch:
+        optimizer += max(partial_sum_per_step(layout, s, hw) for s in stages)
     return StepTime(compute=n * slowest["compute"], recompute=n * slowest["recompute"], host=n * slowest["host"],
                     tensor_comm=n * slowest["tensor_comm"], pipeline_p2p=n * slowest["pipeline_p2p"],
                     bubble=(p - 1) * sum(slowest.values()), data_comm=data, optimizer=optimizer)
