@@ -279,6 +279,7 @@ def _print_row(r: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from local_ranks import leave_and_exit
     args = parse_args(argv)
     if args.smoke:
         args.override = SMOKE_MODEL + args.override
@@ -297,17 +298,7 @@ def main(argv=None) -> int:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=2)
-    _leave_process_group()
-    return 0
-
-
-def _leave_process_group() -> None:
-    """Every rank done, then the group torn down: a rank that exits with its gloo threads
-    still running can abort ('terminate called without an active exception')."""
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_and_exit(0)
 
 
 if __name__ == "__main__":

@@ -237,7 +237,8 @@ def main(argv=None) -> int:
         if os.environ.get("RANK", "0") == "0":
             with open(args.out, "w") as f:
                 json.dump(result, f)
-        return 0
+        from local_ranks import leave_and_exit
+        leave_and_exit(0)
     import tempfile
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
