@@ -38,6 +38,8 @@ CONSTANTS = [  # flag, Hardware field, help
     ("--network-gb-s", "network_gb_s", "per-GPU bandwidth between nodes, GB/s (uncalibrated)"),
     ("--collective-latency-us", "collective_latency_us", "fixed cost per collective call (uncalibrated)"),
     ("--layer-overhead-ms", "layer_overhead_ms", "host time per block and micro-batch (calibrated, 1.3B profile)"),
+    ("--host-block-ms", "host_block_ms", "host time to issue a block per micro-batch, a floor (calibrated, one H200)"),
+    ("--host-block-graphs-ms", "host_block_graphs_ms", "the same with training.cuda_graphs (calibrated, one H200)"),
     ("--tp-layer-host-ms", "tp_layer_host_ms",
      "more host time per block and micro-batch under tensor parallelism (calibrated, 4 x H200)"),
     ("--tp-call-host-us", "tp_call_host_us",

@@ -42,6 +42,14 @@ class Hardware:
     # host/launch time per transformer block per micro-batch that the GPU waits for, ms.
     # Calibrated: 7.7 ms of GPU idle per step over 24 blocks (1.3B lowrank compiled profile)
     layer_overhead_ms: float = 0.3
+    # host time to issue one block's forward and backward (one micro-batch) outside tensor
+    # parallelism, ms: a floor under a micro-batch's time where the GPU work is smaller (small
+    # micro-batches). Calibrated on one H200, 1.3B lowrank compiled (2026-11-29): micro-batch 2
+    # x 4 ran 192.5 ms per step, 1.89 ms per block and micro-batch; the bare model at micro-batch
+    # 1 took 1.6-2.3 ms per block over three calls (benchmarks/bench_tp_path.py)
+    host_block_ms: float = 1.8
+    # the same with training.cuda_graphs (replayed blocks): 0.69 ms per block at micro-batch 1
+    host_block_graphs_ms: float = 0.7
     # host time on a host-bound tensor-parallel rank (the GPU waits for it), in two parts, fitted
     # together to the ten 4-GPU TP runs of 2026-11-28 (1.3B and 6.7B, TP2/TP4/TP2xPP2, SP on and
     # off; RMS log error 0.214 -> 0.184, and SP's cost against no SP now shows: measured

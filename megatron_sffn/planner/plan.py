@@ -119,7 +119,7 @@ def predict(cfg: Config, layout: Layout, hw: Hardware, main_gradients_whole_run:
                                 main_gradients_whole_run)
     gf = guide_fraction(cfg)
     step = predict_step(m, layout, stage_pieces(pieces, layout.pipeline), implementation, micro_batches, gf,
-                        guided, m.ffn.kind, hw)
+                        guided, m.ffn.kind, hw, cuda_graphs=t.cuda_graphs)
     flops = train_flops_per_token(model_stats(m), gf)
     return Prediction(layout, micro_batches, implementation, stages_mem, step, t.global_batch_size,
                       t.global_batch_size * m.seq_length, flops, hw)

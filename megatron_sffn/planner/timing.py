@@ -7,7 +7,9 @@ Per micro-batch and pipeline stage:
   recompute   activation checkpointing runs each block's forward again: 1/3 of its FLOPs
   host        Hardware.layer_overhead_ms per block (launch and Python time the GPU waits for),
               + under tensor parallelism (host-bound there) Hardware.tp_layer_host_ms per block
-              and Hardware.tp_call_host_us per tensor-group collective call
+              and Hardware.tp_call_host_us per tensor-group collective call; outside it, the
+              wait until the host has issued the blocks (Hardware.host_block_ms per block, a
+              floor under the micro-batch: small micro-batches are host-bound)
   tensor      the tensor group's collectives (design.md's count: per block one region entry
               and one exit for attention and for the FFN, of T x d for attention and dense FFNs,
               T x r for LowRank/BlockDense, T x min(d, f) for BlockShuffle, + T x d for an
@@ -139,8 +141,12 @@ def partial_sum_per_step(layout: Layout, stage: Sequence[Piece], hw: Hardware) -
 
 
 def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], guide_fraction: float,
-                        ffn_kind: str, hw: Hardware, partials_per_micro_batch: bool = True) -> dict:
-    """Seconds one micro-batch spends on one stage, by part."""
+                        ffn_kind: str, hw: Hardware, partials_per_micro_batch: bool = True,
+                        cuda_graphs: bool = False) -> dict:
+    """Seconds one micro-batch spends on one stage, by part. Outside tensor parallelism the
+    micro-batch takes at least the host's time to issue its blocks (Hardware.host_block_ms, or
+    host_block_graphs_ms with CUDA graphs); the wait for the host is counted in `host`. Under
+    tensor parallelism the fitted host terms already stand for the host-bound rank."""
     t, sp = layout.tensor, layout.sequence_parallel and layout.tensor > 1
     tokens = layout.micro_batch * m.seq_length
     rate = hw.tflops_for(ffn_kind) * 1e12
@@ -156,12 +162,16 @@ def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], 
         boundaries = 1 if (stage[0].kind == "embedding" or stage[-1].kind == "head") else 2
         payload = BF16 * tokens * m.hidden_size / (t if sp else 1)
         p2p = boundaries * 2 * payload / (pipeline_bandwidth(layout, hw) * 1e9)
-    return {"compute": flops / rate,
-            "recompute": block_flops / 3.0 / rate if layout.activation_checkpointing else 0.0,
-            "host": sum(p.kind == "block" for p in stage) * 1e-3
-                    * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if t > 1 else 0.0))
-                    + calls * hw.tp_call_host_us * 1e-6,
-            "tensor_comm": tensor, "pipeline_p2p": p2p}
+    blocks = sum(p.kind == "block" for p in stage)
+    parts = {"compute": flops / rate,
+             "recompute": block_flops / 3.0 / rate if layout.activation_checkpointing else 0.0,
+             "host": blocks * 1e-3 * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if t > 1 else 0.0))
+                     + calls * hw.tp_call_host_us * 1e-6,
+             "tensor_comm": tensor, "pipeline_p2p": p2p}
+    if t == 1:
+        issue = blocks * 1e-3 * (hw.host_block_graphs_ms if cuda_graphs else hw.host_block_ms)
+        parts["host"] += max(0.0, issue - sum(parts.values()))
+    return parts
 
 
 def pipeline_bandwidth(layout: Layout, hw: Hardware) -> float:
@@ -191,9 +201,11 @@ def data_seconds(layout: Layout, params: int, backward_window: float, micro_batc
 
 
 def predict_step(m: ModelConfig, layout: Layout, stages: Sequence[Sequence[Piece]], implementation: str,
-                 micro_batches: int, guide_fraction: float, guided: bool, ffn_kind: str, hw: Hardware) -> StepTime:
+                 micro_batches: int, guide_fraction: float, guided: bool, ffn_kind: str, hw: Hardware,
+                 cuda_graphs: bool = False) -> StepTime:
     per_micro_batch = implementation != "fused"
-    per_stage = [micro_batch_seconds(m, layout, s, guide_fraction, ffn_kind, hw, per_micro_batch) for s in stages]
+    per_stage = [micro_batch_seconds(m, layout, s, guide_fraction, ffn_kind, hw, per_micro_batch, cuda_graphs)
+                 for s in stages]
     slowest = max(per_stage, key=lambda parts: sum(parts.values()))
     p, n = layout.pipeline, micro_batches
     params = max(sum(pc.params + (pc.guide_params if guided else 0) for pc in s) for s in stages)

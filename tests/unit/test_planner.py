@@ -223,6 +223,20 @@ def test_sequence_parallel_pays_for_its_extra_calls_on_a_host_bound_rank():
         assert with_sp.step.host > without.step.host
 
 
+def test_small_micro_batches_wait_for_the_host_unless_replayed_as_cuda_graphs():
+    # one H200, 1.3B lowrank compiled, micro-batch 2 x 4: 42,545 tokens/s; with --cuda-graphs
+    # 63,340 (2026-11-29). Without a host floor the planner said 60.0K for both
+    graphs = ['training.compile=true', 'training.cuda_graphs=true']
+    small, big = Layout(1, 1, 1, 1, 2, False, False), Layout(1, 1, 1, 1, 8, False, False)
+    compiled = predicted("1p3b_lowrank", small, global_batch=8)
+    replayed = predicted("1p3b_lowrank", small, global_batch=8, overrides=graphs)
+    assert compiled.tokens_per_s_per_gpu == pytest.approx(42545, rel=0.10)
+    assert replayed.tokens_per_s_per_gpu == pytest.approx(63340, rel=0.10)
+    # at micro-batch 8 the GPU is the bound either way
+    assert predicted("1p3b_lowrank", big, global_batch=16).step.total == pytest.approx(
+        predicted("1p3b_lowrank", big, global_batch=16, overrides=graphs).step.total)
+
+
 def test_fused_optimizer_sums_sp_partial_gradients_once_per_step():
     sp_layout = Layout(2, 1, 1, 1, 8, False, True)
     cfg = layout_config(raw_config("1p3b_lowrank"), sp_layout, 64)
