@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# 4-GPU layouts measured one rank at a time on ONE GPU (issue 14, while no 4-GPU machine is lent):
+# bench_train.py --nproc 4 --emulate runs rank 0 of the layout alone on torch's fake process group
+# (benchmarks/emulate_rank.py): its shards, ZeRO partition, pipeline stage and activations are
+# real, so its peak memory is the real rank's (without NCCL's buffers); collectives move nothing.
+#   memory   peak per GPU, cases side by side on the one GPU (only memory is read from them):
+#            6.7B lowrank and dense at TP4 with and without sequence parallelism, micro-batch 16
+#            (the issue's SP target); 1.3B lowrank TP2 SP x DP2 compiled, measured for real on
+#            4 H200 (2026-11-28, the current optimizer), to check the emulation. ~5 minutes
+#   memory_compiled  the other two real rows of that kind: 1.3B lowrank DP4 and 6.7B lowrank
+#            DP4, compiled
+#   compute  one case at a time: rank 0's step with free communication, 1.3B lowrank compiled,
+#            micro-batch 8 x 4, in DP4, TP2 SP x DP2, TP2 x DP2, TP4 SP; the ceiling a real
+#            TP layout approaches as its collectives (link and host) get cheaper
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [memory_compiled] [compute]
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
+sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/../.."
+. benchmarks/gpu/setup_env.sh
+
+emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]
+  local name=$1 config=$2 mode=$3 micro=$4 accum=$5 steps=$6 warmup=$7; shift 7
+  local overrides=(); for o in "$@"; do overrides+=(--override "$o"); done
+  timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate --modes "$mode" \
+      --micro-batch-size "$micro" --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" \
+      "${overrides[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
+  echo "== $name (exit $?): $(grep -E '^[a-z0-9_]+\.json ' "$out/$name.txt" | tail -1)"
+}
+
+for set in "${sets[@]}"; do
+  echo "== set $set $(date +%T)"
+  case $set in
+    memory)  # side by side in waves that fit 141 GB together
+      N='model.ffn.init="normal"'
+      emulate mem_6p7b_lowrank_tp4 configs/6p7b_lowrank.json eager 16 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_lowrank_tp4sp configs/6p7b_lowrank.json eager 16 1 3 1 "$N" parallel.tensor=4 \
+          parallel.sequence_parallel=true &
+      emulate mem_1p3b_lowrank_tp2sp_compiled configs/1p3b_lowrank.json compile 8 4 6 2 parallel.tensor=2 \
+          parallel.sequence_parallel=true &
+      wait
+      emulate mem_6p7b_dense_tp4 configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_dense_tp4sp configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 \
+          parallel.sequence_parallel=true &
+      wait ;;
+    memory_compiled)
+      emulate mem_1p3b_lowrank_dp4_compiled configs/1p3b_lowrank.json compile 8 4 6 3 &
+      emulate mem_6p7b_lowrank_dp4_compiled configs/6p7b_lowrank.json compile 4 4 4 2 'model.ffn.init="normal"' &
+      wait ;;
+    compute)
+      emulate compute_1p3b_dp4 configs/1p3b_lowrank.json compile 8 4 8 4
+      emulate compute_1p3b_tp2sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
+          parallel.sequence_parallel=true
+      emulate compute_1p3b_tp2 configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2
+      emulate compute_1p3b_tp4sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
+          parallel.sequence_parallel=true ;;
+    *) echo "unknown set '$set'" >&2; exit 2 ;;
+  esac
+done
+python3 benchmarks/bench_train.py --table-from "$out"/*.json --out "$out/emulated_all.json" 2>&1 | tail -20
