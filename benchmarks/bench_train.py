@@ -97,6 +97,8 @@ def run_overrides(args, extra=()) -> list:
     out = ([] if args.guided else ["self_guided.enabled=false"]) + ["training.eval_iters=1"]
     if args.data_path == "embedded":
         out.append('data.tokenizer_model="embedded"')
+    if getattr(args, "emulate", False):  # shards never meet: losses may be non-finite, memory is still real
+        out.append("training.max_nonfinite_steps=1000000000")
     return out + (SMOKE if args.smoke else []) + args.override + list(extra)  # a variant overrides the smoke model
 
 
@@ -164,6 +166,7 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
             "tokens_per_s_per_gpu": tokens_per_step / step_time / args.nproc, "tflops_per_gpu": tflops,
             "mfu": tflops / peak if peak else None,
             "max_allocated_gb": max(r["max_allocated_gb"] for r in records.values()),
+            "max_allocated_gb_per_step": [records[s]["max_allocated_gb"] for s in sorted(records)],
             "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"],
             "losses": [records[s]["loss"] for s in sorted(records)],
             "step_times_s": [records[s]["step_time_s"] for s in sorted(records)], **phases}

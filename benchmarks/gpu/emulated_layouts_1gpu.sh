@@ -7,12 +7,14 @@
 #            6.7B lowrank and dense at TP4 with and without sequence parallelism, micro-batch 16
 #            (the issue's SP target); 1.3B lowrank TP2 SP x DP2 compiled, measured for real on
 #            4 H200 (2026-11-28, the current optimizer), to check the emulation. ~5 minutes
+#   sp_slope 6.7B lowrank TP4 with and without SP at micro-batches 8 and 32 (how the saving grows
+#            with the activations' share), and the TP2 SP case again
 #   memory_compiled  the other two real rows of that kind: 1.3B lowrank DP4 and 6.7B lowrank
 #            DP4, compiled
 #   compute  one case at a time: rank 0's step with free communication, 1.3B lowrank compiled,
 #            micro-batch 8 x 4, in DP4, TP2 SP x DP2, TP2 x DP2, TP4 SP; the ceiling a real
 #            TP layout approaches as its collectives (link and host) get cheaper
-#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [memory_compiled] [compute]
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -42,6 +44,18 @@ for set in "${sets[@]}"; do
       wait
       emulate mem_6p7b_dense_tp4 configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 &
       emulate mem_6p7b_dense_tp4sp configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 \
+          parallel.sequence_parallel=true &
+      wait ;;
+    sp_slope)  # the SP target's micro-batch dependence: 6.7B lowrank TP4 at 8 and 32 (16 is in memory)
+      N='model.ffn.init="normal"'
+      emulate mem_6p7b_lowrank_tp4_mb32 configs/6p7b_lowrank.json eager 32 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_lowrank_tp4sp_mb8 configs/6p7b_lowrank.json eager 8 1 3 1 "$N" parallel.tensor=4 \
+          parallel.sequence_parallel=true &
+      wait
+      emulate mem_6p7b_lowrank_tp4sp_mb32 configs/6p7b_lowrank.json eager 32 1 3 1 "$N" parallel.tensor=4 \
+          parallel.sequence_parallel=true &
+      emulate mem_6p7b_lowrank_tp4_mb8 configs/6p7b_lowrank.json eager 8 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_1p3b_lowrank_tp2sp_compiled configs/1p3b_lowrank.json compile 8 4 6 2 parallel.tensor=2 \
           parallel.sequence_parallel=true &
       wait ;;
     memory_compiled)
