@@ -14,7 +14,9 @@
 #   compute  one case at a time: rank 0's step with free communication, 1.3B lowrank compiled,
 #            micro-batch 8 x 4, in DP4, TP2 SP x DP2, TP2 x DP2, TP4 SP; the ceiling a real
 #            TP layout approaches as its collectives (link and host) get cheaper
-#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute]
+#   compute_6p7b  the same for 6.7B lowrank, eager, DP4 and TP2 x PP2 SP (stage 0: its own
+#            forward and backward of 64 micro-batches, no wait for the other stage)
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [compute_6p7b]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -69,6 +71,11 @@ for set in "${sets[@]}"; do
       emulate compute_1p3b_tp2 configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2
       emulate compute_1p3b_tp4sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
           parallel.sequence_parallel=true ;;
+    compute_6p7b)  # as scale_x4.sh's 6p7b set measured for real: micro-batch 2, 128 sequences per step
+      N='model.ffn.init="normal"'
+      emulate compute_6p7b_dp4 configs/6p7b_lowrank.json eager 2 16 5 2 "$N"
+      emulate compute_6p7b_tp2pp2sp configs/6p7b_lowrank.json eager 2 16 5 2 "$N" parallel.tensor=2 \
+          parallel.pipeline=2 parallel.sequence_parallel=true ;;
     *) echo "unknown set '$set'" >&2; exit 2 ;;
   esac
 done
