@@ -14,9 +14,13 @@
 #   compute  one case at a time: rank 0's step with free communication, 1.3B lowrank compiled,
 #            micro-batch 8 x 4, in DP4, TP2 SP x DP2, TP2 x DP2, TP4 SP; the ceiling a real
 #            TP layout approaches as its collectives (link and host) get cheaper
+#   profile  1.3B lowrank compiled TP4 SP and TP2 SP (x DP2), micro-batch 8, one micro-batch per
+#            step: bench_scaling.py --profile of the emulated rank 0 (its GPU busy share and kernels)
 #   compute_6p7b  the same for 6.7B lowrank, eager, DP4 and TP2 x PP2 SP (stage 0: its own
 #            forward and backward of 64 micro-batches, no wait for the other stage)
-#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [compute_6p7b]
+#   compute_6p7b_compiled  TP2 x PP2 SP compiled at micro-batch 4 and 8 (64 micro-batches): the
+#            stage's ceiling against the 40% MFU target
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -71,11 +75,27 @@ for set in "${sets[@]}"; do
       emulate compute_1p3b_tp2 configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2
       emulate compute_1p3b_tp4sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
           parallel.sequence_parallel=true ;;
+    profile)  # where an emulated TP rank's step goes: bench_scaling.py --profile (kernel table, busy/idle)
+      for case in "tp4sp 4 8" "tp2sp 2 16"; do
+        set -- $case
+        timeout 300 python3 benchmarks/emulate_rank.py --world 4 -- benchmarks/bench_scaling.py \
+            --config configs/1p3b_lowrank.json --override parallel.tensor=$2 --override parallel.sequence_parallel=true \
+            --override self_guided.enabled=false --override training.compile=true \
+            --override training.micro_batch_size=8 --override training.global_batch_size=$3 --steps 6 --warmup 4 \
+            --profile "$out/profile_1p3b_$1.txt" --out "$out/profile_1p3b_$1.json" > "$out/profile_1p3b_$1.log" 2>&1
+        echo "== profile $1 (exit $?): $(grep -E '^per step|^t[0-9]' "$out/profile_1p3b_$1.log" | head -2 | tr '\n' ' ')"
+      done ;;
     compute_6p7b)  # as scale_x4.sh's 6p7b set measured for real: micro-batch 2, 128 sequences per step
       N='model.ffn.init="normal"'
       emulate compute_6p7b_dp4 configs/6p7b_lowrank.json eager 2 16 5 2 "$N"
       emulate compute_6p7b_tp2pp2sp configs/6p7b_lowrank.json eager 2 16 5 2 "$N" parallel.tensor=2 \
           parallel.pipeline=2 parallel.sequence_parallel=true ;;
+    compute_6p7b_compiled)  # TP2 x PP2 SP compiled, 64 micro-batches per step, at micro-batch 4 and 8
+      N='model.ffn.init="normal"'
+      for micro in 4 8; do
+        emulate compute_6p7b_tp2pp2sp_compiled_mb$micro configs/6p7b_lowrank.json compile $micro 16 4 2 "$N" \
+            parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true
+      done ;;
     *) echo "unknown set '$set'" >&2; exit 2 ;;
   esac
 done
