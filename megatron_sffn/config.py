@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,6 +459,12 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
         check_layout(cfg, world_size)
 
 
+# Opt-in for CUDA graphs under tensor parallelism: the first 2-GPU run hung, so the config
+# refuses the combination unless this is set to 1 (to diagnose it, or on a fake process group,
+# benchmarks/emulate_rank.py, where the collectives move nothing).
+EXPERIMENTAL_TP_CUDA_GRAPHS_ENV = "MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS"
+
+
 def _check_cuda_graphs(cfg: Config) -> None:
     """A replay writes its outputs into the same memory every time: only where nothing keeps a
     block's outputs past the next replay of that block (one forward, then its backward; the
@@ -465,9 +472,10 @@ def _check_cuda_graphs(cfg: Config) -> None:
     t, p, o = cfg.training, cfg.parallel, cfg.optimizer
     key = "config key 'training.cuda_graphs' = true"
     _require(t.compile, f"{key} needs 'training.compile' = true (--compile): the graphs are the compiled blocks'")
-    _require(p.tensor == 1, f"{key} needs 'parallel.tensor' = 1, got {p.tensor}: with the tensor-parallel "
+    _require(p.tensor == 1 or os.environ.get(EXPERIMENTAL_TP_CUDA_GRAPHS_ENV) == "1",
+             f"{key} needs 'parallel.tensor' = 1, got {p.tensor}: with the tensor-parallel "
              "collectives inside the replayed graphs the first 2-GPU run hung (docs/performance.md); "
-             "use --compile alone there")
+             f"use --compile alone there (or set {EXPERIMENTAL_TP_CUDA_GRAPHS_ENV}=1 to try it)")
     _require(p.pipeline == 1, f"{key} needs 'parallel.pipeline' = 1, got {p.pipeline}: the pipeline engine runs "
              "several forwards of a block before their backwards, and a replay would overwrite the saved ones")
     _require(not t.activation_checkpointing, f"{key} needs 'training.activation_checkpointing' = false: "

@@ -20,7 +20,9 @@
 #            forward and backward of 64 micro-batches, no wait for the other stage)
 #   compute_6p7b_compiled  TP2 x PP2 SP compiled at micro-batch 4 and 8 (64 micro-batches): the
 #            stage's ceiling against the 40% MFU target
-#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled]
+#   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
+#            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): the ceiling CUDA graphs give a TP rank
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled] [graphs]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -95,6 +97,18 @@ for set in "${sets[@]}"; do
       for micro in 4 8; do
         emulate compute_6p7b_tp2pp2sp_compiled_mb$micro configs/6p7b_lowrank.json compile $micro 16 4 2 "$N" \
             parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true
+      done ;;
+    graphs)  # TP with CUDA graphs (the experimental opt-in; collectives move nothing here): how far
+             # replaying the blocks takes a host-bound TP rank, each against the same rank compiled alone
+      for layout in "tp4sp:parallel.tensor=4;parallel.sequence_parallel=true" \
+                    "tp2sp:parallel.tensor=2;parallel.sequence_parallel=true"; do
+        name=${layout%%:*}; overrides=(); IFS=';' read -ra kv <<< "${layout#*:}"
+        for o in "${kv[@]}"; do overrides+=(--override "$o"); done
+        MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1 timeout 280 python3 benchmarks/bench_train.py \
+            --configs configs/1p3b_lowrank.json --nproc 4 --emulate --modes compile --micro-batch-size 8 \
+            --grad-accumulation 4 --steps 8 --warmup 4 "${overrides[@]}" --variant cuda_graphs:training.cuda_graphs=true \
+            --keep-logs "$out/logs_graphs_$name" --out "$out/graphs_$name.json" > "$out/graphs_$name.txt" 2>&1
+        echo "== graphs $name (exit $?)"; grep -E "emulated rank|FAILED|Error" "$out/graphs_$name.txt" | tail -3
       done ;;
     *) echo "unknown set '$set'" >&2; exit 2 ;;
   esac

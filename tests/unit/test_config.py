@@ -119,7 +119,7 @@ def test_load_config_file_errors(tmp_path):
     assert load_config(good, ["model.num_layers=3"]).model.num_layers == 3
 
 
-def test_cuda_graphs_name_what_they_need():
+def test_cuda_graphs_name_what_they_need(monkeypatch):
     from megatron_sffn.config import ConfigError, validate
     from tests.distributed.common import tiny_config
 
@@ -139,6 +139,11 @@ def test_cuda_graphs_name_what_they_need():
     assert error(optimizer__implementation="auto") is None  # auto picks fused for bf16, ZeRO 1
     assert "'training.compile' = true" in error(training__compile=False)
     assert "'parallel.pipeline' = 1, got 2" in error(parallel__pipeline=2)
+    assert "'parallel.tensor' = 1, got 2" in error(parallel__tensor=2)
+    monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "1")  # the opt-in lifts only that refusal
+    assert error(parallel__tensor=2) is None
+    assert "'parallel.pipeline' = 1, got 2" in error(parallel__tensor=2, parallel__pipeline=2)
+    monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "yes")
     assert "'parallel.tensor' = 1, got 2" in error(parallel__tensor=2)
     assert "'training.activation_checkpointing' = false" in error(training__activation_checkpointing=True)
     assert "needs the fused optimizer" in error(optimizer__implementation="deepspeed")
