@@ -146,7 +146,8 @@ def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], 
     """Seconds one micro-batch spends on one stage, by part. Outside tensor parallelism the
     micro-batch takes at least the host's time to issue its blocks (Hardware.host_block_ms, or
     host_block_graphs_ms with CUDA graphs); the wait for the host is counted in `host`. Under
-    tensor parallelism the fitted host terms already stand for the host-bound rank."""
+    tensor parallelism the fitted host terms already stand for the host-bound rank, unless the
+    blocks are replayed as CUDA graphs (then the graphs' floor applies, as outside TP)."""
     t, sp = layout.tensor, layout.sequence_parallel and layout.tensor > 1
     tokens = layout.micro_batch * m.seq_length
     rate = hw.tflops_for(ffn_kind) * 1e12
@@ -163,12 +164,15 @@ def micro_batch_seconds(m: ModelConfig, layout: Layout, stage: Sequence[Piece], 
         payload = BF16 * tokens * m.hidden_size / (t if sp else 1)
         p2p = boundaries * 2 * payload / (pipeline_bandwidth(layout, hw) * 1e9)
     blocks = sum(p.kind == "block" for p in stage)
+    # replayed as CUDA graphs (under TP only with the experimental opt-in), a block's kernels and
+    # collectives leave the host in one launch: the fitted TP host terms do not apply, the floor does
+    tp_host = t > 1 and not cuda_graphs
     parts = {"compute": flops / rate,
              "recompute": block_flops / 3.0 / rate if layout.activation_checkpointing else 0.0,
-             "host": blocks * 1e-3 * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if t > 1 else 0.0))
-                     + calls * hw.tp_call_host_us * 1e-6,
+             "host": blocks * 1e-3 * (hw.layer_overhead_ms + (hw.tp_layer_host_ms if tp_host else 0.0))
+                     + (calls * hw.tp_call_host_us * 1e-6 if tp_host else 0.0),
              "tensor_comm": tensor, "pipeline_p2p": p2p}
-    if t == 1:
+    if not tp_host:
         issue = blocks * 1e-3 * (hw.host_block_graphs_ms if cuda_graphs else hw.host_block_ms)
         parts["host"] += max(0.0, issue - sum(parts.values()))
     return parts
