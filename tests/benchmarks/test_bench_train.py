@@ -115,3 +115,25 @@ def test_steps_that_compiled_graphs_are_left_out_of_both_phases():
     # records without the count (eager runs, older logs) leave every step in
     plain = {s: {k: v for k, v in r.items() if k != "compiled_graphs"} for s, r in records.items()}
     assert compile_steps(plain) == set()
+
+
+def test_emulate_runs_rank_zero_of_the_layout_alone(tmp_path):
+    """--emulate: one process, rank 0 of the --nproc layout on the fake group; the rows say so,
+    and SP shrinks what that rank holds (its per-step peak on CPU is the process's RSS, so only
+    the run's shape is checked here; tests/distributed/test_emulated_rank.py checks the shards)."""
+    out = tmp_path / "emulated.json"
+    proc, data = run_script("bench_train.py", [
+        "--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "4", "--emulate",
+        "--override", "parallel.tensor=2", "--variant", "sp:parallel.sequence_parallel=true", "--out", out])
+    rows = data["results"]
+    assert [r["variant"] for r in rows] == ["base", "sp"]
+    assert all(r["emulated"] and r["nproc"] == 4 and "error" not in r for r in rows)
+    assert all(len(r["max_allocated_gb_per_step"]) == len(r["losses"]) for r in rows)
+    assert "emulated rank 0: no communication" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["--emulate"], ["--emulate", "--nproc", "4", "--guided"]])
+def test_emulate_refuses_what_it_cannot_mean(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_train.parse_args(argv)
+    assert e.value.code == 2 and "--emulate runs rank 0 of an --nproc >= 2 layout" in capsys.readouterr().err
