@@ -18,6 +18,7 @@ ratio. --guided keeps the config's self-guided training and reports its guided p
     python benchmarks/bench_train.py --nproc 2 ...     # deepspeed --num_gpus 2 (data parallel)
     python benchmarks/bench_train.py --nproc 4 --emulate --override parallel.tensor=4 ...
         # rank 0 of that 4-GPU layout alone on one device: its peak memory, its compute-only step
+        # (--emulate 3: rank 3, e.g. the last stage of a 4-stage pipeline)
     python benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --modes compile --reference ...
     python benchmarks/bench_train.py --configs configs/1p3b_lowrank_sgt.json --guided --steps 60 --warmup 5 ...
     python benchmarks/bench_train.py --smoke           # CPU: tiny model, 2 modes, a few steps
@@ -53,10 +54,10 @@ def parse_args(argv=None):
                     help="steps per run (timed: those after --warmup); default 30 (4 with --smoke)")
     ap.add_argument("--warmup", type=int, default=None, help="default 10 (1 with --smoke)")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs (processes) per run: data parallel")
-    ap.add_argument("--emulate", action="store_true",
-                    help="run only rank 0 of the --nproc layout, alone on one device (emulate_rank.py: torch's "
-                         "fake process group): its real peak memory and its compute-only step time; "
-                         "losses and communication are not real")
+    ap.add_argument("--emulate", nargs="?", type=int, const=0, default=None, metavar="RANK",
+                    help="run only this rank (default 0) of the --nproc layout, alone on one device "
+                         "(emulate_rank.py: torch's fake process group): its real peak memory and its "
+                         "compute-only step time; losses and communication are not real")
     ap.add_argument("--data-path", default="embedded")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V;K=V",
@@ -75,8 +76,10 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.reference and args.nproc != 1:
         ap.error("--reference compares against a one-GPU reference: use --nproc 1")
-    if args.emulate and (args.nproc < 2 or args.reference or args.guided):
+    if args.emulate is not None and (args.nproc < 2 or args.reference or args.guided):
         ap.error("--emulate runs rank 0 of an --nproc >= 2 layout alone; not with --reference or --guided")
+    if args.emulate is not None and not 0 <= args.emulate < args.nproc:
+        ap.error(f"--emulate RANK must be in [0, --nproc {args.nproc}), got {args.emulate}")
     for name, normal, smoke in (("micro_batch_size", 8, 2), ("steps", 30, 4), ("warmup", 10, 1)):
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else normal)
@@ -97,7 +100,7 @@ def run_overrides(args, extra=()) -> list:
     out = ([] if args.guided else ["self_guided.enabled=false"]) + ["training.eval_iters=1"]
     if args.data_path == "embedded":
         out.append('data.tokenizer_model="embedded"')
-    if getattr(args, "emulate", False):  # shards never meet: losses may be non-finite, memory is still real
+    if getattr(args, "emulate", None) is not None:  # shards never meet: losses may be non-finite, memory is still real
         out.append("training.max_nonfinite_steps=1000000000")
     return out + (SMOKE if args.smoke else []) + args.override + list(extra)  # a variant overrides the smoke model
 
@@ -121,8 +124,9 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
         cmd.append("--compile")
     for o in run_overrides(args, extra):
         cmd += ["--override", o]
-    if args.emulate:
-        return [sys.executable, "benchmarks/emulate_rank.py", "--world", str(args.nproc), "--"] + cmd
+    if args.emulate is not None:
+        return [sys.executable, "benchmarks/emulate_rank.py", "--world", str(args.nproc), "--rank", str(args.emulate),
+                "--"] + cmd
     if args.nproc > 1:
         flag = "--num_accelerators" if args.smoke else "--num_gpus"
         return [shutil.which("deepspeed") or "deepspeed", flag, str(args.nproc)] + cmd
@@ -160,7 +164,7 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
     flops = train_flops_per_token(model_stats(cfg.model), 0.0) * tokens_per_step
     tflops = flops / step_time / args.nproc / 1e12
     return {"config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind, "nproc": args.nproc,
-            "emulated": bool(getattr(args, "emulate", False)),
+            "emulated": getattr(args, "emulate", None) is not None, "emulated_rank": getattr(args, "emulate", None),
             "micro_batch": args.micro_batch_size, "tokens_per_step": tokens_per_step, "flops_per_step": flops,
             "timed_steps": len(timed_steps), "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
             "tokens_per_s_per_gpu": tokens_per_step / step_time / args.nproc, "tflops_per_gpu": tflops,
@@ -237,7 +241,7 @@ def print_table(rows) -> None:
         print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} {r['tokens_per_s']:>10,.0f} "
               f"{r['tokens_per_s_per_gpu']:>10,.0f} {r['tflops_per_gpu']:>12.1f} {mfu:>6} "
               f"{1000 * r['step_time_s']:>8.1f} {r['max_allocated_gb']:>7.1f}"
-              + ("  emulated rank 0: no communication" if r.get("emulated") else ""))
+              + (f"  emulated rank {r.get('emulated_rank') or 0}: no communication" if r.get("emulated") else ""))
 
 
 def print_guided_table(rows) -> None:

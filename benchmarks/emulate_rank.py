@@ -13,8 +13,8 @@ copies the local shard into every slot; reductions leave their input as it is), 
 
 It answers "does layout X fit, and how much does sequence parallelism save" on one GPU, and
 "what would this rank's step take if communication were free" (the gap to a real run is the
-communication's cost). Ranks other than the first pipeline stage receive nothing real from
-their predecessors; DeepSpeed's pipeline sends tensor shapes first, so emulate stage 0.
+communication's cost). A later pipeline stage receives nothing from its predecessor, not
+even the shape DeepSpeed sends first: the pipeline module's boundary_shape gives it.
 
     python benchmarks/emulate_rank.py --world 4 [--rank 0] -- launchers/pretrain.py --config C ...
     python benchmarks/bench_train.py --nproc 4 --emulate ...      # the same, per benchmark case
@@ -87,6 +87,46 @@ def partition_layout_from_own_output() -> None:
     PartitionedTensor.from_meta = classmethod(filled_from_meta)
 
 
+def stage_inputs_from_the_model() -> None:
+    """A later pipeline stage first receives the shape of its input from the stage before,
+    which nobody sends here: the module says what crosses a boundary (its boundary_shape),
+    in its parameters' dtype; partitioned as DeepSpeed partitions it where it does (tensor
+    parallelism without sequence parallelism: the layout, then this rank's flat part)."""
+    import torch
+    from deepspeed.runtime.pipe.engine import PipelineEngine
+    from deepspeed.runtime.utils import PartitionedTensor
+
+    def emulated_recv_tensor_meta(self, send_stage):
+        shape_of = getattr(self.module, "boundary_shape", None)
+        if shape_of is None:
+            raise RuntimeError("emulate_rank: only the first pipeline stage of a module without "
+                               "boundary_shape(micro_batch) can be emulated")
+        shape = shape_of(self.micro_batch_size)
+        dtype = next(self.module.parameters()).dtype
+        if not self.is_pipe_partitioned:
+            return self._allocate_or_extend_buffers(0, list(shape), dtype)
+        part = PartitionedTensor(tensor=torch.zeros(shape, dtype=dtype, device=self.device),
+                                 group=self.grid.get_slice_parallel_group())
+        sent = (part.to_meta(), part.data())  # to_meta: the layout a faked receive falls back to
+        return tuple(self._allocate_or_extend_buffers(i, list(t.shape), t.dtype) for i, t in enumerate(sent))
+
+    PipelineEngine._recv_tensor_meta = emulated_recv_tensor_meta
+
+
+def this_rank_does_rank_zeros_part() -> None:
+    """Rank 0 alone writes the run's log and metrics, reports a start-up problem and builds the
+    sample indices while the others wait: alone, the emulated rank does all of that, whichever
+    rank it is (which samples it reads still follows its data-parallel rank)."""
+    from megatron_sffn.parallel.topology import ParallelState
+    from megatron_sffn.training import agree, data_feed
+
+    ParallelState.is_logging_rank = property(lambda self: True)
+    report_init = agree.StartupError.__init__
+    agree.StartupError.__init__ = lambda self, message, report=True: report_init(self, message, True)
+    open_data = data_feed.open_training_data
+    data_feed.open_training_data = lambda cfg, rank, *args, **kwargs: open_data(cfg, 0, *args, **kwargs)
+
+
 def join_fake_world(world: int, rank: int) -> None:
     """The default process group for `rank` of `world`, faked; the launcher's init then finds
     it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's one device)."""
@@ -101,6 +141,8 @@ def join_fake_world(world: int, rank: int) -> None:
     import deepspeed  # its comm layer wraps the group that exists (the pipeline module asks it first)
     deepspeed.init_distributed(verbose=False)
     partition_layout_from_own_output()
+    stage_inputs_from_the_model()
+    this_rank_does_rank_zeros_part()
 
 
 def main(argv=None) -> None:

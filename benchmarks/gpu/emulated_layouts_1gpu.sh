@@ -20,9 +20,11 @@
 #            forward and backward of 64 micro-batches, no wait for the other stage)
 #   compute_6p7b_compiled  TP2 x PP2 SP compiled at micro-batch 4 and 8 (64 micro-batches): the
 #            stage's ceiling against the 40% MFU target
+#   last_stages  6.7B lowrank TP2 x PP2 SP compiled (stage 1 = rank 2) at micro-batch 4 and 8,
+#            PP4 eager micro-batch 2, stages 0 and 3: peaks against the planner's per-stage ones
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): the ceiling CUDA graphs give a TP rank
-#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled] [graphs]
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled] [last_stages] [graphs]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -30,10 +32,10 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
 . benchmarks/gpu/setup_env.sh
 
-emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]
+emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r emulates rank r (default 0)
   local name=$1 config=$2 mode=$3 micro=$4 accum=$5 steps=$6 warmup=$7; shift 7
   local overrides=(); for o in "$@"; do overrides+=(--override "$o"); done
-  timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate --modes "$mode" \
+  timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate "${RANK:-0}" --modes "$mode" \
       --micro-batch-size "$micro" --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" \
       "${overrides[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
   echo "== $name (exit $?): $(grep -E '^[a-z0-9_]+\.json ' "$out/$name.txt" | tail -1)"
@@ -98,6 +100,15 @@ for set in "${sets[@]}"; do
         emulate compute_6p7b_tp2pp2sp_compiled_mb$micro configs/6p7b_lowrank.json compile $micro 16 4 2 "$N" \
             parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true
       done ;;
+    last_stages)  # the other end of the pipelines: its head and loss (the planner predicts each stage)
+      N='model.ffn.init="normal"'
+      RANK=2 emulate mem_6p7b_tp2pp2sp_compiled_mb4_stage1 configs/6p7b_lowrank.json compile 4 16 3 1 "$N" \
+          parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true &
+      RANK=2 emulate mem_6p7b_tp2pp2sp_compiled_mb8_stage1 configs/6p7b_lowrank.json compile 8 16 3 1 "$N" \
+          parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true &
+      RANK=3 emulate mem_6p7b_pp4_mb2_stage3 configs/6p7b_lowrank.json eager 2 16 3 1 "$N" parallel.pipeline=4 &
+      RANK=0 emulate mem_6p7b_pp4_mb2_stage0 configs/6p7b_lowrank.json eager 2 16 3 1 "$N" parallel.pipeline=4 &
+      wait ;;
     graphs)  # TP with CUDA graphs (the experimental opt-in; collectives move nothing here): how far
              # replaying the blocks takes a host-bound TP rank, each against the same rank compiled alone
       for layout in "tp4sp:parallel.tensor=4;parallel.sequence_parallel=true" \

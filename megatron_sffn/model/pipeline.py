@@ -122,6 +122,13 @@ def layout_free_names(module) -> Dict[str, str]:
     return names
 
 
+def boundary_shape(m: ModelConfig, sequence_shards: int, micro_batch: int) -> Tuple[int, int, int]:
+    """What crosses a stage boundary: the hidden states of one micro-batch, [micro-batch,
+    tokens, hidden], a tensor rank's 1/t of the tokens under sequence parallelism (DeepSpeed
+    sends their shape first; benchmarks/emulate_rank.py, which has no sender, asks here)."""
+    return micro_batch, m.seq_length // sequence_shards, m.hidden_size
+
+
 def build_pipeline_module(cfg: Config, state, guide_state: Optional[GuideState], guided: bool,
                           initialize: bool = True):
     """A deepspeed.pipe.PipelineModule over state.topology, initialised layout-independently
@@ -134,6 +141,7 @@ def build_pipeline_module(cfg: Config, state, guide_state: Optional[GuideState],
         activation_checkpoint_func=non_reentrant_checkpoint, checkpointable_layers=list(CHECKPOINTABLE))
     module.layout_free_prefixes = layer_prefixes(m)
     module.guide_state = guide_state
+    module.boundary_shape = functools.partial(boundary_shape, m, state.tp.size if cfg.parallel.sequence_parallel else 1)
     if initialize:
         for free_prefix, piece in {id(p): (f, p) for f, p in local_pieces(module).values()}.values():
             initialize_piece(piece, free_prefix, cfg.training.seed, m.init_std, m.ffn.init)

@@ -132,8 +132,24 @@ def test_emulate_runs_rank_zero_of_the_layout_alone(tmp_path):
     assert "emulated rank 0: no communication" in proc.stdout
 
 
-@pytest.mark.parametrize("argv", [["--emulate"], ["--emulate", "--nproc", "4", "--guided"]])
-def test_emulate_refuses_what_it_cannot_mean(argv, capsys):
+def test_emulate_a_later_pipeline_stage(tmp_path):
+    """The last stage alone (rank 1 of PP2): it gets its input's shape from the module and
+    writes the run's metrics though it is not global rank 0."""
+    out = tmp_path / "stage1.json"
+    proc, data = run_script("bench_train.py", [
+        "--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "2", "--emulate", "1",
+        "--override", "parallel.pipeline=2", "--out", out])
+    (row,) = data["results"]
+    assert row["emulated"] and row["emulated_rank"] == 1 and "error" not in row
+    assert len(row["losses"]) == len(row["step_times_s"]) > 0
+    assert "emulated rank 1: no communication" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--emulate"], "--emulate runs rank 0 of an --nproc >= 2 layout"),
+    (["--emulate", "--nproc", "4", "--guided"], "--emulate runs rank 0 of an --nproc >= 2 layout"),
+    (["--emulate", "4", "--nproc", "4"], "--emulate RANK must be in [0, --nproc 4), got 4")])
+def test_emulate_refuses_what_it_cannot_mean(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         bench_train.parse_args(argv)
-    assert e.value.code == 2 and "--emulate runs rank 0 of an --nproc >= 2 layout" in capsys.readouterr().err
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -21,11 +21,12 @@ WORKER = "tests/distributed/workers/rank_inventory.py"
 LAYOUTS = {
     # name: (worker flags, ranks emulated: the first; the last data-parallel rank's ZeRO shard)
     "tp2sp_dp2": (["--tensor", "2", "--sequence-parallel", "--precision", "fp32"], (0, 3)),
-    # stage 0 only: the pipeline sends a stage its input shapes, which nobody sends an emulated rank
-    "tp2pp2sp": (["--tensor", "2", "--pipe", "2", "--sequence-parallel", "--precision", "bf16fused"], (0,)),
+    # rank 2 is the second stage: nobody sends it the shape of its input, the module's
+    # boundary_shape gives it (emulate_rank.stage_inputs_from_the_model); it holds the head and loss
+    "tp2pp2sp": (["--tensor", "2", "--pipe", "2", "--sequence-parallel", "--precision", "bf16fused"], (0, 2)),
     # without SP DeepSpeed partitions the activations between stages, and the gradient comes back
     # partitioned: the emulation fills in its layout (emulate_rank.partition_layout_from_own_output)
-    "tp2pp2": (["--tensor", "2", "--pipe", "2", "--precision", "bf16fused"], (0,)),
+    "tp2pp2": (["--tensor", "2", "--pipe", "2", "--precision", "bf16fused"], (0, 2)),
 }
 
 
@@ -63,6 +64,11 @@ def test_emulated_rank_holds_the_real_ranks_shards_and_activations(inventories):
             assert emulated["optimizer"] == real["optimizer"], where
             assert real["saved"] > 0 and emulated["saved"] == real["saved"], (where, real["saved"], emulated["saved"])
             assert real["finite"] and emulated["finite"], where
+    # the stages hold different pieces (embedding and first blocks, last blocks and head)
+    for name in ("tp2pp2sp", "tp2pp2"):
+        (stage0, _), (stage1, _) = inventories[name]
+        assert stage0["pipe_rank"] == 0 and stage1["pipe_rank"] == 1
+        assert stage0["params"] != stage1["params"] and stage0["saved"] != stage1["saved"], name
 
 
 def test_emulation_sees_what_sequence_parallelism_saves(inventories, tmp_path):
