@@ -77,7 +77,7 @@ def parse_args(argv=None):
     if args.reference and args.nproc != 1:
         ap.error("--reference compares against a one-GPU reference: use --nproc 1")
     if args.emulate is not None and (args.nproc < 2 or args.reference or args.guided):
-        ap.error("--emulate runs rank 0 of an --nproc >= 2 layout alone; not with --reference or --guided")
+        ap.error("--emulate runs one rank of an --nproc >= 2 layout alone; not with --reference or --guided")
     if args.emulate is not None and not 0 <= args.emulate < args.nproc:
         ap.error(f"--emulate RANK must be in [0, --nproc {args.nproc}), got {args.emulate}")
     for name, normal, smoke in (("micro_batch_size", 8, 2), ("steps", 30, 4), ("warmup", 10, 1)):

@@ -146,8 +146,8 @@ def test_emulate_a_later_pipeline_stage(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--emulate"], "--emulate runs rank 0 of an --nproc >= 2 layout"),
-    (["--emulate", "--nproc", "4", "--guided"], "--emulate runs rank 0 of an --nproc >= 2 layout"),
+    (["--emulate"], "--emulate runs one rank of an --nproc >= 2 layout"),
+    (["--emulate", "--nproc", "4", "--guided"], "--emulate runs one rank of an --nproc >= 2 layout"),
     (["--emulate", "4", "--nproc", "4"], "--emulate RANK must be in [0, --nproc 4), got 4")])
 def test_emulate_refuses_what_it_cannot_mean(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
