@@ -6,7 +6,8 @@ it schedules, not on its peers. torch's fake process group (backend "fake") give
 process the rank and world size of a real N-GPU layout, so the model is built with that
 rank's shards, the DeepSpeed engine with that rank's ZeRO partition and the pipeline with
 that stage's layers. Every collective returns at once without moving data (an all-gather
-copies the local shard into every slot; reductions leave their input as it is), so:
+copies the local shard into every slot; an all-reduce leaves its input as it is, a
+reduce-scatter's output holds whatever its memory held), so:
 
   real: peak memory per GPU (without NCCL's own buffers), the rank's kernels and host path
   not real: the loss values (shards never meet), any time spent communicating or waiting
@@ -25,8 +26,6 @@ import argparse
 import os
 import runpy
 import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
