@@ -618,7 +618,8 @@ def main(argv=None) -> int:
             row = run_megatron_case(case["config"], case["mode"], args, layout=case)
         with open(args.out, "w") as f:
             json.dump(row, f)
-        return 0
+        from local_ranks import leave_and_exit  # a rank's teardown may abort (-6) after its row is out
+        leave_and_exit(0)
     if args.tensor_parallel > 1:
         cases = tensor_parallel_cases(args)
     else:

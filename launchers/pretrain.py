@@ -46,4 +46,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megatron_sffn.parallel.launch import exit_process
+    exit_process(main())

@@ -9,8 +9,10 @@ The backend is NCCL when CUDA is available, else gloo (CPU).
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from typing import Optional
 
 import torch
@@ -71,3 +73,19 @@ def init_distributed(backend: Optional[str] = None) -> None:
                                verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
+def exit_process(code: int) -> None:
+    """Leave with `code` once the work is done. If the process groups are already torn down
+    (a finished run, or a start-up error every rank agreed on), skip the interpreter's
+    teardown: now and then a rank whose run had finished and written everything aborted while
+    the interpreter shut down ('terminate called without an active exception', exit -6, on
+    CPU and GPU alike, never reproduced on demand), and the launcher then reported a failed
+    run. Output and log handlers are flushed first. With groups still alive (another error),
+    the normal exit tears them down."""
+    if dist.is_available() and dist.is_initialized():
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
