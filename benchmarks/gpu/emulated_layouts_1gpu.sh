@@ -20,11 +20,12 @@
 #            forward and backward of 64 micro-batches, no wait for the other stage)
 #   compute_6p7b_compiled  TP2 x PP2 SP compiled at micro-batch 4 and 8 (64 micro-batches): the
 #            stage's ceiling against the 40% MFU target
+#   compute_last_stage  that layout's last stage (rank 2) at micro-batch 8, timed alone
 #   last_stages  6.7B lowrank TP2 x PP2 SP compiled (stage 1 = rank 2) at micro-batch 4 and 8,
 #            PP4 eager micro-batch 2, stages 0 and 3: peaks against the planner's per-stage ones
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): the ceiling CUDA graphs give a TP rank
-#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled] [last_stages] [graphs]
+#   benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [memory] [sp_slope] [memory_compiled] [compute] [profile] [compute_6p7b] [compute_6p7b_compiled] [compute_last_stage] [last_stages] [graphs]
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu/emulated_layouts_1gpu.sh OUT_DIR [SET ...]}; shift
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -100,6 +101,9 @@ for set in "${sets[@]}"; do
         emulate compute_6p7b_tp2pp2sp_compiled_mb$micro configs/6p7b_lowrank.json compile $micro 16 4 2 "$N" \
             parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true
       done ;;
+    compute_last_stage)  # the TP2 x PP2 SP last stage timed alone (compute_6p7b_compiled timed stage 0)
+      RANK=2 emulate compute_6p7b_tp2pp2sp_compiled_mb8_stage1 configs/6p7b_lowrank.json compile 8 16 4 2 \
+          'model.ffn.init="normal"' parallel.tensor=2 parallel.pipeline=2 parallel.sequence_parallel=true ;;
     last_stages)  # the other end of the pipelines: its head and loss (the planner predicts each stage)
       N='model.ffn.init="normal"'
       RANK=2 emulate mem_6p7b_tp2pp2sp_compiled_mb4_stage1 configs/6p7b_lowrank.json compile 4 16 3 1 "$N" \
