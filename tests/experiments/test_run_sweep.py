@@ -73,8 +73,8 @@ def test_smoke_sweep_in_parallel_stopped_and_resumed_by_a_later_call(tmp_path):
     # an earlier call finished dense
     assert run_sweep.main(common[:4] + ["dense", "--runs-dir", first, "--out-dir", first]) == 0
     dense_started = launch.read_record(os.path.join(first, "dense"))["started"]
-    # call 1: dense skipped, four runs side by side; those still running at the 12 s deadline stop
-    rc = run_sweep.main(common + ["--runs-dir", first, "--out-dir", first, "--deadline-minutes", "0.2",
+    # call 1: dense skipped, four runs side by side; those still running at the 7 s deadline stop
+    rc = run_sweep.main(common + ["--runs-dir", first, "--out-dir", first, "--deadline-minutes", "0.12",
                                   "--min-start-s", "1", "--bundle", os.path.join(first, "out.tar.gz")])
     assert rc == 3
     rec1 = _records(first)
