@@ -200,6 +200,7 @@ def run_once(args) -> dict:
         "step_time_s": step_time, "step_times_s": times, "tokens_per_s": tokens / step_time,
         "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else None,
         "max_allocated_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None,
+        "max_reserved_gb": torch.cuda.max_memory_reserved() / 2 ** 30 if torch.cuda.is_available() else None,
         "traffic_bytes_per_step_rank0": traffic_all[0][0], "wire_bytes_per_step_rank0": traffic_all[0][1],
         "loss_first_last": [losses[0], losses[-1]],
         "rank": state.rank,

@@ -171,6 +171,9 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
             "mfu": tflops / peak if peak else None,
             "max_allocated_gb": max(r["max_allocated_gb"] for r in records.values()),
             "max_allocated_gb_per_step": [records[s]["max_allocated_gb"] for s in sorted(records)],
+            # under training.cuda_graphs the allocated counters miss the graphs' pool: read this one
+            "max_reserved_gb": max((r["max_reserved_gb"] for r in records.values() if "max_reserved_gb" in r),
+                                   default=None),
             "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"],
             "losses": [records[s]["loss"] for s in sorted(records)],
             "step_times_s": [records[s]["step_time_s"] for s in sorted(records)], **phases}

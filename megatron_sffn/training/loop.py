@@ -33,7 +33,7 @@ from .checkpointing import CheckpointError, CheckpointManager
 from .data_feed import DataFeed
 from .faults import NonFiniteGuard, StopRequests
 from .lr_schedule import learning_rate
-from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, max_allocated_gb, memory_gb
+from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, max_allocated_gb, max_reserved_gb, memory_gb
 from .phases import RunPhases
 
 INJECT_ENV = "MEGATRON_SFFN_INJECT_NONFINITE_STEPS"  # testing aid: "3,4" makes steps 3 and 4 non-finite
@@ -201,6 +201,8 @@ class Trainer:
                                  "lr": out["lr"], "grad_norm": out["grad_norm"], "guide_alpha": out["alpha"],
                                  "skipped": out["skipped"], "step_time_s": out["step_time_s"],
                                  "max_allocated_gb": out["max_allocated_gb"],
+                                 **({"max_reserved_gb": out["max_reserved_gb"]}
+                                    if out.get("max_reserved_gb") is not None else {}),
                                  **({"compiled_graphs": out["compiled_graphs"]}
                                     if out.get("compiled_graphs") is not None else {})})
 
@@ -261,7 +263,7 @@ class Trainer:
             "train/consumed_tokens": float(metrics["consumed_tokens"]), "train/skipped_steps": float(self.guard.total),
             "perf/tokens_per_s": metrics["tokens_per_s"], "perf/tflops_per_gpu": tflops, "perf/mfu": metrics["mfu"],
             "perf/step_time_s": step_time, "mem/max_allocated_gb": metrics["max_allocated_gb"],
-            "mem/allocated_gb": metrics.get("allocated_gb"),
+            "mem/allocated_gb": metrics.get("allocated_gb"), "mem/max_reserved_gb": metrics.get("max_reserved_gb"),
         }, self.loop.step, self.loop.consumed_tokens)
 
     def evaluate(self) -> float:
@@ -302,6 +304,7 @@ class Trainer:
                 self.maybe_drop_guides()
                 out = self.train_step()
                 out["max_allocated_gb"] = max_allocated_gb()
+                out["max_reserved_gb"] = max_reserved_gb()
                 out["compiled_graphs"] = compiled_graph_count() if t.compile else None
                 self._pending.append(out)
                 step = self.loop.step

@@ -37,7 +37,8 @@ def memory_gb() -> Dict[str, float]:
     if torch.cuda.is_available():
         return {"max_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
                 "allocated_gb": torch.cuda.memory_allocated() / 1e9,
-                "reserved_gb": torch.cuda.memory_reserved() / 1e9}
+                "reserved_gb": torch.cuda.memory_reserved() / 1e9,
+                "max_reserved_gb": torch.cuda.max_memory_reserved() / 1e9}
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"max_allocated_gb": rss_kb / 1e6}
 
@@ -48,6 +49,17 @@ def max_allocated_gb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def max_reserved_gb() -> Optional[float]:
+    """Peak memory the caching allocator held from the device (GB), None off CUDA. Under
+    training.cuda_graphs this is the number to read: tensors living in the CUDA-graph trees'
+    private pool (a replayed block's saved activations) are outside the allocated counters, so
+    max_allocated_gb drops by about those bytes while the memory in use does not
+    (benchmarks/graph_pool_accounting.py)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_reserved() / 1e9
+    return None
 
 
 def format_train_line(m: Dict, total_steps: int) -> str:

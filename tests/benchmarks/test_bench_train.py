@@ -33,6 +33,22 @@ def test_tflops_come_from_the_variants_own_shape(tmp_path):
     assert row["timed_steps"] == 2 and row["tokens_per_s"] == pytest.approx(tokens / 0.5)
 
 
+def test_reserved_peak_is_the_largest_step_record_and_none_without_it(tmp_path):
+    """Under CUDA graphs the allocated counters miss the graphs' pool, so the row carries the
+    reserved peak the step log records on CUDA (absent on CPU: None, not 0)."""
+    args = bench_train.parse_args(["--micro-batch-size", "8", "--steps", "3", "--warmup", "1"])
+    for name, reserved, want in (("cuda", [3.0, 5.5, 4.0], 5.5), ("cpu", None, None)):
+        run = tmp_path / name
+        run.mkdir()
+        with open(run / "metrics.jsonl", "w") as f:
+            for i, step in enumerate((1, 2, 3)):
+                rec = {"step": step, "loss": 1.0, "step_time_s": 0.5, "max_allocated_gb": 1.0}
+                if reserved:
+                    rec["max_reserved_gb"] = reserved[i]
+                f.write(json.dumps(rec) + "\n")
+        assert bench_train.summarise(LOWRANK_1P3B, "eager", str(run), args)["max_reserved_gb"] == want
+
+
 def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys):
     out = tmp_path / "train.json"
     proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--reference",
