@@ -66,6 +66,9 @@ def main(argv=None) -> int:
                    choices=["eager", "compile", "reduce-overhead"])
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args(argv)
+    for name in ("width", "depth", "tokens", "steps"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name} must be positive, got {getattr(args, name)}")
     import torch
     if not torch.cuda.is_available():
         print("error: graph_pool_accounting.py needs a CUDA device", file=sys.stderr)
