@@ -26,8 +26,11 @@ dumped shortly before the timeout (where each waits), and the others still run.
 
 Reported per mode (rank 0): ms per step (timed window, the device synchronised at its end only),
 host ms per step (until backward() returns: when it nears the step time the host is the
-bound), graph breaks and graphs Dynamo made, and the loss of the first step (equal across
-modes: the path of size 1 computes the plain model). Prints a table and writes JSON.
+bound), graph breaks and graphs Dynamo made, the loss of the first step (equal across
+modes: the path of size 1 computes the plain model), and the drift: the largest difference
+from it of the timed steps that see the first step's batch again (no optimizer, so the same
+loss; under CUDA graphs these are replays, where a collective racing the kernels beside it
+would show). Prints a table and writes JSON.
 
     python benchmarks/bench_tp_path.py --config configs/1p3b_lowrank.json --micro-batch-size 8 \\
         --out benchmarks/results/tp_path_1gpu.json
@@ -152,12 +155,16 @@ def run_case(mode: str, args) -> dict:
         step(i)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
-    host, start = [], time.perf_counter()
+    host, repeats, start = [], [], time.perf_counter()
     for i in range(args.steps):
         t0 = time.perf_counter()
-        step(i)
+        loss = step(i)
+        if i % len(batches) == 0:   # step 0's batch again, same weights (no optimizer): the same loss
+            repeats.append(loss.detach().clone())   # a replay overwrites its output; no sync here
         host.append(time.perf_counter() - t0)
     sync()
+    # with CUDA graphs a collective racing its neighbours (pytorch#113895) shows here, not in step 0 (eager)
+    loss_drift = max((abs(float(x) - first_loss) for x in repeats), default=0.0)
     wall = (time.perf_counter() - start) / args.steps
     if args.profile:
         profile_steps(step, mode, rank, args.profile, cuda)
@@ -168,7 +175,7 @@ def run_case(mode: str, args) -> dict:
         faulthandler.cancel_dump_traceback_later()
     return {"mode": mode, "tensor_parallel": world if tp is not None else 1, "processes": world, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
             "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
-            "first_loss": first_loss, "layers": cfg.model.num_layers, "device": str(device),
+            "first_loss": first_loss, "repeated_loss_max_drift": loss_drift, "layers": cfg.model.num_layers, "device": str(device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
@@ -220,14 +227,15 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
 def print_table(rows) -> None:
     base = {r["mode"]: r for r in rows if "step_ms" in r}.get("plain-compiled")
     print(f"{'mode':<16}{'ms/step':>10}{'host ms':>10}{'ms/block':>10}{'vs plain-compiled':>19}"
-          f"{'breaks':>8}{'graphs':>8}{'loss':>10}")
+          f"{'breaks':>8}{'graphs':>8}{'loss':>10}{'drift':>10}")
     for r in rows:
         if "step_ms" not in r:
             print(f"{r['mode']:<16}  {'HUNG after %.0f s' % r['after_s'] if r.get('hung') else 'FAILED'}")
             continue
         ratio = f"{r['step_ms'] / base['step_ms']:.2f}x" if base else "-"
         print(f"{r['mode']:<16}{r['step_ms']:>10.1f}{r['host_ms']:>10.1f}{r['step_ms'] / r['layers']:>10.2f}"
-              f"{ratio:>19}{r['graph_breaks']:>8}{r['graphs']:>8}{r['first_loss']:>10.4f}")
+              f"{ratio:>19}{r['graph_breaks']:>8}{r['graphs']:>8}{r['first_loss']:>10.4f}"
+              f"{r.get('repeated_loss_max_drift', float('nan')):>10.1e}")
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,9 @@
 # ranks' Python stacks (dumped 15 s before the kill) and the next case still runs. Case
 # `plain` first: the traced TP2 path without graphs against each GPU's own plain model (the
 # per-GPU baseline), which is also the first traced-TP measurement on two GPUs. ~9 minutes for the default four.
+# Every case's table has a drift column: the replayed steps that see step 0's batch again must
+# give its loss; a collective racing the kernels beside it inside the graphs (the wrong results of
+# pytorch/pytorch#113895, functional collectives under CUDA-graph trees) would show there.
 # Cases: plain; default (TORCH_LOGS=cudagraphs: every warm-up, recording and replay, so a
 # re-recording at each step shows); noreg (NCCL_GRAPH_REGISTER=0: NCCL registers the buffers of
 # captured collectives with the peers while capturing, a candidate for ranks waiting on each

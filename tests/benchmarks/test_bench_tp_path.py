@@ -49,6 +49,9 @@ def test_real_tensor_parallel_two_ranks_equal_plain_and_a_hang_is_reported(tmp_p
     # tensor 2 with its real shards and collectives computes the plain model
     assert rows["tp-traced"]["first_loss"] == pytest.approx(rows["plain-eager"]["first_loss"], rel=1e-5)
     assert rows["tp-traced"]["graph_breaks"] == 0
+    # the timed step that sees step 0's batch again (same weights) gives step 0's loss
+    for row in rows.values():
+        assert row["repeated_loss_max_drift"] <= 1e-5 * abs(row["first_loss"]), row
     # a mode that does not finish in --case-timeout is reported, not waited on forever
     hung = subprocess.run(common + ["--modes", "tp-eager", "--case-timeout", "1", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
