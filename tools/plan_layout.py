@@ -7,7 +7,7 @@ peak memory per GPU, and say why every other layout is excluded.
     python tools/plan_layout.py --measured benchmarks/results/layout_planner_measured.json
 
 A layout is (tensor, pipeline, data, ZeRO stage, micro-batch, activation checkpointing,
-sequence parallel); its --override flags for launchers/pretrain.py are in the JSON. The model
+sequence parallel, and with --cuda-graphs CUDA graphs); its --override flags for launchers/pretrain.py are in the JSON. The model
 and its constants (flags below; calibrated or not) are described in docs/performance.md,
 "Layout planner". Exit status: 0, 1 when no layout fits, 2 on bad input.
 """
@@ -69,6 +69,11 @@ def parse_args(argv=None):
     ap.add_argument("--global-batch-size", type=int, default=None, help="sequences per step (default: the config's)")
     ap.add_argument("--micro-batch-sizes", default=",".join(map(str, MICRO_BATCHES)),
                     help="candidates, comma-separated")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="also rank every layout with training.cuda_graphs (cg: compiled blocks replayed as CUDA "
+                         "graphs, which pays where the host bounds a step, at small micro-batches); the config "
+                         "excludes where it refuses them (pipeline, activation checkpointing, the DeepSpeed "
+                         "optimizer, tensor > 1 unless MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1)")
     ap.add_argument("--top", type=int, default=15, help="ranked layouts to print")
     ap.add_argument("--all", action="store_true", help="print every excluded layout, not a summary")
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -124,8 +129,8 @@ def print_plan(result, raw, args, hw, own) -> None:
           f"{m['seq_length']} tokens; {stats.total_params / 1e9:.2f}B parameters"
           + (f" (+{stats.guide_params / 1e9:.2f}B guides while self-guided)" if cfg.self_guided.enabled else "")
           + f", {stats.train_flops_per_token / 1e9:.1f} GFLOP/token")
-    print("layout: t tensor, p pipeline, d data, z ZeRO stage, mb micro-batch; m = micro-batches per step and "
-          "data rank;\nGB = predicted peak per GPU (stage stg), overhead included; times in s per step\n")
+    print("layout: t tensor, p pipeline, d data, z ZeRO stage, mb micro-batch, cg CUDA graphs; m = micro-batches "
+          "per step and data rank;\nGB = predicted peak per GPU (stage stg), overhead included; times in s per step\n")
     print(HEADER)
     for i, p in enumerate(result.ranked[:args.top], 1):
         print(_row(i, p))
@@ -170,7 +175,7 @@ def config_layouts(raw, gpus):
         if gpus % (p.tensor * p.pipeline) == 0:
             found.append((label, Layout(p.tensor, p.pipeline, gpus // (p.tensor * p.pipeline), p.zero_stage,
                                         t.micro_batch_size, t.activation_checkpointing,
-                                        p.sequence_parallel and p.tensor > 1)))
+                                        p.sequence_parallel and p.tensor > 1, t.cuda_graphs)))
     return found
 
 
@@ -227,7 +232,7 @@ def main(argv=None) -> int:
         except json.JSONDecodeError as e:
             raise ConfigError(f"config file {args.config} is not valid JSON: {e}") from None
         raw = apply_overrides(raw, args.override)
-        result = plan(raw, args.gpus, hw, args.global_batch_size, args.micro_batch_sizes)
+        result = plan(raw, args.gpus, hw, args.global_batch_size, args.micro_batch_sizes, args.cuda_graphs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

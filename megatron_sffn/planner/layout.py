@@ -14,6 +14,7 @@ class Layout:
     micro_batch: int
     activation_checkpointing: bool
     sequence_parallel: bool
+    cuda_graphs: bool = False   # compiled blocks replayed as CUDA graphs (training.cuda_graphs)
 
     @property
     def gpus(self) -> int:
@@ -26,16 +27,19 @@ class Layout:
                 f"parallel.sequence_parallel={str(self.sequence_parallel).lower()}",
                 f"training.micro_batch_size={self.micro_batch}",
                 f"training.global_batch_size={global_batch_size}",
-                f"training.activation_checkpointing={str(self.activation_checkpointing).lower()}"]
+                f"training.activation_checkpointing={str(self.activation_checkpointing).lower()}"] + (
+                ["training.compile=true", "training.cuda_graphs=true"] if self.cuda_graphs else [])
 
     def short(self) -> str:
-        """t2 p1 d2 z1 mb8 ckpt sp: the compact name used in tables."""
+        """t2 p1 d2 z1 mb8 ckpt sp cg: the compact name used in tables."""
         parts = [f"t{self.tensor}", f"p{self.pipeline}", f"d{self.data}", f"z{self.zero_stage}",
                  f"mb{self.micro_batch}"]
         if self.activation_checkpointing:
             parts.append("ckpt")
         if self.sequence_parallel:
             parts.append("sp")
+        if self.cuda_graphs:
+            parts.append("cg")
         return " ".join(parts)
 
     def as_dict(self) -> dict:

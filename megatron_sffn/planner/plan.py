@@ -129,7 +129,8 @@ def _divisors(n: int) -> List[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def candidate_layouts(gpus: int, micro_batch_sizes: Sequence[int] = MICRO_BATCHES) -> Iterator[Layout]:
+def candidate_layouts(gpus: int, micro_batch_sizes: Sequence[int] = MICRO_BATCHES,
+                      cuda_graphs: Sequence[bool] = (False,)) -> Iterator[Layout]:
     for tensor in _divisors(gpus):
         for pipeline in _divisors(gpus // tensor):
             data = gpus // (tensor * pipeline)
@@ -137,18 +138,26 @@ def candidate_layouts(gpus: int, micro_batch_sizes: Sequence[int] = MICRO_BATCHE
                 for mb in micro_batch_sizes:
                     for ckpt in (False, True):
                         for sp in ((False, True) if tensor > 1 else (False,)):
-                            yield Layout(tensor, pipeline, data, zero, mb, ckpt, sp)
+                            for graphs in cuda_graphs:
+                                yield Layout(tensor, pipeline, data, zero, mb, ckpt, sp, graphs)
 
 
 def plan(raw: Dict[str, Any], gpus: int, hw: Hardware, global_batch_size: Optional[int] = None,
-         micro_batch_sizes: Sequence[int] = MICRO_BATCHES) -> Plan:
-    """Every candidate layout of the config `raw` (a JSON dict) on `gpus` GPUs, ranked or excluded."""
+         micro_batch_sizes: Sequence[int] = MICRO_BATCHES, search_cuda_graphs: bool = False) -> Plan:
+    """Every candidate layout of the config `raw` (a JSON dict) on `gpus` GPUs, ranked or excluded.
+    search_cuda_graphs: each layout also with training.cuda_graphs (compiled blocks replayed as CUDA
+    graphs), the config's own checks excluding where it is refused; otherwise the config's value."""
     base = config_from_dict(copy.deepcopy(raw))
     if base.training.precision != "bf16":
         raise ConfigError(f"the planner models bf16 runs; 'training.precision' = {base.training.precision!r}")
     batch = global_batch_size or base.training.global_batch_size
+    graphs: Sequence[bool] = (base.training.cuda_graphs,)
+    if search_cuda_graphs:
+        raw = copy.deepcopy(raw)
+        raw.setdefault("training", {})["cuda_graphs"] = False   # the layout says when it is on
+        graphs = (False, True)
     ranked, excluded = [], []
-    for layout in candidate_layouts(gpus, micro_batch_sizes):
+    for layout in candidate_layouts(gpus, micro_batch_sizes, graphs):
         if layout.tensor > hw.gpus_per_node:
             excluded.append(Excluded(layout, f"parallel.tensor = {layout.tensor} exceeds the {hw.gpus_per_node} GPUs "
                                              "of a node (a tensor group is consecutive ranks of one node)"))
@@ -164,5 +173,5 @@ def plan(raw: Dict[str, Any], gpus: int, hw: Hardware, global_batch_size: Option
         else:
             excluded.append(Excluded(layout, f"predicted {pred.peak_gb:.0f} GB > {hw.gpu_memory_gb:g} GB "
                                              f"(stage {pred.peak.stage})", pred))
-    ranked.sort(key=lambda p: (p.step.total, p.peak_gb))
+    ranked.sort(key=lambda p: (p.step.total, p.peak_gb, p.layout.cuda_graphs))   # a tie: without graphs
     return Plan(ranked, excluded)

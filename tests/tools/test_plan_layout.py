@@ -33,6 +33,23 @@ def test_table_names_the_configs_own_layouts(capsys):
     assert "excluded:" in out and "constants" in out
 
 
+def test_cuda_graphs_flag_ranks_replayed_layouts_first_where_the_host_bounds(capsys, monkeypatch):
+    monkeypatch.delenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", raising=False)
+    small = os.path.join(ROOT, "configs", "1p3b_lowrank.json")
+    argv = ["--config", small, "--gpus", "4", "--gpu-memory-gb", "141", "--global-batch-size", "32",
+            "--micro-batch-sizes", "2", "--json"]
+    assert main(argv) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--cuda-graphs"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    best = out["ranked"][0]
+    assert best["name"].endswith(" cg") and best["layout"]["cuda_graphs"] is True
+    assert "training.cuda_graphs=true" in best["overrides"] and "training.compile=true" in best["overrides"]
+    assert best["tokens_per_s_per_gpu"] > 1.2 * without["ranked"][0]["tokens_per_s_per_gpu"]
+    assert not any(r["layout"]["cuda_graphs"] for r in without["ranked"])
+    assert any("needs 'parallel.tensor' = 1" in e["reason"] and e["name"].endswith(" cg") for e in out["excluded"])
+
+
 def test_script_prints_clean_json_on_stdout():
     """As a process (DeepSpeed's import-time log must not reach stdout)."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plan_layout.py"), "--config", CONFIG,

@@ -288,3 +288,40 @@ def test_plan_uses_the_configs_own_divisibility_rules():
     blocks = plan(raw_config("6p7b_blockdense"), 8, H200, micro_batch_sizes=(8,))
     assert "must divide 'model.ffn.blocks' = 4" in reasons(blocks)[Layout(8, 1, 1, 1, 8, False, False)]
     assert not any(p.layout.tensor == 8 for p in blocks.ranked)
+
+
+def test_cuda_graphs_searched_pay_only_where_the_host_bounds_and_only_where_allowed(monkeypatch):
+    monkeypatch.delenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", raising=False)
+    result = plan(raw_config("1p3b_lowrank"), 4, H200, global_batch_size=32, micro_batch_sizes=(2, 8),
+                  search_cuda_graphs=True)
+    by_layout = {p.layout: p for p in result.ranked}
+    why = reasons(result)
+    small, small_cg = Layout(1, 1, 4, 1, 2, False, False), Layout(1, 1, 4, 1, 2, False, False, True)
+    big, big_cg = Layout(1, 1, 4, 1, 8, False, False), Layout(1, 1, 4, 1, 8, False, False, True)
+    # host-bound micro-batch 2: replayed blocks are faster (one H200 measured 1.49x)
+    assert by_layout[small_cg].tokens_per_s_per_gpu > 1.2 * by_layout[small].tokens_per_s_per_gpu
+    # GPU-bound micro-batch 8: the same time, and the tie goes to the layout without graphs
+    assert by_layout[big_cg].step.total == pytest.approx(by_layout[big].step.total)
+    order = [p.layout for p in result.ranked]
+    assert order.index(big) < order.index(big_cg)
+    # what the config refuses is excluded with its own reason
+    assert "'training.activation_checkpointing' = false" in why[Layout(1, 1, 4, 1, 2, True, False, True)]
+    assert "needs 'parallel.tensor' = 1" in why[Layout(2, 1, 2, 1, 2, False, True, True)]
+    assert "fused optimizer" in why[Layout(1, 1, 4, 2, 2, False, False, True)]
+    assert not any(p.layout.cuda_graphs and (p.layout.tensor > 1 or p.layout.pipeline > 1) for p in result.ranked)
+    # a ranked layout's overrides are what the launcher needs to run it so
+    cfg = layout_config(raw_config("1p3b_lowrank"), small_cg, 32)
+    assert cfg.training.cuda_graphs and cfg.training.compile
+    assert small_cg.short().endswith(" cg") and "training.cuda_graphs=true" in small_cg.overrides(32)
+
+
+def test_without_the_search_the_configs_own_cuda_graphs_setting_is_the_layouts():
+    raw = raw_config("1p3b_lowrank")
+    raw["training"].update(compile=True, cuda_graphs=True)
+    only = plan(raw, 1, H200, global_batch_size=8, micro_batch_sizes=(2,))
+    assert only.ranked and all(p.layout.cuda_graphs for p in only.ranked)
+    # searched from a config that has them on, the layouts without graphs really run without them
+    both = plan(raw, 1, H200, global_batch_size=8, micro_batch_sizes=(2,), search_cuda_graphs=True)
+    plain = next(p for p in both.ranked if p.layout == Layout(1, 1, 1, 1, 2, False, False))
+    replayed = next(p for p in both.ranked if p.layout == Layout(1, 1, 1, 1, 2, False, False, True))
+    assert plain.step.host > replayed.step.host
