@@ -80,10 +80,21 @@ def parse_args(argv=None):
         ap.error("--emulate runs one rank of an --nproc >= 2 layout alone; not with --reference or --guided")
     if args.emulate is not None and not 0 <= args.emulate < args.nproc:
         ap.error(f"--emulate RANK must be in [0, --nproc {args.nproc}), got {args.emulate}")
+    devices = visible_devices()
+    if args.nproc > 1 and args.emulate is None and not args.smoke and devices and len(devices) < args.nproc:
+        ap.error(f"--nproc {args.nproc} needs {args.nproc} GPUs, CUDA_VISIBLE_DEVICES={','.join(devices)} "
+                 f"names {len(devices)}")
     for name, normal, smoke in (("micro_batch_size", 8, 2), ("steps", 30, 4), ("warmup", 10, 1)):
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else normal)
     return args
+
+
+def visible_devices() -> list:
+    """The GPUs CUDA_VISIBLE_DEVICES names ([] when unset): two 2-GPU runs can share a 4-GPU
+    machine side by side (CUDA_VISIBLE_DEVICES=0,1 and 2,3), which DeepSpeed's launcher ignores
+    once --num_gpus is given, so the run names them with --include instead."""
+    return [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
 
 
 def parse_variants(specs) -> list:
@@ -128,8 +139,14 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
         return [sys.executable, "benchmarks/emulate_rank.py", "--world", str(args.nproc), "--rank", str(args.emulate),
                 "--"] + cmd
     if args.nproc > 1:
+        from megatron_sffn.parallel.launch import free_port
+        # its own rendezvous port: a run beside another one does not meet it at DeepSpeed's 29500
+        launcher = [shutil.which("deepspeed") or "deepspeed", "--master_port", str(free_port())]
+        devices = visible_devices()
+        if devices and not args.smoke:
+            return launcher + ["--include", "localhost:" + ",".join(devices[:args.nproc])] + cmd
         flag = "--num_accelerators" if args.smoke else "--num_gpus"
-        return [shutil.which("deepspeed") or "deepspeed", flag, str(args.nproc)] + cmd
+        return launcher + [flag, str(args.nproc)] + cmd
     return [sys.executable] + cmd
 
 

@@ -49,6 +49,28 @@ def test_reserved_peak_is_the_largest_step_record_and_none_without_it(tmp_path):
         assert bench_train.summarise(LOWRANK_1P3B, "eager", str(run), args)["max_reserved_gb"] == want
 
 
+def test_multi_gpu_runs_take_their_own_port_and_the_gpus_cuda_visible_devices_names(monkeypatch):
+    """Two 2-GPU runs side by side on a 4-GPU machine: DeepSpeed's launcher ignores
+    CUDA_VISIBLE_DEVICES once --num_gpus is given and meets every run at port 29500."""
+    def command(env, argv=()):
+        if env is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+        args = bench_train.parse_args(["--nproc", "2", *argv])
+        return bench_train.launch_command(LOWRANK_1P3B, "compile", "/tmp/run", args)
+
+    pair = command("2,3")
+    assert pair[pair.index("--include") + 1] == "localhost:2,3" and "--num_gpus" not in pair
+    first, second = (int(c[c.index("--master_port") + 1]) for c in (command("0,1"), pair))
+    assert first != second and 29500 not in (first, second)
+    whole = command(None)
+    assert whole[whole.index("--num_gpus") + 1] == "2" and "--include" not in whole
+    assert "--num_accelerators" in command("0,1", ["--smoke"])   # CPU smoke runs keep their flag
+    with pytest.raises(SystemExit):
+        command("3")                                             # one GPU named for two ranks
+
+
 def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys):
     out = tmp_path / "train.json"
     proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--reference",
