@@ -5,7 +5,8 @@
     python tools/inspect_data.py PREFIX --tokenizer-model tok.model --show 2  # decode documents
     python tools/inspect_data.py PREFIX --tokenizer-model tok.model --samples 2 --seq-length 1024
 
-Exits with status 1 and a message naming the file when the pair is truncated or corrupt.
+Exits with status 1 and a message naming the file when the pair is truncated or corrupt, and
+with status 2 and one line on a bad command line or tokenizer model, before the check runs.
 """
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="skip the O(documents) offset check")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     args = p.parse_args(argv)
+    for name in ("show", "samples"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.seq_length <= 0:
+        p.error(f"--seq-length must be positive, got {args.seq_length}")
+    if (args.show or args.samples) and not args.tokenizer_model:
+        p.error("--show / --samples need --tokenizer-model")
+    tok = None
+    if args.tokenizer_model:   # before the O(documents) check: a bad model is one line, not a traceback
+        from megatron_sffn.data.tokenizer import SentencePieceTokenizer, TokenizerError
+        try:
+            tok = SentencePieceTokenizer(args.tokenizer_model)
+        except TokenizerError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         ds = IndexedDataset(args.prefix, verify=not args.quick)
     except IndexedDatasetError as error:
@@ -55,11 +71,7 @@ def main(argv=None) -> int:
         for key, value in info.items():
             print(f"{key:<16} {value:,.1f}" if isinstance(value, float) else f"{key:<16} {value:,}"
                   if isinstance(value, int) else f"{key:<16} {value}")
-    if (args.show or args.samples) and not args.tokenizer_model:
-        p.error("--show / --samples need --tokenizer-model")
-    if args.tokenizer_model:
-        from megatron_sffn.data.tokenizer import SentencePieceTokenizer
-        tok = SentencePieceTokenizer(args.tokenizer_model)
+    if tok is not None:
         if int(ds.sizes.max(initial=0)) and ds.num_tokens and max(int(ds[i].max(initial=0)) for i in
                                                                    range(min(len(ds), 1000))) >= tok.vocab_size:
             print(f"warning: token ids beyond the tokenizer's vocabulary ({tok.vocab_size})", file=sys.stderr)

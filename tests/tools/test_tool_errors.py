@@ -62,6 +62,31 @@ def test_inspect_data_truncated_idx(tmp_path, capsys):
     assert f"{tmp_path / 'd'}.idx is truncated" in line
 
 
+def test_inspect_data_bad_tokenizer_model_is_one_line_before_the_check(tmp_path, capsys):
+    """A file that is no sentencepiece model: exit 2 and one line (it was a traceback), found
+    before the dataset check runs (the pair here is damaged too, which would exit 1)."""
+    from megatron_sffn.data.indexed_dataset import IndexedDatasetWriter
+    from tools.inspect_data import main
+    with IndexedDatasetWriter(str(tmp_path / "d")) as writer:
+        writer.add_document([1, 2, 3])
+    os.truncate(tmp_path / "d.idx", os.path.getsize(tmp_path / "d.idx") - 9)
+    (tmp_path / "tok.model").write_text("not a model")
+    line = fails(main, [tmp_path / "d", "--tokenizer-model", tmp_path / "tok.model", "--show", "1"], capsys, tmp_path)
+    assert f"tokenizer model {tmp_path / 'tok.model'} is not a sentencepiece model" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--show", "-1", "--tokenizer-model", "t"], "--show must be >= 0, got -1"),
+    (["--samples", "2", "--seq-length", "0", "--tokenizer-model", "t"], "--seq-length must be positive, got 0"),
+    (["--samples", "2"], "--show / --samples need --tokenizer-model"),
+])
+def test_inspect_data_bad_command_line_names_the_flag(tmp_path, capsys, argv, message):
+    from tools.inspect_data import main
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing")] + argv)     # the flags are checked before the dataset is opened
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_preprocess_missing_input(tmp_path, capsys):
     from tools.preprocess_data import main
     line = fails(main, ["--input", tmp_path / "nope.jsonl", "--tokenizer-model", assets.default_tokenizer_path(),
