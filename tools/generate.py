@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from megatron_sffn.inference.cuda_graph import unavailable_reason  # noqa: E402
-from megatron_sffn.inference.generation import SamplingConfig, generate  # noqa: E402
+from megatron_sffn.inference.generation import SamplingConfig, check_sampling, generate  # noqa: E402
 from megatron_sffn.inference.premerge import (DEFAULT_CALIBRATION, apply_premerge, calibrate,  # noqa: E402
                                               load_thresholds, save_calibration)
 from tools.checkpoint_io import load_single_rank_model, resolve_tokenizer  # noqa: E402
@@ -79,6 +79,11 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--json", default=None, help="also write the outputs (and dispatch) to this JSON file")
     args = p.parse_args(argv)
+    try:   # before the checkpoint is read
+        check_sampling(SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p))
+    except ValueError as e:
+        flag = str(e).split(" ")[0].replace("_", "-")
+        p.error(f"--{flag}{str(e)[len(flag):]}")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     try:
         model, cfg = (load_single_rank_model(args.load, args.device, dtype) if args.load
@@ -107,6 +112,11 @@ def main(argv=None) -> int:
         tok = resolve_tokenizer(args.tokenizer_model or cfg.data.tokenizer_model, cfg)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if tok.vocab_size > cfg.model.vocab_size:
+        name = getattr(tok, "model_path", "of the run")
+        print(f"error: tokenizer {name} has {tok.vocab_size} ids, the checkpoint's vocabulary only "
+              f"{cfg.model.vocab_size}: they do not belong together (--tokenizer-model)", file=sys.stderr)
         return 2
     chosen = apply_premerge(model, args.pre_merge, load_thresholds(args.calibration_file, args.device))
     # Training documents follow an end-of-document token (preprocess --append-eod), never a BOS:

@@ -27,6 +27,19 @@ class SamplingConfig:
     vocab_limit: Optional[int] = None  # never emit ids >= this (the tokenizer's size, when the model's vocab is padded)
 
 
+def check_sampling(sampling: SamplingConfig) -> None:
+    """ValueError naming the setting that no sampler can honour (a negative temperature would
+    flip the distribution, top_p outside (0, 1] keeps nothing or everything silently)."""
+    if sampling.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
+    if sampling.temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature:g}")
+    if sampling.top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {sampling.top_k}")
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {sampling.top_p:g}")
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask logits outside the top-k set and outside the smallest nucleus of mass top_p."""
     if top_k > 0:
@@ -61,10 +74,17 @@ def generate(model: GPTModel, prompts: Sequence[Sequence[int]], sampling: Sampli
     """
     if model.tp.size != 1:
         raise ValueError("generate() runs a single-rank model; consolidate the checkpoint first")
+    check_sampling(sampling)
     device = next(model.parameters()).device
+    if not prompts:
+        raise ValueError("no prompts to continue")
     batch, longest = len(prompts), max(len(p) for p in prompts)
     if min(len(p) for p in prompts) == 0:
         raise ValueError("every prompt needs at least one token")
+    outside = [t for p in prompts for t in p if not 0 <= t < model.cfg.vocab_size]
+    if outside:
+        raise ValueError(f"prompt token id {outside[0]} is outside the model's vocabulary of {model.cfg.vocab_size}: "
+                         "the tokenizer does not match the checkpoint")
     ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros(batch, longest, dtype=torch.bool, device=device)
     for row, prompt in enumerate(prompts):

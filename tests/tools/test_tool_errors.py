@@ -44,6 +44,30 @@ def test_generate_missing_checkpoint(tmp_path, capsys):
     assert f"{tmp_path / 'nope'} does not exist" in line
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-new-tokens", "-1", "--max-new-tokens must be >= 1, got -1"),
+    ("--temperature", "-1", "--temperature must be >= 0"),
+    ("--top-k", "-3", "--top-k must be >= 0"),
+    ("--top-p", "1.5", "--top-p must be in (0, 1]"),
+])
+def test_generate_bad_sampling_flag_is_named_before_the_checkpoint_is_read(tmp_path, capsys, flag, value, message):
+    from tools.generate import main
+    with pytest.raises(SystemExit) as exit_info:   # the checkpoint does not even exist: not read
+        main(["--load", str(tmp_path / "nope"), "--prompt", "x", flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_generate_tokenizer_larger_than_the_checkpoints_vocabulary(tmp_path, capsys):
+    """A checkpoint of 128 ids with the bundled tokenizer: one line (was an IndexError)."""
+    from megatron_sffn.data.tokenizer import SentencePieceTokenizer
+    from tools.generate import main
+    ids = SentencePieceTokenizer(assets.default_tokenizer_path()).vocab_size
+    assert ids > 128
+    synthetic_consolidated(str(tmp_path / "ckpt"))
+    line = fails(main, ["--load", tmp_path / "ckpt", "--prompt", "x"], capsys, tmp_path)
+    assert f"has {ids} ids, the checkpoint's vocabulary only 128" in line and "--tokenizer-model" in line
+
+
 def test_inspect_checkpoint_missing(tmp_path, capsys):
     from tools.inspect_checkpoint import main
     line = fails(main, [tmp_path / "nope"], capsys, tmp_path)

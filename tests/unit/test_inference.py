@@ -73,3 +73,25 @@ def test_vocab_limit_keeps_ids_inside_the_tokenizer():
     assert out and max(out) < 100
     greedy = generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=6, temperature=0.0, vocab_limit=100))[0]
     assert max(greedy) < 100
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_new_tokens", 0, "max_new_tokens must be >= 1"),
+    ("temperature", -0.5, "temperature must be >= 0"),
+    ("top_k", -1, "top_k must be >= 0"),
+    ("top_p", 0.0, "top_p must be in (0, 1]"),
+    ("top_p", 1.5, "top_p must be in (0, 1]"),
+])
+def test_sampling_settings_no_sampler_can_honour_are_refused(field, value, message):
+    sampling = SamplingConfig(max_new_tokens=4)
+    setattr(sampling, field, value)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        generate(_model(), [[1, 2]], sampling)
+
+
+def test_prompt_ids_outside_the_models_vocabulary_name_the_mismatch():
+    model = _model()
+    with pytest.raises(ValueError, match=f"prompt token id {model.cfg.vocab_size} is outside the model's vocabulary"):
+        generate(model, [[1, model.cfg.vocab_size]], SamplingConfig(max_new_tokens=2))
+    with pytest.raises(ValueError, match="no prompts"):
+        generate(model, [], SamplingConfig(max_new_tokens=2))
