@@ -50,6 +50,7 @@ CONSTANTS = [  # flag, Hardware field, help
     ("--fused-optimizer-ps-per-param", "fused", "fused optimizer step per parameter (calibrated, 1.3B)"),
     ("--deepspeed-optimizer-ps-per-param", "deepspeed", "DeepSpeed's optimizer step per parameter (calibrated)"),
 ]
+RATES = ("achievable_tflops", "peak_tflops", "nvlink_gb_s", "network_gb_s")  # CONSTANTS the model divides by
 OPTIMIZERS = ("fused", "deepspeed")  # CONSTANTS entries that go into Hardware.optimizer_ps_per_param
 
 
@@ -97,6 +98,18 @@ def parse_args(argv=None):
         ap.error(f"--micro-batch-sizes must be positive integers like 1,2,4,8, got {args.micro_batch_sizes!r}")
     if args.global_batch_size is not None and args.global_batch_size <= 0:
         ap.error(f"--global-batch-size must be positive, got {args.global_batch_size}")
+    if args.top < 1:
+        ap.error(f"--top must be >= 1, got {args.top}")
+    for flag, field, _ in CONSTANTS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if field in ("tp_overlap", "dp_overlap") and not 0 <= value <= 1:
+            ap.error(f"{flag} is a fraction in [0, 1], got {value:g}")
+        if field in RATES and value <= 0:          # divided by
+            ap.error(f"{flag} must be positive, got {value:g}")
+        if value < 0:                               # times, sizes: 0 models their absence
+            ap.error(f"{flag} must be >= 0, got {value:g}")
     return args
 
 

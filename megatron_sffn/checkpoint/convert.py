@@ -70,9 +70,20 @@ def source_world(src: CheckpointSource) -> int:
 
 # ---------------------------------------------------------------------------------- consolidate
 
+def _check_sizes(timeout: Optional[float], **sizes: Optional[int]) -> None:
+    """A given size below 1 or a timeout that is not positive is a mistake, not 'the default'
+    (0 used to fall back to the source's layout silently)."""
+    if timeout is not None and timeout <= 0:
+        raise ConversionError(f"--timeout must be positive seconds, got {timeout:g}")
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ConversionError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def consolidate(source: Source, out: str, with_optimizer: bool = True, timeout: Optional[float] = None,
                 verbose: bool = False) -> str:
     """DeepSpeed checkpoint -> consolidated folder `out` (fp32 masters, Adam moments unless weights only)."""
+    _check_sizes(timeout)
     src = _source(source)
     if src.kind == "consolidated":
         raise ConversionError(f"--load {src.path} is already a consolidated checkpoint")
@@ -148,6 +159,7 @@ def reshape(source: Source, out: str, tensor: Optional[int] = None, pipeline: Op
     """A run folder `out` holding one DeepSpeed checkpoint of the source's training state in the
     given layout (default: the source's own), resumable with `launchers/pretrain.py --config
     out/config.json`. A DeepSpeed source is consolidated on the way (in a temporary folder)."""
+    _check_sizes(timeout, tensor_parallel=tensor, pipeline_parallel=pipeline, data_parallel=data)
     src = _source(source)
     layout = src.layout
     tensor = tensor or int(layout.get("tensor") or 1)

@@ -242,6 +242,10 @@ def preprocess(config: PreprocessConfig) -> PreprocessSummary:
     keys = list(config.json_keys)
     if not keys:
         raise InputError("--json-keys needs at least one field name")
+    for flag, value, least in (("--workers", config.workers, 0), ("--batch-bytes", config.batch_bytes, 1),
+                               ("--max-documents", config.max_documents, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be >= {least}, got {value}")
     if config.split is not None:
         weights = [float(x) for x in config.split]
         if len(weights) > 3 or any(x < 0 for x in weights) or sum(weights) <= 0:

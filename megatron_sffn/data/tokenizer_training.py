@@ -42,6 +42,12 @@ def train_tokenizer(inputs: Sequence[str], json_keys: Sequence[str], vocab_size:
     if vocab_size < 8 + (256 if byte_fallback else 0):
         raise ValueError(f"--vocab-size {vocab_size} is too small"
                          f"{' for byte fallback (256 byte pieces)' if byte_fallback else ''}")
+    if not 0.98 <= character_coverage <= 1.0:   # sentencepiece's own bounds, found only after reading
+        raise ValueError(f"--character-coverage must be in [0.98, 1], got {character_coverage:g}")
+    for flag, value in (("--max-sentences", max_sentences), ("--max-documents", max_documents),
+                        ("--threads", num_threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     sources = resolve_inputs(inputs)
     check_sources(sources, json_keys)
     directory = os.path.dirname(os.path.abspath(model_prefix))

@@ -68,6 +68,21 @@ def test_layout_that_does_not_divide_the_model(tmp_path, capsys):
     _no_output(out)
 
 
+def test_sizes_below_one_and_non_positive_timeouts_are_named_not_defaulted(tmp_path, capsys):
+    """--tensor-parallel 0 used to mean 'the source's' and convert (exit 0); a negative --timeout
+    started the ranks and stopped them at once."""
+    synthetic_consolidated(str(tmp_path / "c"))
+    out = tmp_path / "o"
+    for flag in ("--tensor-parallel", "--pipeline-parallel", "--data-parallel"):
+        _fails(["--load", tmp_path / "c", "--save", out, "--to", "deepspeed", flag, 0], capsys,
+               f"{flag} must be >= 1, got 0")
+    _fails(["--load", tmp_path / "c", "--save", out, "--to", "deepspeed", "--timeout", -5], capsys,
+           "--timeout must be positive seconds, got -5")
+    _fails(["--load", tmp_path / "c", "--save", out, "--to", "consolidated", "--timeout", 0], capsys,
+           "--timeout must be positive seconds, got 0")
+    _no_output(out)
+
+
 def test_config_that_does_not_match_the_weights(tmp_path, capsys):
     synthetic_consolidated(str(tmp_path / "c"))
     config = json.load(open(tmp_path / "c" / "config.json"))

@@ -74,6 +74,15 @@ def test_nothing_fits_exits_1(capsys):
     (["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "80", "--micro-batch-sizes", "8,x"],
      "--micro-batch-sizes must be positive integers"),
     (["--measured", "nowhere.json"], "measured-results file not found: nowhere.json"),
+    (["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "80", "--top", "0"], "--top must be >= 1, got 0"),
+    (["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "80", "--achievable-tflops", "-1"],
+     "--achievable-tflops must be positive, got -1"),
+    (["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "80", "--nvlink-gb-s", "0"],
+     "--nvlink-gb-s must be positive, got 0"),
+    (["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "80", "--tp-overlap", "1.5"],
+     "--tp-overlap is a fraction in [0, 1], got 1.5"),
+    (["--config", CONFIG, "--gpus", "4", "--gpu-memory-gb", "80", "--overhead-gb", "-1"],
+     "--overhead-gb must be >= 0, got -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -111,6 +111,35 @@ def test_inspect_data_bad_command_line_names_the_flag(tmp_path, capsys, argv, me
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--workers", "-1", "--workers must be >= 0, got -1"),
+    ("--batch-bytes", "0", "--batch-bytes must be >= 1, got 0"),
+    ("--max-documents", "-2", "--max-documents must be >= 1, got -2"),
+])
+def test_preprocess_bad_sizes_are_named(tmp_path, capsys, records, flag, value, message):
+    """These ran before (-1 workers as in-process, 0-byte work units) or failed with a message
+    about skipped records."""
+    from tools.preprocess_data import main
+    line = fails(main, ["--input", records, "--tokenizer-model", assets.default_tokenizer_path(),
+                        "--output-prefix", tmp_path / "out", flag, value], capsys, tmp_path)
+    assert message in line
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--character-coverage", "2", "--character-coverage must be in [0.98, 1], got 2"),
+    ("--threads", "0", "--threads must be >= 1, got 0"),
+    ("--max-sentences", "0", "--max-sentences must be >= 1, got 0"),
+    ("--max-documents", "0", "--max-documents must be >= 1, got 0"),
+])
+def test_train_tokenizer_bad_settings_are_named_before_reading(tmp_path, capsys, flag, value, message):
+    """Before: sentencepiece's internal check after the whole input was read, or (--threads 0,
+    --max-sentences 0) silently all cores / all sentences."""
+    from tools.train_tokenizer import main
+    line = fails(main, ["--input", tmp_path / "missing.jsonl", "--vocab-size", "300", "--model-prefix",
+                        tmp_path / "tk", flag, value], capsys, tmp_path)   # the input is not even looked at
+    assert message in line
+
+
 def test_preprocess_missing_input(tmp_path, capsys):
     from tools.preprocess_data import main
     line = fails(main, ["--input", tmp_path / "nope.jsonl", "--tokenizer-model", assets.default_tokenizer_path(),
