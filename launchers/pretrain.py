@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_sffn.config import ConfigError, load_config  # noqa: E402
 from megatron_sffn.training.checkpointing import CheckpointError  # noqa: E402
-from megatron_sffn.training.cli import parse  # noqa: E402
+from megatron_sffn.training.cli import parse, run_dir_problem  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,6 +25,10 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, overrides, world_size=world_size)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    problem = run_dir_problem(cfg.output.run_dir)   # every rank sees the same folder: all stop here
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from megatron_sffn.training.agree import StartupError
     from megatron_sffn.training.loop import TrainingStopped, run

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import List, Optional
 
 # flag -> (config key, type)
@@ -105,3 +106,19 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
 def parse(argv: Optional[List[str]] = None):
     args = build_parser().parse_args(argv)
     return args, overrides_from_args(args)
+
+
+def run_dir_problem(run_dir: str) -> Optional[str]:
+    """Why the run folder cannot be created or written (None when it can), checked before any
+    process group exists; creating nothing. Before, a file at that path was a FileExistsError
+    traceback from rank 0 once start-up was under way."""
+    path = os.path.abspath(run_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"config key 'output.run_dir' (--run-dir) = {run_dir} is a file, not a folder"
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        return (f"config key 'output.run_dir' (--run-dir) = {run_dir} cannot be created: {existing} is not a "
+                "writable folder")
+    return None

@@ -92,3 +92,21 @@ def test_launcher_rejects_bad_config_or_flag(argv, needle, tmp_path, capsys, mon
     line = one_error_line(err)
     assert needle.format(t=tmp_path) in line, line
     assert snapshot(tmp_path) == before and not run_dir.exists()
+
+
+@pytest.mark.parametrize("where, needle", [
+    ("afile", "= {p} is a file, not a folder"),
+    ("afile/sub/run", "= {p} cannot be created: {t}/afile is not a writable folder"),
+])
+def test_run_dir_that_cannot_be_a_folder_is_one_line_before_start_up(where, needle, tmp_path, capsys, monkeypatch):
+    """It was a FileExistsError traceback from rank 0 once start-up was under way."""
+    for key in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "afile").write_text("not a folder")
+    path = tmp_path / where
+    before = snapshot(tmp_path)
+    code = _launcher_main()(ARGS + ["--run-dir", str(path)])
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert needle.format(p=path, t=tmp_path) in line and "output.run_dir" in line, line
+    assert snapshot(tmp_path) == before
