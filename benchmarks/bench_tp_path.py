@@ -20,7 +20,12 @@ parameters on a GPU, fp32 on a CPU; no optimizer):
   tp-traced-nocomm             replaced by the identity: what the path costs without its calls
 --tensor-parallel N: N processes (one GPU each, NCCL; gloo on a CPU), the tp- modes as tensor
 N with the real shards and collectives, the plain- modes as N independent copies of the plain
-model (each device's own full model: the per-GPU baseline). Each mode runs under
+model (each device's own full model: the per-GPU baseline).
+--emulate N: one process, the tp- modes as rank 0 of a tensor group of N on torch's fake
+process group (that rank's real shards and activations, collectives that move nothing: the
+rank's own host and device work), the plain- modes as the full model a data-parallel rank
+runs. --keep-collective-autograd leaves torch's Python autograd kernels on the functional
+collectives the compiled blocks call (what compile_blocks bypasses: parallel/collectives.py). Each mode runs under
 --case-timeout seconds; a mode that hangs is reported as such, with every rank's Python stacks
 dumped shortly before the timeout (where each waits), and the others still run.
 
@@ -64,13 +69,46 @@ def parse_args(argv=None):
     ap.add_argument("--tensor-parallel", type=int, default=1, help="processes (devices); the tp- modes' tensor size")
     ap.add_argument("--case-timeout", type=float, default=600, help="seconds per mode before it counts as hung")
     ap.add_argument("--no-sequence-parallel", action="store_true", help="the tensor path without SP")
+    ap.add_argument("--emulate", type=int, default=None, metavar="N",
+                    help="one process as rank 0 of a tensor group of N on the fake process group")
+    ap.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY (a Python literal) in each mode's process, e.g. combo_kernels=True")
+    ap.add_argument("--keep-collective-autograd", action="store_true",
+                    help="keep torch's autograd kernels on the traced collectives (the path before)")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="after the timed window, profile 3 more steps per mode: DIR/<mode>.txt lists the ops by host time, "
                          "DIR/<mode>.trace.json.gz is their timeline (chrome://tracing, Perfetto)")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
     ap.add_argument("--dump-stacks-after", type=float, default=None, help=argparse.SUPPRESS)  # internal
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for setting in args.inductor_config:
+        import ast
+        import torch._inductor.config as inductor_config
+        key, sep, value = setting.partition("=")
+        if not sep or not hasattr(inductor_config, key):
+            ap.error(f"--inductor-config {setting!r}: not KEY=VALUE with KEY a torch._inductor.config setting")
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            ap.error(f"--inductor-config {setting!r}: {value!r} is not a Python literal")
+    if args.emulate is not None:
+        if args.emulate < 2:
+            ap.error(f"--emulate takes the tensor size of the emulated group (>= 2), got {args.emulate}")
+        if args.tensor_parallel != 1:
+            ap.error("--emulate runs one process: leave --tensor-parallel at 1")
+        nocomm = [m for m in ([args.case] if args.case else args.modes) if m.endswith("-nocomm")]
+        if nocomm:
+            ap.error(f"--emulate: {nocomm[0]} drops the collectives of a one-rank group; the emulated group has none to drop")
+    return args
+
+
+def emulated_tensor_parallel(size: int, sequence_parallel: bool):
+    """Rank 0 of a tensor group of `size` on the fake process group joined in run_case."""
+    import torch.distributed as dist
+    from megatron_sffn.parallel.mappings import TensorParallel
+    return TensorParallel(group=dist.new_group(list(range(size))), size=size, rank=0,
+                          sequence_parallel=sequence_parallel)
 
 
 def tensor_parallel(size: int, rank: int, sequence_parallel: bool):
@@ -115,6 +153,7 @@ def run_case(mode: str, args) -> dict:
     from megatron_sffn.config import load_config
     from megatron_sffn.model import GPTModel
     from megatron_sffn.model.compile import compile_blocks
+    from megatron_sffn.parallel.collectives import traced_collectives_bypass_autograd
 
     cuda = torch.cuda.is_available()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -123,10 +162,26 @@ def run_case(mode: str, args) -> dict:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(1)  # a shared CPU's cores oversubscribed make every op crawl
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
-                            **({"device_id": device} if cuda else {}))
+    if args.emulate:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+        dist.init_process_group("fake", rank=0, world_size=args.emulate, store=FakeStore())
+    else:
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                **({"device_id": device} if cuda else {}))
     cfg = load_config(os.path.join(ROOT, args.config), ["model.ffn.init=\"normal\""] + args.override)
-    tp = tensor_parallel(world, rank, not args.no_sequence_parallel) if mode.startswith("tp-") else None
+    tp = None
+    if mode.startswith("tp-"):
+        sequence_parallel = not args.no_sequence_parallel
+        tp = (emulated_tensor_parallel(args.emulate, sequence_parallel) if args.emulate
+              else tensor_parallel(world, rank, sequence_parallel))
+    for setting in args.inductor_config:
+        import ast
+        import torch._inductor.config as inductor_config
+        key, _, value = setting.partition("=")
+        setattr(inductor_config, key, ast.literal_eval(value))
+    if args.keep_collective_autograd:
+        import megatron_sffn.model.compile as compile_module
+        compile_module.bypass_autograd_of_traced_collectives = lambda: None
     if mode.endswith("-nocomm"):
         if world != 1:
             raise SystemExit(f"{mode} runs on one device only (it drops the collectives)")
@@ -173,16 +228,34 @@ def run_case(mode: str, args) -> dict:
     if args.dump_stacks_after:
         import faulthandler
         faulthandler.cancel_dump_traceback_later()
-    return {"mode": mode, "tensor_parallel": world if tp is not None else 1, "processes": world, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
+    return {"mode": mode, "tensor_parallel": tp.size if tp is not None else 1, "emulated": bool(args.emulate), "processes": world, "step_ms": 1e3 * wall, "host_ms": 1e3 * sum(host) / len(host),
+            "collective_autograd_bypassed": traced_collectives_bypass_autograd(),
             "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
             "first_loss": first_loss, "repeated_loss_max_drift": loss_drift, "layers": cfg.model.num_layers, "device": str(device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def profile_steps(step, mode: str, rank: int, directory: str, cuda: bool) -> None:
-    """Three profiled steps; the table sorted by self host time says where a block's host cost goes."""
+    """Three profiled steps; the table sorted by self host time says where a block's host cost goes.
+    Then three more under cProfile: the Python functions by own time (<mode>.python.txt)."""
+    import cProfile
+    import io
+    import pstats
     import torch
     from torch.profiler import ProfilerActivity, profile
+    python_profile = cProfile.Profile()
+    python_profile.enable()
+    for i in range(3):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+    python_profile.disable()
+    if rank == 0:
+        os.makedirs(directory, exist_ok=True)
+        text = io.StringIO()
+        pstats.Stats(python_profile, stream=text).sort_stats("tottime").print_stats(45)
+        with open(os.path.join(directory, f"{mode}.python.txt"), "w") as f:
+            f.write(f"# {mode}: 3 steps under cProfile, by own time\n{text.getvalue()}")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for i in range(3):
@@ -210,6 +283,11 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
            "--warmup", str(args.warmup)] + [f"--override={o}" for o in args.override]
     if args.no_sequence_parallel:
         cmd.append("--no-sequence-parallel")
+    if args.emulate:
+        cmd += ["--emulate", str(args.emulate)]
+    if args.keep_collective_autograd:
+        cmd.append("--keep-collective-autograd")
+    cmd += [f"--inductor-config={setting}" for setting in args.inductor_config]
     if args.compile_mode:
         cmd += ["--compile-mode", args.compile_mode]
     if args.profile:
@@ -258,7 +336,8 @@ def main(argv=None) -> int:
     print_table(rows)
     if args.out:
         import torch
-        meta = {"config": args.config, "tensor_parallel": args.tensor_parallel, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
+        meta = {"config": args.config, "tensor_parallel": args.tensor_parallel, "emulate": args.emulate,
+                "keep_collective_autograd": args.keep_collective_autograd, "inductor_config": args.inductor_config, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
                 "steps": args.steps, "warmup": args.warmup, "sequence_parallel": not args.no_sequence_parallel,
                 "compile_mode": args.compile_mode,
                 "torch": torch.__version__, "date": datetime.date.today().isoformat()}

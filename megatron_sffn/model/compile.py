@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..parallel.collectives import bypass_autograd_of_traced_collectives
 from ..parallel.regions import keep_collectives_out_of_compiled_graphs
 from ..structured.linear import keep_draws_out_of_compiled_graphs
 from .block import TransformerBlock
@@ -38,6 +39,8 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     if not collectives_in_graphs:
         keep_collectives_out_of_compiled_graphs()
+    else:  # the graphs call them below autograd: ~20 us less per call and per wait
+        bypass_autograd_of_traced_collectives()
     keep_draws_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)

@@ -15,6 +15,8 @@ up at each call, not bound at import, so a wrapper installed on torch.distribute
 """
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -36,6 +38,56 @@ def _functional(new: str, old: str):
 
 def tracing() -> bool:
     return torch.compiler.is_compiling()
+
+
+# The functional collectives the compiled blocks call, and the wait each result needs.
+TRACED_OPS = ("all_gather_into_tensor", "reduce_scatter_tensor", "all_reduce", "wait_tensor")
+_autograd_bypass = None  # the torch.library registration; it lasts as long as this reference
+
+
+def bypass_autograd_of_traced_collectives() -> bool:
+    """Let the compiled graphs call the functional collectives below autograd; True if in effect.
+
+    torch (2.10 on) registers Python autograd formulas for `_c10d_functional` ops, and the
+    dispatcher enters them on every call of the op and of its `wait_tensor`, grad mode on or
+    off: a compiled tensor-parallel block calls ~9 collectives and 9 waits per micro-batch,
+    each spending ~20 us in `torch/_library/autograd.py` before it redispatches (docs/performance.md,
+    tensor parallelism). This project never differentiates through those ops: every collective
+    sits inside one of its own autograd Functions (mappings.py, sequence.py, regions.py), whose
+    backward names the transposed collective. So their Autograd kernel falls through to the
+    implementation, as it did before torch gave them one. Process-wide, for the process's
+    lifetime; idempotent.
+    """
+    global _autograd_bypass
+    if _autograd_bypass is None:
+        import torch.distributed._functional_collectives  # noqa: F401  (registers the ops and their autograd)
+        library = torch.library.Library("_c10d_functional", "IMPL")
+        with warnings.catch_warnings():  # "Overriding a previously registered kernel": that is the point
+            warnings.simplefilter("ignore")
+            for op in TRACED_OPS:
+                _override_autograd_kernel(library, op)
+        _autograd_bypass = library
+    return traced_collectives_bypass_autograd()
+
+
+def _override_autograd_kernel(library, op: str) -> None:
+    """A fallthrough Autograd kernel for `op`. torch 2.13's Library.impl overrides a kernel
+    another Python registration made when told to (allow_override); 2.11's refuses it in a
+    Python-side check, so there the registration goes to the dispatcher's handle directly,
+    as Library.impl itself does after that check."""
+    fallthrough = torch.library.fallthrough_kernel
+    if "allow_override" in inspect.signature(library.impl).parameters:
+        library.impl(op, fallthrough, "Autograd", allow_override=True)
+    else:
+        library.m.impl(op, "Autograd", fallthrough, False)
+
+
+def traced_collectives_bypass_autograd() -> bool:
+    """Whether every op in TRACED_OPS skips autograd (bypass_autograd_of_traced_collectives)."""
+    import torch.distributed._functional_collectives  # noqa: F401
+    names = [f"_c10d_functional::{op}" for op in TRACED_OPS]
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd")
+               and torch._C._dispatch_kernel_for_dispatch_key_is_fallthrough(name, "Autograd") for name in names)
 
 
 def gather_rows(local: torch.Tensor, group, size: int, async_op: bool = False

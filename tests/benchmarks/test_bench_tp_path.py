@@ -82,3 +82,39 @@ def test_nocomm_mode_drops_only_the_collectives_and_profile_shows_them(tmp_path)
         return sum(e.get("name", "").startswith("c10d::") for e in trace["traceEvents"])
 
     assert collectives("tp-eager") > 0 and collectives("tp-eager-nocomm") == 0
+
+
+def test_emulated_rank_holds_its_shards_and_the_bypass_is_what_compile_gives(tmp_path):
+    """--emulate 2: rank 0 of a tensor group of two on the fake process group (its shards, the
+    collectives moving nothing) beside the plain model; compiled, the functional collectives
+    are called below autograd unless --keep-collective-autograd asks for torch's kernels."""
+    common = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
+              "--micro-batch-size", "2", "--steps", "2", "--warmup", "1", "--emulate", "2"]
+    common += [f"--override={o}" for o in TINY]
+    out, kept = tmp_path / "emulated.json", tmp_path / "kept.json"
+    done = subprocess.run(common + ["--modes", "plain-compiled", "tp-traced", "--profile", str(tmp_path / "prof"),
+                                    "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["tp-traced"]["tensor_parallel"] == 2 and rows["tp-traced"]["emulated"]
+    assert rows["tp-traced"]["graph_breaks"] == 0 and rows["tp-traced"]["collective_autograd_bypassed"]
+    # the Python profile beside torch's: where the host's time goes, function by function
+    assert "tottime" in (tmp_path / "prof" / "tp-traced.python.txt").read_text()
+    done = subprocess.run(common + ["--modes", "tp-traced", "--keep-collective-autograd", "--out", str(kept)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    row = json.loads(kept.read_text())["rows"][0]
+    assert row["collective_autograd_bypassed"] is False and row["graph_breaks"] == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--emulate", "1"], "--emulate takes the tensor size"),
+    (["--emulate", "2", "--tensor-parallel", "2"], "leave --tensor-parallel at 1"),
+    (["--emulate", "2", "--modes", "tp-eager-nocomm"], "tp-eager-nocomm"),
+    (["--inductor-config", "no_such_setting=1"], "torch._inductor.config setting"),
+    (["--inductor-config", "combo_kernels=yes please"], "not a Python literal"),
+])
+def test_bad_flags_are_one_line_before_any_work(argv, message):
+    done = subprocess.run([sys.executable, "benchmarks/bench_tp_path.py"] + argv, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]

@@ -68,6 +68,38 @@ def test_a_parameter_without_gradient_this_step_steps_with_zero_not_last_steps_g
     assert float(opt.full_grad_of(model[0].weight).abs().max()) > 0
 
 
+def test_a_complete_bucket_goes_in_as_one_pass_and_the_rest_parameter_by_parameter(monkeypatch):
+    """Gradients of a bucket wait on their parameters until the bucket is complete, then go into
+    the fp32 buffer in one concatenated copy (or add); a backward that leaves a bucket incomplete
+    (a parameter without gradient) hands the rest in at its end, slice by slice. The sums are the
+    same either way: a parameter missing in the first micro-batch and present in the second gets
+    a copy there, its neighbours an add."""
+    import megatron_sffn.training.master_optimizer as module
+    one_by_one = []
+    original = module._accumulate_one_by_one
+    monkeypatch.setattr(module, "_accumulate_one_by_one", lambda waiting: (one_by_one.append(len(waiting)),
+                                                                           original(waiting)))
+    model, opt, _, _ = build()
+    seen = {}
+    for n, p in model.named_parameters():
+        p.register_hook(lambda g, n=n: seen.setdefault(n, []).append(g.float()))
+    backward(model, 1)
+    assert one_by_one == [] and all(not b.waiting for b in opt._buckets)  # the one bucket was complete
+    for n, p in model.named_parameters():
+        assert torch.equal(opt.full_grad_of(p), seen[n][0]), n
+    opt.step()
+    seen.clear()
+    late = model[2].weight
+    late.requires_grad_(False)
+    backward(model, 2)  # model[2].weight missing: the bucket stays incomplete until backward ends
+    late.requires_grad_(True)
+    assert one_by_one == [3] and all(not b.waiting for b in opt._buckets)
+    backward(model, 3)  # late's first gradient of the step (a copy) beside the others' adds
+    assert one_by_one == [3, 4]
+    for n, p in model.named_parameters():
+        assert torch.equal(opt.full_grad_of(p), sum(seen[n])), n
+
+
 @pytest.mark.parametrize("clip", [0.0, 1e-3, 1e3])
 def test_one_step_equals_torch_adamw_on_fp32_with_clip_grad_norm(clip):
     """Clipping is folded into fused AdamW's grad_scale (or a multiply without it): the

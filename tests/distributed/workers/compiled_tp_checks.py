@@ -4,7 +4,8 @@ For every FFN kind (and guided lowrank), with and without sequence parallelism, 
 runs eager and a copy runs with its blocks compiled (model/compile.py); both take the same
 three micro-batches. Rank 0 writes <out>/compiled_tp.pt with "cases", per case: the largest relative
 loss and gradient differences (this rank's shards and partial sums), the graph breaks
-Dynamo reported, and how many graphs it made: with the collectives traced into the graphs
+Dynamo reported, how many graphs it made, whether the graphs called the functional collectives
+below autograd (compile_blocks sees to it, parallel/collectives.py): with the collectives traced into the graphs
 (parallel/collectives.py) a block has no graph break, where before it broke at every one;
 and "saved_bytes_sp": what one bf16 block keeps for backward under SP, eager and compiled.
 """
@@ -20,6 +21,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 
 from megatron_sffn.model import GPTModel  # noqa: E402
 from megatron_sffn.model.compile import compile_blocks  # noqa: E402
+from megatron_sffn.parallel.collectives import traced_collectives_bypass_autograd  # noqa: E402
 from megatron_sffn.parallel.topology import build_parallel_state, init_distributed  # noqa: E402
 from megatron_sffn.structured.guide import GuideState  # noqa: E402
 from tests.distributed.common import SEED, micro_batches, tiny_config  # noqa: E402
@@ -56,7 +58,9 @@ def compare(kind: str, sequence_parallel: bool) -> dict:
     grad_diff = max(relative(q.grad, p.grad) for p, q in zip(eager.parameters(), compiled.parameters()))
     return {"loss": loss_diff, "grad": grad_diff, "graph_breaks": sum(counters["graph_break"].values()),
             "break_reasons": sorted(counters["graph_break"]),
-            "graphs": counters["stats"]["unique_graphs"]}
+            "graphs": counters["stats"]["unique_graphs"],
+            # compile_blocks makes the graphs call the collectives below autograd; the numbers above hold with it
+            "collectives_below_autograd": traced_collectives_bypass_autograd()}
 
 
 def saved_bytes(block, x) -> int:
