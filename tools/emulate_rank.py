@@ -17,7 +17,7 @@ It answers "does layout X fit, and how much does sequence parallelism save" on o
 communication's cost). A later pipeline stage receives nothing from its predecessor, not
 even the shape DeepSpeed sends first: the pipeline module's boundary_shape gives it.
 
-    python benchmarks/emulate_rank.py --world 4 [--rank 0] -- launchers/pretrain.py --config C ...
+    python tools/emulate_rank.py --world 4 [--rank 0] -- launchers/pretrain.py --config C ...
     python benchmarks/bench_train.py --nproc 4 --emulate ...      # the same, per benchmark case
 """
 from __future__ import annotations
@@ -26,6 +26,8 @@ import argparse
 import os
 import runpy
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
