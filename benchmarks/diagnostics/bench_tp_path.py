@@ -33,7 +33,7 @@ loss; under CUDA graphs these are replays, where a collective racing the kernels
 would show). Prints a table and writes JSON.
 
     python benchmarks/diagnostics/bench_tp_path.py --config configs/1p3b_lowrank.json --micro-batch-size 8 \\
-        --out benchmarks/results/tp_path_1gpu.json
+        --out tp_path.json
     python benchmarks/diagnostics/bench_tp_path.py --tensor-parallel 2 --modes plain-compiled tp-traced --micro-batch-size 8
 """
 from __future__ import annotations
