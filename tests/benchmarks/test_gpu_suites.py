@@ -1,6 +1,7 @@
 """benchmarks/gpu/run.sh, the one entry point of the GPU suites, on a CPU: it lists every suite,
 refuses an unknown suite (or a suite's unknown case) with one line, every suite parses as bash, and
-every script a suite runs exists (the suites cannot be run here: they need GPUs)."""
+every script a suite runs exists (the suites cannot be run here: they need GPUs). And every script
+of benchmarks/ and benchmarks/diagnostics/ has a test."""
 import os
 import re
 import shutil
@@ -88,3 +89,14 @@ def test_a_suite_that_calls_run_sh_names_an_existing_suite():
         code = "\n".join(line for line in open(path).read().splitlines() if not line.lstrip().startswith("#"))
         for suite in re.findall(r"benchmarks/gpu/run\.sh\s+([a-z]\w*)", code):
             assert suite in SUITES, (os.path.basename(path), suite)
+
+
+def test_every_benchmark_and_diagnostic_has_a_test():
+    """A script in benchmarks/ or benchmarks/diagnostics/ is named by some test under tests/."""
+    tests = ""
+    for dirpath, _, filenames in os.walk(os.path.join(ROOT, "tests")):
+        tests += "".join(open(os.path.join(dirpath, f)).read() for f in filenames if f.endswith(".py"))
+    scripts = [f for folder in ("benchmarks", "benchmarks/diagnostics")
+               for f in os.listdir(os.path.join(ROOT, folder)) if f.endswith(".py")]
+    untested = sorted(f for f in scripts if f[:-3] not in tests)
+    assert not untested, f"benchmark scripts no test names: {untested}"
