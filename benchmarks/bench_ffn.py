@@ -630,6 +630,7 @@ def main():
     args = p.parse_args()
     if args.plot_from:
         results = merge_results(args.plot_from)
+        os.makedirs(args.out, exist_ok=True)
         plot(results, os.path.join(args.out, "bench_ffn.png"))
         summary(results)
         return

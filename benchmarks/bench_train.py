@@ -56,7 +56,7 @@ def parse_args(argv=None):
     ap.add_argument("--nproc", type=int, default=1, help="GPUs (processes) per run: data parallel")
     ap.add_argument("--emulate", nargs="?", type=int, const=0, default=None, metavar="RANK",
                     help="run only this rank (default 0) of the --nproc layout, alone on one device "
-                         "(emulate_rank.py: torch's fake process group): its real peak memory and its "
+                         "(tools/emulate_rank.py: torch's fake process group): its real peak memory and its "
                          "compute-only step time; losses and communication are not real")
     ap.add_argument("--data-path", default="embedded")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
@@ -136,7 +136,7 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
     for o in run_overrides(args, extra):
         cmd += ["--override", o]
     if args.emulate is not None:
-        return [sys.executable, "benchmarks/emulate_rank.py", "--world", str(args.nproc), "--rank", str(args.emulate),
+        return [sys.executable, "tools/emulate_rank.py", "--world", str(args.nproc), "--rank", str(args.emulate),
                 "--"] + cmd
     if args.nproc > 1:
         from megatron_sffn.parallel.launch import free_port

@@ -461,7 +461,7 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
 
 # Opt-in for CUDA graphs under tensor parallelism: the first 2-GPU run hung, so the config
 # refuses the combination unless this is set to 1 (to diagnose it, or on a fake process group,
-# benchmarks/emulate_rank.py, where the collectives move nothing).
+# tools/emulate_rank.py, where the collectives move nothing).
 EXPERIMENTAL_TP_CUDA_GRAPHS_ENV = "MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS"
 
 

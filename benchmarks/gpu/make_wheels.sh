@@ -2,7 +2,7 @@
 # Wheels the lent GPU machines lack, into ./.whl (git-ignored through .git/info/exclude):
 # deepspeed (published as an sdist only, so built here as a pure-Python wheel; a plain
 # `pip download --only-binary` finds just an ancient 0.3.1 wheel) and its small deps, and pytest.
-# Every benchmarks/gpu/*.sh command installs them with:
+# benchmarks/gpu/setup_env.sh (sourced by run.sh for every suite) installs them where deepspeed is missing:
 #   SITE=$(mktemp -d); python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
 #       --upgrade --target $SITE .whl/*.whl && export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
 #   export TORCH_CUDA_ARCH_LIST=9.0

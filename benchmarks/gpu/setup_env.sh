@@ -1,4 +1,4 @@
-# Sourced from the repository root by the benchmarks/gpu scripts: the lent GPU machines'
+# Sourced by benchmarks/gpu/run.sh from the repository root: the lent GPU machines'
 # settings (TORCH_CUDA_ARCH_LIST=9.0: the image's 9.0a breaks DeepSpeed's JIT op builder;
 # NCCL_NVLS_ENABLE=0 on the multi-GPU kinds) and, where deepspeed is not importable, the wheels
 # of benchmarks/gpu/make_wheels.sh (carried as .whl) installed into a temporary site.

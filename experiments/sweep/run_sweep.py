@@ -75,7 +75,7 @@ def setup_text(args, plans: List[plan.RunPlan], data: Optional[Dict]) -> Dict:
            "reproduce": [command] if args.smoke else [
                "# corpus, tokenizer, carry folder and wheels: docs/sweep.md; then, on a 4-GPU host, once per",
                "# 10-minute call (copying its sweep_runs.tar.gz into .sweep_results/ between calls):",
-               "benchmarks/gpu/sweep_x4.sh", "# and here:", command],
+               "benchmarks/gpu/run.sh sweep \"$OUT\"", "# and here:", command],
            "setup": "No run could be configured."}
     if first is None:
         return out

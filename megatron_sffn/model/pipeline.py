@@ -125,7 +125,7 @@ def layout_free_names(module) -> Dict[str, str]:
 def boundary_shape(m: ModelConfig, sequence_shards: int, micro_batch: int) -> Tuple[int, int, int]:
     """What crosses a stage boundary: the hidden states of one micro-batch, [micro-batch,
     tokens, hidden], a tensor rank's 1/t of the tokens under sequence parallelism (DeepSpeed
-    sends their shape first; benchmarks/emulate_rank.py, which has no sender, asks here)."""
+    sends their shape first; tools/emulate_rank.py, which has no sender, asks here)."""
     return micro_batch, m.seq_length // sequence_shards, m.hidden_size
 
 

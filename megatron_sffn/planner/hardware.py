@@ -46,7 +46,7 @@ class Hardware:
     # parallelism, ms: a floor under a micro-batch's time where the GPU work is smaller (small
     # micro-batches). Calibrated on one H200, 1.3B lowrank compiled (2026-11-29): micro-batch 2
     # x 4 ran 192.5 ms per step, 1.89 ms per block and micro-batch; the bare model at micro-batch
-    # 1 took 1.6-2.3 ms per block over three calls (benchmarks/bench_tp_path.py)
+    # 1 took 1.6-2.3 ms per block over three calls (benchmarks/diagnostics/bench_tp_path.py)
     host_block_ms: float = 1.8
     # the same with training.cuda_graphs (replayed blocks): 0.69 ms per block at micro-batch 1
     host_block_graphs_ms: float = 0.7
@@ -58,7 +58,7 @@ class Hardware:
     tp_layer_host_ms: float = 3.25
     # - per tensor-group collective call (SP makes about twice the calls per block), us; the
     #   fit's 225 sits beside one H200's 105 eager / 205 compiled per call in the model
-    #   (benchmarks/bench_tp_path.py --modes ...-nocomm, 2026-11-29)
+    #   (benchmarks/diagnostics/bench_tp_path.py --modes ...-nocomm, 2026-11-29)
     tp_call_host_us: float = 225.0
     # fraction of the tensor-parallel collective time hidden behind GEMMs. Uncalibrated; 0
     # until issue 14's overlap is measured

@@ -9,7 +9,7 @@ device too; a copy to the CPU waits for its source; and `torch.cuda.synchronize`
 default) drain the whole device. `SyncCounter` counts all of them while it is active: the ops
 through a TorchDispatchMode (so C++ callers are seen too, not only Python ones), the explicit
 synchronize calls by patching them. On a CPU nothing actually waits, but the same calls are
-made, so the count is what a GPU run would pay (benchmarks/bench_host_overhead.py,
+made, so the count is what a GPU run would pay (benchmarks/diagnostics/bench_host_overhead.py,
 tests/unit/test_host_syncs.py).
 """
 from __future__ import annotations

@@ -56,7 +56,7 @@ def max_reserved_gb() -> Optional[float]:
     training.cuda_graphs this is the number to read: tensors living in the CUDA-graph trees'
     private pool (a replayed block's saved activations) are outside the allocated counters, so
     max_allocated_gb drops by about those bytes while the memory in use does not
-    (benchmarks/graph_pool_accounting.py)."""
+    (docs/performance.md, "What we learned")."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_reserved() / 1e9
     return None

@@ -1,4 +1,4 @@
-"""What the benchmark tests share: the benchmarks/ folder on sys.path, tiny configs, a runner."""
+"""What the benchmark tests share: benchmarks/ and benchmarks/diagnostics/ on sys.path, tiny configs, a runner."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ import sys
 from tests.e2e.runs import ROOT, base_env
 
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
+DIAGNOSTICS = os.path.join(BENCHMARKS, "diagnostics")
+for folder in (DIAGNOSTICS, BENCHMARKS):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 TINY = os.path.join(ROOT, "configs", "tiny_demo.json")
 SHAPE = ["model.hidden_size=32", "model.num_layers=3", "model.num_heads=4", "model.ffn_hidden_size=128",
@@ -24,7 +26,8 @@ LLAMA = ["model.norm=rmsnorm", "model.activation=swiglu", "model.bias=false", "m
 
 
 def run_script(script: str, args, timeout: int = 900):
-    """(completed process, parsed --out JSON) of `python benchmarks/<script> args`; asserts exit 0."""
+    """(completed process, parsed --out JSON) of `python benchmarks/<script> args` (script: a path under
+    benchmarks/, e.g. "diagnostics/bench_host_overhead.py"); asserts exit 0."""
     out = next(a for a, prev in zip(args, [None] + list(args)) if prev == "--out")
     proc = subprocess.run([sys.executable, os.path.join("benchmarks", script), *map(str, args)], cwd=ROOT,
                           env=base_env(), capture_output=True, text=True, timeout=timeout)

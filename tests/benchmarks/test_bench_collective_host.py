@@ -1,4 +1,4 @@
-"""benchmarks/bench_collective_host.py on a CPU: two gloo ranks time each way the model issues a
+"""benchmarks/diagnostics/bench_collective_host.py on a CPU: two gloo ranks time each way the model issues a
 collective, under each process-group setting, and write one row per setting."""
 import json
 import subprocess
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_two_ranks_time_every_call_under_each_setting(tmp_path):
     out = tmp_path / "collective_host.json"
-    cmd = [sys.executable, "benchmarks/bench_collective_host.py", "--nproc", "2", "--iterations", "20",
+    cmd = [sys.executable, "benchmarks/diagnostics/bench_collective_host.py", "--nproc", "2", "--iterations", "20",
            "--shape", "8", "16", "--settings", "default", "no-fr", "--out", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

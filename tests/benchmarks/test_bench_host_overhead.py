@@ -1,11 +1,11 @@
-"""benchmarks/bench_host_overhead.py on CPU: the launcher's step by phase, its syncs, and the
+"""benchmarks/diagnostics/bench_host_overhead.py on CPU: the launcher's step by phase, its syncs, and the
 plain-PyTorch reference's, one tiny case each (eager, a few steps)."""
 from tests.benchmarks.common import run_script
 
 
 def test_phases_and_syncs_of_the_launchers_step_and_the_reference(tmp_path):
     out = tmp_path / "host.json"
-    _, result = run_script("bench_host_overhead.py", [
+    _, result = run_script("diagnostics/bench_host_overhead.py", [
         "--configs", "configs/1p3b_lowrank.json", "--modes", "eager", "--reference", "--steps", "3",
         "--warmup", "1", "--count-steps", "4", "--log-interval", "2", "--hidden-size", "32",
         "--ffn-hidden-size", "64", "--rank", "8", "--out", out])
@@ -25,7 +25,7 @@ def test_tensor_parallel_cases_split_collectives_from_host_time(tmp_path):
     """--tensor-parallel 2 --sequence-parallel: tensor 1 x data 2, tensor 2 and tensor 2 with SP
     on 2 gloo processes each, collective time per phase and host ms per block."""
     out = tmp_path / "tp.json"
-    _, result = run_script("bench_host_overhead.py", [
+    _, result = run_script("diagnostics/bench_host_overhead.py", [
         "--configs", "configs/1p3b_lowrank.json", "--modes", "eager", "--tensor-parallel", "2",
         "--sequence-parallel", "--steps", "2", "--warmup", "1", "--count-steps", "0", "--log-interval", "100",
         "--hidden-size", "32", "--ffn-hidden-size", "64", "--rank", "8", "--out", out])

@@ -1,4 +1,4 @@
-"""benchmarks/bench_startup_memory.py on CPU (--smoke: a tiny bf16 model, the launcher's own
+"""benchmarks/diagnostics/bench_startup_memory.py on CPU (--smoke: a tiny bf16 model, the launcher's own
 start-up through Trainer, fused optimizer, 2 steps; the plain-PyTorch reference beside it):
 the live-bytes accounting (CPU allocator, torch.profiler memory events) and what it shows
 about the default path's memory (issue 15: the run-wide peak, start-up included, no higher
@@ -18,7 +18,7 @@ def _phases(row):
 
 
 def test_startup_peak_and_steps_hold_no_more_than_the_reference(tmp_path):
-    _, data = run_script("bench_startup_memory.py", ["--smoke", "--out", tmp_path / "startup.json"])
+    _, data = run_script("diagnostics/bench_startup_memory.py", ["--smoke", "--out", tmp_path / "startup.json"])
     mega, ref = data["results"]
     assert (mega["side"], ref["side"]) == ("megatron_sffn", "reference") and mega["params"] == ref["params"]
     n = mega["params"]

@@ -1,4 +1,4 @@
-"""benchmarks/bench_tp_path.py on a CPU: the tensor-parallel path of size 1 computes the
+"""benchmarks/diagnostics/bench_tp_path.py on a CPU: the tensor-parallel path of size 1 computes the
 plain model, and only the traced compile keeps the blocks whole.
 
 Tiny widths, the 1.3B lowrank config's 24 blocks and sequence parallelism, gloo on one rank.
@@ -19,7 +19,7 @@ TINY = ["model.hidden_size=64", "model.ffn_hidden_size=256", "model.ffn.rank=16"
 
 def test_tensor_path_of_one_rank_equals_plain_and_traced_compile_has_no_breaks(tmp_path):
     out = tmp_path / "tp_path.json"
-    cmd = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
+    cmd = [sys.executable, "benchmarks/diagnostics/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
            "--micro-batch-size", "2", "--steps", "2", "--warmup", "1", "--modes", "plain-eager", "tp-split",
            "tp-traced", "--out", str(out)] + [f"--override={o}" for o in TINY]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -38,7 +38,7 @@ def test_tensor_path_of_one_rank_equals_plain_and_traced_compile_has_no_breaks(t
 
 def test_real_tensor_parallel_two_ranks_equal_plain_and_a_hang_is_reported(tmp_path):
     out = tmp_path / "tp2.json"
-    common = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
+    common = [sys.executable, "benchmarks/diagnostics/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
               "--micro-batch-size", "2", "--steps", "2", "--warmup", "1", "--tensor-parallel", "2"]
     common += [f"--override={o}" for o in TINY]
     done = subprocess.run(common + ["--modes", "plain-eager", "tp-traced", "--out", str(out)], cwd=ROOT,
@@ -65,7 +65,7 @@ def test_real_tensor_parallel_two_ranks_equal_plain_and_a_hang_is_reported(tmp_p
 
 def test_nocomm_mode_drops_only_the_collectives_and_profile_shows_them(tmp_path):
     out, prof = tmp_path / "nocomm.json", tmp_path / "prof"
-    cmd = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
+    cmd = [sys.executable, "benchmarks/diagnostics/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
            "--micro-batch-size", "2", "--steps", "1", "--warmup", "1", "--modes", "tp-eager", "tp-eager-nocomm", "--profile", str(prof), "--out", str(out)] + [f"--override={o}" for o in TINY]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

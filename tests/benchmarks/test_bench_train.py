@@ -88,7 +88,7 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys
         assert ref["final_loss"] < ref["first_loss"]
     assert deep["flops_per_step"] > base["flops_per_step"]
     assert "megatron_sffn / plain-PyTorch reference" in proc.stdout
-    # --table-from: the tables of saved results (what reference_1gpu.sh prints after its kinds), merged
+    # --table-from: the tables of saved results (what `gpu/run.sh reference` prints at its end), merged
     assert bench_train.main(["--table-from", str(out), str(out), "--out", str(tmp_path / "all.json")]) == 0
     printed = capsys.readouterr().out
     ratio_lines = [line for line in printed.splitlines() if line.startswith("tiny_demo.json") and line.endswith("x")]

@@ -1,6 +1,6 @@
 """One rank emulated alone on torch's fake process group holds what the real rank holds.
 
-benchmarks/emulate_rank.py (bench_train.py --emulate) measures a layout's memory per GPU on
+tools/emulate_rank.py (bench_train.py --emulate) measures a layout's memory per GPU on
 one device by running a single rank of it; that is only worth something if the emulated
 rank builds the same shards, the same ZeRO partition and keeps the same activations for
 backward as that rank of a real world. Real: 4 gloo ranks; emulated: one process per

@@ -8,7 +8,7 @@ import pytest
 from experiments.sweep import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARBALL = os.path.join(ROOT, "benchmarks", "results", "sweep_long_runs_h100_2026-11-23.tar.gz")
+TARBALL = os.path.join(ROOT, "benchmarks", "results", "h100_2026-11-23", "sweep_long_runs.tar.gz")
 
 
 def test_runs_recorded_before_the_move_are_read_back_as_reported(tmp_path):

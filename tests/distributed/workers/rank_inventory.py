@@ -2,7 +2,7 @@
 
 Real: started on every rank of a gloo world (tests/distributed/launcher.py). Emulated: one
 process as --emulate-rank of that world on torch's fake process group
-(benchmarks/emulate_rank.py). Each reporting rank saves <out>/<tag>_rank<r>.pt with:
+(tools/emulate_rank.py). Each reporting rank saves <out>/<tag>_rank<r>.pt with:
 
   params     (name, shape, dtype) of every parameter of the module on this rank
   optimizer  sorted (shape, dtype) of the tensors the optimizer holds (its attributes and
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirna
 
 import torch  # noqa: E402
 
-from benchmarks.emulate_rank import join_fake_world  # noqa: E402
+from tools.emulate_rank import join_fake_world  # noqa: E402
 from megatron_sffn.parallel.topology import build_parallel_state, init_distributed  # noqa: E402
 from megatron_sffn.training.engine import TrainEngine  # noqa: E402
 from tests.distributed.common import (guide_state_for, is_guided, micro_batches, set_step,  # noqa: E402
