@@ -88,7 +88,7 @@ def test_emulated_rank_holds_its_shards_and_the_bypass_is_what_compile_gives(tmp
     """--emulate 2: rank 0 of a tensor group of two on the fake process group (its shards, the
     collectives moving nothing) beside the plain model; compiled, the functional collectives
     are called below autograd unless --keep-collective-autograd asks for torch's kernels."""
-    common = [sys.executable, "benchmarks/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
+    common = [sys.executable, "benchmarks/diagnostics/bench_tp_path.py", "--config", "configs/1p3b_lowrank.json",
               "--micro-batch-size", "2", "--steps", "2", "--warmup", "1", "--emulate", "2"]
     common += [f"--override={o}" for o in TINY]
     out, kept = tmp_path / "emulated.json", tmp_path / "kept.json"
@@ -115,6 +115,6 @@ def test_emulated_rank_holds_its_shards_and_the_bypass_is_what_compile_gives(tmp
     (["--inductor-config", "combo_kernels=yes please"], "not a Python literal"),
 ])
 def test_bad_flags_are_one_line_before_any_work(argv, message):
-    done = subprocess.run([sys.executable, "benchmarks/bench_tp_path.py"] + argv, cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "benchmarks/diagnostics/bench_tp_path.py"] + argv, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]

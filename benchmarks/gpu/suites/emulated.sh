@@ -10,6 +10,7 @@
 #   memory_compiled  1.3B lowrank DP4 and 6.7B lowrank DP4, compiled (also measured for real)
 #   compute  one case at a time: rank 0's step with free communication, 1.3B lowrank compiled,
 #            micro-batch 8 x 4, in DP4, TP2 SP x DP2, TP2 x DP2, TP4 SP
+#   compute_eager  the same eager, DP4 and TP2 SP x DP2 (the eager tensor-parallel target)
 #   profile  1.3B lowrank compiled TP4 SP and TP2 SP (x DP2), micro-batch 8, one micro-batch per
 #            step: bench_scaling.py --profile of the emulated rank 0 (its GPU busy share and kernels)
 #   compute_6p7b  the same for 6.7B lowrank, eager, DP4 and TP2 x PP2 SP (stage 0: its own forward
@@ -67,6 +68,10 @@ for set in "${sets[@]}"; do
           parallel.sequence_parallel=true
       emulate compute_1p3b_tp2 configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2
       emulate compute_1p3b_tp4sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
+          parallel.sequence_parallel=true ;;
+    compute_eager)
+      emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
+      emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
           parallel.sequence_parallel=true ;;
     profile)  # where an emulated TP rank's step goes: bench_scaling.py --profile (kernel table, busy/idle)
       for case in "tp4sp 4 8" "tp2sp 2 16"; do
