@@ -338,6 +338,16 @@ def _short_reason(refusal: str) -> str:
     return text.split(":", 1)[0]
 
 
+def config_for_another_machine(cfg: Config) -> Dict[str, Any]:
+    """cfg.to_dict() with the speed settings chosen automatically written back as "auto": a
+    config file for a run elsewhere (a reshaped checkpoint), where CUDA and the layout may differ."""
+    data = cfg.to_dict()
+    for key, why in speed_chosen_because(cfg).items():
+        if why.startswith("auto"):
+            data["training"][key] = "auto"
+    return data
+
+
 def speed_chosen_because(cfg: Config) -> Dict[str, str]:
     """{"compile": why, "cuda_graphs": why} as resolve_speed_settings chose them."""
     return getattr(cfg.training, "chosen_because", {})

@@ -90,7 +90,7 @@ class Trainer:
         from .engine import TrainEngine
         from .startup_watch import rendezvous_description
 
-        with watch.phase(rendezvous_description()):
+        with watch.phase(*rendezvous_description()):
             init_distributed()
             self.state = build_parallel_state(cfg)  # layout errors stop here, before any tensors
         seed_everything(cfg.training.seed)
@@ -105,7 +105,7 @@ class Trainer:
         sg = cfg.self_guided
         guided = sg.enabled and not (meta and meta["loop"]["guides_dropped"])
         self.guide_state = GuideState(active=guided, seed=cfg.training.seed, reduce_flop=sg.reduce_flop)
-        with watch.phase("the DeepSpeed engine: JIT-built ops, and every rank for the parameter broadcast"):
+        with watch.phase("the DeepSpeed engine (its JIT-built ops, then every rank for the parameter broadcast)"):
             self.engine = TrainEngine.build(cfg, self.state, self.guide_state, guided=guided)
         self.loop = LoopState()
         self.guard = NonFiniteGuard(cfg.training.max_nonfinite_steps)
