@@ -333,9 +333,9 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None) -> None:
 
 
 def _short_reason(refusal: str) -> str:
-    """"config key 'training.cuda_graphs' = true needs X: why" -> "needs X"."""
+    """"config key 'training.cuda_graphs' = true needs X (details): why" -> "needs X"."""
     text = refusal.split(" = true ", 1)[-1]
-    return text.split(":", 1)[0]
+    return text.split(":", 1)[0].split(" (", 1)[0]
 
 
 def config_for_another_machine(cfg: Config) -> Dict[str, Any]:
