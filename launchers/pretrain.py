@@ -37,7 +37,9 @@ def build_config(args, overrides, world_size):
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world_size)))
     choice = choose_layout(apply_overrides(raw, overrides), world_size, kept, memory, source,
                            torch.cuda.is_available(), per_node)
-    return config_from_dict(raw, overrides + choice.overrides(), world_size=world_size), choice.banner_lines()
+    cfg = config_from_dict(raw, overrides + choice.overrides(), world_size=world_size)
+    choice.explain(cfg)
+    return cfg, choice.banner_lines()
 
 
 def main(argv=None) -> int:

@@ -29,11 +29,17 @@ class LayoutChoice:
     memory_gb: float
     memory_source: str
     kept: Dict[str, Any]         # the user's layout flags the choice honours
+    searched_graphs: bool        # the planner weighed each layout with and without CUDA graphs
 
     def overrides(self) -> List[str]:
-        layout = self.chosen.layout   # without graphs is what was planned: "auto" must not add them
-        return layout.overrides(self.chosen.global_batch_size) + ([] if layout.cuda_graphs
-                                                                  else ["training.cuda_graphs=false"])
+        layout = self.chosen.layout   # without graphs, where that was planned: "auto" must not add them
+        off = self.searched_graphs and not layout.cuda_graphs
+        return layout.overrides(self.chosen.global_batch_size) + (["training.cuda_graphs=false"] if off else [])
+
+    def explain(self, cfg) -> None:
+        """The banner's reason for CUDA graphs, where the planner decided them."""
+        if self.searched_graphs:
+            cfg.training.chosen_because["cuda_graphs"] = "--layout auto"
 
     def banner_lines(self) -> List[str]:
         def describe(p) -> str:
@@ -87,4 +93,5 @@ def choose_layout(raw: Dict[str, Any], world_size: int, kept: Dict[str, Any], me
         raise ConfigError(f"--layout auto: no layout of this config{' with' + given if given else ''} fits "
                           f"{world_size} GPUs x {memory_gb:g} GB ({why}); lower --micro-batch-size or "
                           "--global-batch-size, drop a layout flag, or see python tools/plan_layout.py")
-    return LayoutChoice(fits[0], fits[1] if len(fits) > 1 else None, memory_gb, memory_source, flags)
+    return LayoutChoice(fits[0], fits[1] if len(fits) > 1 else None, memory_gb, memory_source, flags,
+                        search_graphs)
