@@ -146,8 +146,11 @@ class DataFeed:
         t = cfg.training
         self.global_batch, self.micro_batch = t.global_batch_size, t.micro_batch_size
         self.per_replica = self.global_batch // state.data_size
-        self.train, self.valid, self.tokenizer_path, self.prefixes = open_training_data(
+        self.train, self.valid, tokenizer, prefixes = open_training_data(
             cfg, state.rank, samples_wanted(cfg, phases), show_progress, watch)
+        # what the run reads, as the banner and the checkpoints record it
+        self.tokenizer_path = os.path.abspath(tokenizer) if tokenizer else tokenizer
+        self.prefixes = [os.path.abspath(p) for p in prefixes]
         self.show_progress = show_progress
 
     def _micro_batches(self, dataset, first_sample: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

@@ -89,7 +89,7 @@ def test_the_data_example_runs_on_the_bundled_corpus(tmp_path):
             argv = argv + ["--train-steps", "2", "--eval-interval", "2", "--save-interval", "2"]
         out = execute(argv, cwd)
         if argv[0] == "deepspeed":
-            assert f"data       {cwd / 'data' / 'corpus_text_document'} | tokenizer data/tok.model" in out
+            assert f"data       {cwd / 'data' / 'corpus_text_document'} | tokenizer {cwd / 'data' / 'tok.model'}" in out
 
 
 def listed_tags():
