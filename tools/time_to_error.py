@@ -199,7 +199,7 @@ def measure(case: str, ws: Workspace) -> dict:
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     return {"case": case, "table": table, "seconds": round(seconds, 2), "exit_code": code,
             "error_lines": len(errors), "error": errors[0][:160] if errors else None,
-            "reached_jit_build": "deepspeed_shm_comm" in output}
+            "reached_jit_build": "deepspeed_shm_comm_op built" in output}
 
 
 def main(argv=None) -> int:

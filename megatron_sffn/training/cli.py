@@ -37,8 +37,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
     printed by one rank only: every rank of a launch parses the same command line."""
 
     def error(self, message: str):
-        from .early_errors import reports_errors
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n" if reports_errors() else None)
+        from .early_errors import report
+        report(f"{message} (see {self.prog} --help)")
+        self.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:

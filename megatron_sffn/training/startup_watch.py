@@ -18,7 +18,7 @@ import time
 from typing import Iterator, Optional
 
 from .build_lock import inspect_lock
-from .early_errors import reports_errors
+from .early_errors import report
 
 REPORT_ENV = "MEGATRON_SFFN_STARTUP_REPORT_S"
 DEFAULT_REPORT_S = 30.0
@@ -74,8 +74,7 @@ class StartupWatch:
         lock = _waited_lock(ident)
         state = inspect_lock(lock) if lock else None
         if state is not None and state.stale:
-            if reports_errors():   # every rank of the machine waits on the same lock: one line
-                print(f"error: {state.describe(waited_s)}", file=sys.stderr, flush=True)
+            report(state.describe(waited_s))   # every rank of the machine waits on the same lock: one line
             os._exit(STALE_LOCK_EXIT)   # the main thread is stuck in torch's wait loop: nothing else ends it
         build = _extension_build(ident)
         if state is not None:

@@ -73,6 +73,12 @@ CASES = [
     ("split-malformed", ARGS + ["--override", "data.split=90,10"],
      "config key 'data.split' = '90,10' must be three numbers like '969,30,1'"),
     ("train-steps-zero", ARGS + ["--train-steps", "0"], "config key 'training.train_steps' = 0 must be positive"),
+    ("compile-not-a-choice", ARGS + ["--override", "training.compile=sometimes"],
+     "config key 'training.compile' = 'sometimes' must be true, false or \"auto\""),
+    ("gpu-memory-without-layout-auto", ARGS + ["--gpu-memory-gb", "80"],
+     "argument --gpu-memory-gb: applies to --layout auto only"),
+    ("gpu-memory-not-positive", ARGS + ["--layout", "auto", "--gpu-memory-gb", "0"],
+     "argument --gpu-memory-gb: must be positive, got 0"),
 ]
 
 

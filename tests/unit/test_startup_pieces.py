@@ -20,6 +20,7 @@ LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "OMPI_COMM_WORL
 def launch_env(monkeypatch):
     for key in LAUNCH_ENV:
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(early_errors, "SILENT_RANK_GRACE_S", 0.3)
     return monkeypatch
 
 
@@ -30,8 +31,10 @@ def test_rank_0_reports_and_its_neighbours_stay_silent(launch_env, capsys):
         launch_env.setenv("RANK", str(rank))
         launch_env.setenv("LOCAL_RANK", str(local))
         assert early_errors.reports_errors() is reports, rank
+    started = time.monotonic()
     early_errors.report("config key 'x' is wrong")
     assert capsys.readouterr().err == ""
+    assert time.monotonic() - started >= 0.3     # a silent rank leaves rank 0 time to print before it exits
     launch_env.setenv("RANK", "0")
     early_errors.report("config key 'x' is wrong")
     assert capsys.readouterr().err == "error: config key 'x' is wrong\n"
