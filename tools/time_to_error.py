@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # a small lowrank model on the bundled corpus, two steps: the demo's shape, quick to start
-BASE = ["--config", "tiny_demo.json", "--override", "model.hidden_size=64", "--override", "model.num_layers=2",
+BASE = ["--config", "configs/tiny_demo.json", "--override", "model.hidden_size=64", "--override", "model.num_layers=2",
         "--override", "model.seq_length=32", "--override", "model.ffn.rank=16", "--override",
         "model.ffn_hidden_size=256", "--override", "training.eval_iters=2", "--micro-batch-size", "4",
         "--global-batch-size", "16", "--train-steps", "2", "--eval-interval", "100", "--save-interval", "100"]
@@ -221,6 +221,7 @@ def main(argv=None) -> int:
             print(f"{case:<40} {row['seconds']:6.1f} s  exit {row['exit_code']}  lines {row['error_lines']}"
                   f"{'  after the JIT build' if row['reached_jit_build'] else ''}", flush=True)
     report = {"command": f"deepspeed --num_accelerators {args.processes} launchers/pretrain.py ...",
+              "load_average_1m_at_end": round(os.getloadavg()[0], 2),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
               "date": time.strftime("%Y-%m-%d"), "good_one_step_run_s": round(baseline[1], 2), "cases": results}
     if args.out:
