@@ -157,6 +157,8 @@ def test_the_bundled_tokenizer_under_another_name_is_used_and_recorded(tmp_path,
               str(tmp_path / "logs"))
     banner = next(line for line in out.splitlines() if line.startswith("data       "))
     assert banner.endswith(f"| tokenizer {copy}") and "corpus_text_document" in banner
+    assert "speed      compile: off (auto, no CUDA) | CUDA graphs: off (auto: no CUDA)" in out
     meta = read_meta(str(run_dir), "step00000002")
+    assert meta["config"]["training"]["compile"] is False and meta["config"]["training"]["cuda_graphs"] is False
     assert meta["data"]["tokenizer"] == str(copy) and meta["config"]["data"]["tokenizer_model"] == str(copy)
     assert meta["data"]["paths"][0].endswith("corpus_text_document")
