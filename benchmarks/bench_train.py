@@ -131,8 +131,8 @@ def launch_command(config: str, mode: str, run_dir: str, args, extra=()) -> list
            "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(global_batch),
            "--train-steps", str(args.steps), "--log-interval", str(log_interval(args)),
            "--eval-interval", str(10 ** 9), "--no-save"]
-    if mode == "compile":
-        cmd.append("--compile")
+    # explicit, not the config's "auto": eager means eager on a GPU too, and graphs only where a variant asks
+    cmd += ["--compile" if mode == "compile" else "--no-compile", "--override", "training.cuda_graphs=false"]
     for o in run_overrides(args, extra):
         cmd += ["--override", o]
     if args.emulate is not None:
@@ -155,7 +155,8 @@ def run_config(config: str, args, extra=(), mode: str = "eager"):
     --compile: a variant's training.cuda_graphs needs it to validate)."""
     from megatron_sffn.config import load_config
     global_batch = args.micro_batch_size * args.grad_accumulation * args.nproc
-    return load_config(config, [f"training.compile={'true' if mode == 'compile' else 'false'}"] +
+    return load_config(config, [f"training.compile={'true' if mode == 'compile' else 'false'}",
+                                "training.cuda_graphs=false"] +
                        run_overrides(args, extra) + [
         f"training.micro_batch_size={args.micro_batch_size}", f"training.global_batch_size={global_batch}",
         f"training.train_steps={args.steps}", "training.train_tokens=null"])

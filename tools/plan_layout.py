@@ -23,7 +23,7 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from megatron_sffn.config import ConfigError, apply_overrides, config_from_dict  # noqa: E402
+from megatron_sffn.config import ConfigError, apply_overrides, config_from_dict, read_config_file  # noqa: E402
 from megatron_sffn.model.accounting import model_stats  # noqa: E402
 from megatron_sffn.planner.hardware import OPTIMIZER_PS_PER_PARAM, Hardware  # noqa: E402
 from megatron_sffn.planner.layout import Layout  # noqa: E402
@@ -135,7 +135,7 @@ HEADER = (f"{'rank':>4}  {'layout':<26} {'m':>4} {'GB':>6} {'stg':>3} {'step s':
 
 def print_plan(result, raw, args, hw, own) -> None:
     m = raw["model"]
-    cfg = config_from_dict(json.loads(json.dumps(raw)))
+    cfg = config_from_dict(json.loads(json.dumps(raw)), cuda=True)
     stats = model_stats(cfg.model)
     batch = args.global_batch_size or cfg.training.global_batch_size
     print(f"{args.config} on {args.gpus} GPUs x {args.gpu_memory_gb:g} GB, global batch {batch} x "
@@ -181,7 +181,7 @@ def config_layouts(raw, gpus):
     for label, overrides in [("the config's own layout", [])] + [
             (f"its layout for {name}", list(o)) for name, o in raw.get("layouts", {}).items()]:
         try:
-            cfg = config_from_dict(json.loads(json.dumps(raw)), overrides)
+            cfg = config_from_dict(json.loads(json.dumps(raw)), overrides, cuda=False)  # "auto" graphs as planned
         except ConfigError:
             continue
         p, t = cfg.parallel, cfg.training
@@ -238,13 +238,7 @@ def main(argv=None) -> int:
     try:
         if args.measured:
             return run_measured(args, hw)
-        if not os.path.isfile(args.config):
-            raise ConfigError(f"config file not found: {args.config}")
-        try:
-            raw = json.load(open(args.config))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {args.config} is not valid JSON: {e}") from None
-        raw = apply_overrides(raw, args.override)
+        raw = apply_overrides(read_config_file(args.config), args.override)
         result = plan(raw, args.gpus, hw, args.global_batch_size, args.micro_batch_sizes, args.cuda_graphs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

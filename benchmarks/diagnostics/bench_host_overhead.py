@@ -133,8 +133,8 @@ def launcher_argv(config: str, mode: str, run_dir: str, args, tensor: int = 1, d
             "--tensor-parallel", str(tensor),
             "--train-steps", str(total), "--log-interval", str(args.log_interval),
             "--eval-interval", str(10 ** 9), "--no-save"]
-    if mode in COMPILED:
-        argv.append("--compile")
+    # explicit, not the config's "auto": eager means eager on a GPU too, and no CUDA graphs
+    argv += ["--compile" if mode in COMPILED else "--no-compile", "--no-cuda-graphs"]
     if sequence_parallel:
         argv.append("--sequence-parallel")
     for o in tiny_overrides(config, args):

@@ -346,8 +346,8 @@ def case_config(config: str, layers, args):
     argv = ["--config", config, "--run-dir", run_dir, "--data-path", args.data_path, "--no-save",
             "--micro-batch-size", str(args.micro_batch_size), "--global-batch-size", str(args.micro_batch_size),
             "--train-steps", "1000", "--eval-interval", str(10 ** 9)]
-    if args.compile:
-        argv.append("--compile")
+    # explicit, not the config's "auto" (on a GPU that would compile both sides)
+    argv += ["--compile" if args.compile else "--no-compile", "--override", "training.cuda_graphs=false"]
     for o in case_overrides(args, layers):
         argv += ["--override", o]
     _, overrides = parse(argv)

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
-from ..config import Config, ConfigError, config_from_dict
+from ..config import Config, ConfigError, config_for_another_machine, config_from_dict
 from ..optional import MissingDependency, require
 from .consolidated import CONFIG_FILE, ConsolidatedError, check_weights_fit, model_from_consolidated
 from .hf_export import ExportError
@@ -39,10 +39,25 @@ def _source(source: Source) -> CheckpointSource:
     return source if isinstance(source, CheckpointSource) else locate(source)
 
 
-def _prepare_output(out: str) -> Tuple[str, str]:
+def _check_output(out: str) -> str:
+    """The absolute --save path, or ConversionError if it exists or cannot be created (a file on
+    its way was a FileExistsError traceback). Creates nothing."""
     out = os.path.abspath(os.path.expanduser(out))
     if os.path.exists(out):
         raise ConversionError(f"--save {out} already exists; choose a new path")
+    existing = os.path.dirname(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConversionError(f"--save {out} cannot be created: {existing} is a file, not a folder; choose "
+                              "another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConversionError(f"--save {out} cannot be created: {existing} is not a writable folder")
+    return out
+
+
+def _prepare_output(out: str) -> Tuple[str, str]:
+    out = _check_output(out)
     partial = out + PARTIAL_SUFFIX
     if os.path.exists(partial):  # left by an interrupted conversion to the same place
         shutil.rmtree(partial)
@@ -84,6 +99,7 @@ def consolidate(source: Source, out: str, with_optimizer: bool = True, timeout: 
                 verbose: bool = False) -> str:
     """DeepSpeed checkpoint -> consolidated folder `out` (fp32 masters, Adam moments unless weights only)."""
     _check_sizes(timeout)
+    _check_output(out)
     src = _source(source)
     if src.kind == "consolidated":
         raise ConversionError(f"--load {src.path} is already a consolidated checkpoint")
@@ -122,6 +138,10 @@ def target_config(config: Dict, tensor: int, pipeline: int, data: int, zero_stag
     raw = copy.deepcopy(config)
     raw.setdefault("parallel", {}).update(tensor=tensor, pipeline=pipeline, zero_stage=zero_stage)
     raw.setdefault("output", {})["run_dir"] = run_dir
+    training = raw.setdefault("training", {})
+    for key in ("compile", "cuda_graphs"):   # "on" was resolved for the source's machine and layout:
+        if training.get(key) is True:        # the new run's machine and layout decide again
+            training[key] = "auto"
     if implementation is not None:
         raw.setdefault("optimizer", {})["implementation"] = implementation
     implementation = raw.get("optimizer", {}).get("implementation", "deepspeed")
@@ -160,6 +180,7 @@ def reshape(source: Source, out: str, tensor: Optional[int] = None, pipeline: Op
     given layout (default: the source's own), resumable with `launchers/pretrain.py --config
     out/config.json`. A DeepSpeed source is consolidated on the way (in a temporary folder)."""
     _check_sizes(timeout, tensor_parallel=tensor, pipeline_parallel=pipeline, data_parallel=data)
+    _check_output(out)
     src = _source(source)
     layout = src.layout
     tensor = tensor or int(layout.get("tensor") or 1)
@@ -182,7 +203,7 @@ def reshape(source: Source, out: str, tensor: Optional[int] = None, pipeline: Op
         with consolidated_view(src, with_optimizer=True, verbose=verbose) as path:
             os.makedirs(partial)
             with open(os.path.join(partial, CONFIG_FILE), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
+                json.dump(config_for_another_machine(cfg), f, indent=2)
             args = ["-m", "megatron_sffn.checkpoint.reshard", "import", "--load", path, "--run-dir", partial]
             run_local_ranks(tensor * pipeline * data, args, timeout, verbose)
         os.replace(partial, out)
@@ -231,6 +252,7 @@ def export_to_hf(source: Source, out: str, keep_factors: bool = False, tokenizer
     """transformers folder (LlamaForCausalLM or GPTNeoXForCausalLM) + tokenizer; returns the architecture."""
     from .hf_export import export_hf, hf_architecture
     require("transformers", "--to hf")
+    _check_output(out)
     src = _source(source)
     cfg = _config_of(src)
     hf_architecture(cfg.model)  # refuse before any conversion work

@@ -64,6 +64,8 @@ def init_distributed(backend: Optional[str] = None) -> None:
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
+    from .jit_cache import use_installation_extensions_dir
+    use_installation_extensions_dir()   # before DeepSpeed builds its first op (deepspeed_shm_comm, here)
     import deepspeed  # deferred: importing it is slow and not needed for config errors
 
     # With MPI variables only, DeepSpeed asks mpi4py for rank/size/local rank and the master

@@ -98,9 +98,15 @@ def guide_fraction(cfg: Config) -> float:
     return MEAN_ALPHA if cfg.self_guided.reduce_flop else 1.0
 
 
-def layout_config(raw: Dict[str, Any], layout: Layout, global_batch_size: int) -> Config:
-    """The config turned into `layout`, validated for its world size; ConfigError if illegal."""
-    cfg = config_from_dict(copy.deepcopy(raw), layout.overrides(global_batch_size), world_size=layout.gpus)
+def layout_config(raw: Dict[str, Any], layout: Layout, global_batch_size: int, cuda: bool = True) -> Config:
+    """The config turned into `layout`, validated for its world size; ConfigError if illegal.
+    cuda: resolve the config's "auto" settings as on a GPU (what the planner plans for); its
+    training.cuda_graphs "auto" becomes the layout's value, so what is predicted is what runs."""
+    raw = copy.deepcopy(raw)
+    training = raw.setdefault("training", {})
+    if training.get("cuda_graphs", "auto") == "auto":
+        training["cuda_graphs"] = layout.cuda_graphs
+    cfg = config_from_dict(raw, layout.overrides(global_batch_size), world_size=layout.gpus, cuda=cuda)
     check_engine_support(cfg)
     return cfg
 
@@ -143,19 +149,22 @@ def candidate_layouts(gpus: int, micro_batch_sizes: Sequence[int] = MICRO_BATCHE
 
 
 def plan(raw: Dict[str, Any], gpus: int, hw: Hardware, global_batch_size: Optional[int] = None,
-         micro_batch_sizes: Sequence[int] = MICRO_BATCHES, search_cuda_graphs: bool = False) -> Plan:
+         micro_batch_sizes: Sequence[int] = MICRO_BATCHES, search_cuda_graphs: bool = False,
+         cuda: bool = True) -> Plan:
     """Every candidate layout of the config `raw` (a JSON dict) on `gpus` GPUs, ranked or excluded.
     search_cuda_graphs: each layout also with training.cuda_graphs (compiled blocks replayed as CUDA
-    graphs), the config's own checks excluding where it is refused; otherwise the config's value."""
-    base = config_from_dict(copy.deepcopy(raw))
+    graphs), the config's own checks excluding where it is refused; otherwise the config's value
+    (its "auto" planned as false). cuda: resolve "auto" settings as on a GPU; false plans the CPU
+    run the launcher makes of it (launchers/pretrain.py --layout auto on gloo ranks)."""
+    raw = copy.deepcopy(raw)
+    training = raw.setdefault("training", {})
+    if search_cuda_graphs or training.get("cuda_graphs", "auto") == "auto":
+        training["cuda_graphs"] = False   # the layout says when it is on
+    base = config_from_dict(copy.deepcopy(raw), cuda=cuda)
     if base.training.precision != "bf16":
         raise ConfigError(f"the planner models bf16 runs; 'training.precision' = {base.training.precision!r}")
     batch = global_batch_size or base.training.global_batch_size
-    graphs: Sequence[bool] = (base.training.cuda_graphs,)
-    if search_cuda_graphs:
-        raw = copy.deepcopy(raw)
-        raw.setdefault("training", {})["cuda_graphs"] = False   # the layout says when it is on
-        graphs = (False, True)
+    graphs: Sequence[bool] = (False, True) if search_cuda_graphs else (base.training.cuda_graphs,)
     ranked, excluded = [], []
     for layout in candidate_layouts(gpus, micro_batch_sizes, graphs):
         if layout.tensor > hw.gpus_per_node:
@@ -163,7 +172,7 @@ def plan(raw: Dict[str, Any], gpus: int, hw: Hardware, global_batch_size: Option
                                              "of a node (a tensor group is consecutive ranks of one node)"))
             continue
         try:
-            cfg = layout_config(raw, layout, batch)
+            cfg = layout_config(raw, layout, batch, cuda)
         except ConfigError as e:
             excluded.append(Excluded(layout, str(e)))
             continue

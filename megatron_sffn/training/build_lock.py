@@ -38,7 +38,7 @@ class LockState:
         if self.holders:
             pid = self.holders[0]
             return (f"waiting {waited_s:.0f} s on the build lock {self.path}: process {pid} ({command_of(pid)}) "
-                    f"is building the JIT op '{self.op}' (once per machine and torch version)")
+                    f"is building the JIT op '{self.op}', which is built once per installation and then reused")
         where = "on a file system other machines share" if not self.local else "where processes cannot all be seen"
         return (f"waiting {waited_s:.0f} s on the build lock {self.path} ({where}): no process on this machine "
                 f"holds it; if no job elsewhere is building the JIT op '{self.op}', it is stale: rm -f {self.path}")

@@ -33,10 +33,13 @@ SHORTCUTS = {
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """A bad flag is one line naming it (argparse's default prints the whole usage first)."""
+    """A bad flag is one line naming it (argparse's default prints the whole usage first),
+    printed by one rank only: every rank of a launch parses the same command line."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        from .early_errors import report
+        report(f"{message} (see {self.prog} --help)")
+        self.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set any config field, e.g. --override model.ffn.rank=384 (repeatable)")
     for flag, (key, tp) in SHORTCUTS.items():
         p.add_argument(flag, type=tp, default=None, help=f"sets {key}")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the transformer blocks (sets training.compile)")
-    p.add_argument("--cuda-graphs", action="store_true", default=None,
-                   help="replay the compiled blocks as CUDA graphs (sets training.cuda_graphs; with --compile)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the transformer blocks, or not (sets training.compile; default "
+                        "'auto': on where CUDA is)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the compiled blocks as CUDA graphs, or not (sets training.cuda_graphs; "
+                        "default 'auto': on where CUDA is and the layout allows them)")
+    p.add_argument("--layout", choices=["auto"], default=None,
+                   help="auto: the layout planner picks tensor, pipeline, ZeRO stage and micro-batch for the "
+                        "world size and GPU memory; --tensor-parallel, --pipeline-parallel, --zero-stage, "
+                        "--micro-batch-size and --sequence-parallel given beside it win")
+    p.add_argument("--gpu-memory-gb", type=float, default=None,
+                   help="with --layout auto: memory per GPU in GB = 2^30 bytes (default: the GPU's own)")
     p.add_argument("--sequence-parallel", action="store_true", default=None,
                    help="shard norms and residuals along the sequence over the tensor group "
                         "(sets parallel.sequence_parallel; needs --tensor-parallel > 1 to matter)")
@@ -90,10 +101,10 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
             if key == "training.train_tokens":
                 overrides.append("training.train_steps=null")
             overrides.append(f"{key}={json.dumps(value)}")
-    if args.compile:
-        overrides.append("training.compile=true")
-    if args.cuda_graphs:
-        overrides.append("training.cuda_graphs=true")
+    if args.compile is not None:
+        overrides.append(f"training.compile={json.dumps(args.compile)}")
+    if args.cuda_graphs is not None:
+        overrides.append(f"training.cuda_graphs={json.dumps(args.cuda_graphs)}")
     if args.no_save:
         overrides.append("output.checkpoints=false")
     if args.sequence_parallel:
@@ -104,7 +115,12 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
 
 
 def parse(argv: Optional[List[str]] = None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+        parser.error(f"argument --gpu-memory-gb: must be positive, got {args.gpu_memory_gb:g}")
+    if args.gpu_memory_gb is not None and args.layout != "auto":
+        parser.error("argument --gpu-memory-gb: applies to --layout auto only")
     return args, overrides_from_args(args)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from typing import Callable, Iterator, List, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,23 +21,42 @@ from .phases import RunPhases
 
 
 def resolve_data(cfg: Config) -> Tuple[List[str], str]:
-    """Dataset prefixes and tokenizer path, with "embedded" mapped to the bundled corpus."""
+    """Dataset prefixes and tokenizer path, with "embedded" mapped to the bundled corpus and
+    tokenizer. The bundled corpus is tokenized with the bundled tokenizer: another one named
+    beside it is refused (it would be recorded as the run's tokenizer, and shipped by an
+    export, without ever having tokenized its data), unless it is the same file's bytes."""
     from ..data import assets
     paths = cfg.data.paths
     embedded = any(p == "embedded" for p in paths)
-    prefixes = [assets.default_data_prefix(cfg.data.cache_dir) if p == "embedded" else p for p in paths]
     tokenizer = cfg.data.tokenizer_model
-    if tokenizer == "embedded" or (embedded and len(paths) == 1):
+    if tokenizer == "embedded":
         tokenizer = assets.default_tokenizer_path()
-    for prefix in prefixes:
+    if tokenizer and not os.path.isfile(tokenizer):
+        raise ConfigError(f"config key 'data.tokenizer_model': {tokenizer} not found "
+                          "(train one with tools/train_tokenizer.py)")
+    if embedded and not (tokenizer and _same_file_bytes(tokenizer, assets.default_tokenizer_path())):
+        raise ConfigError(f"config key 'data.tokenizer_model' = {cfg.data.tokenizer_model} is not the tokenizer "
+                          "the bundled data (data.paths 'embedded') was tokenized with: drop the override (or "
+                          "set data.tokenizer_model=embedded), or train on data tokenized with it (--data-path "
+                          "PREFIX from tools/preprocess_data.py)")
+    for prefix in (p for p in paths if p != "embedded"):  # before the bundled one is built (once per cache)
         for ext in (".bin", ".idx"):
             if not os.path.isfile(prefix + ext):
                 raise ConfigError(f"config key 'data.paths': dataset file {prefix + ext} not found "
                                   "(build it with tools/preprocess_data.py, or use --data-path embedded)")
-    if tokenizer and not os.path.isfile(tokenizer):
-        raise ConfigError(f"config key 'data.tokenizer_model': {tokenizer} not found "
-                          "(train one with tools/train_tokenizer.py)")
+    prefixes = [assets.default_data_prefix(cfg.data.cache_dir) if p == "embedded" else p for p in paths]
     return prefixes, tokenizer
+
+
+def _same_file_bytes(a: str, b: str) -> bool:
+    from ..data.assets import file_sha256
+    return os.path.samefile(a, b) or (os.path.getsize(a) == os.path.getsize(b) and file_sha256(a) == file_sha256(b))
+
+
+def samples_wanted(cfg: Config, phases: RunPhases) -> Tuple[int, int]:
+    """(train, valid) samples the run reads: its base steps and its evaluations."""
+    t = cfg.training
+    return phases.plan.base_steps * t.global_batch_size, t.eval_iters * t.global_batch_size
 
 
 DATA_ERRORS = (ConfigError, OSError)  # + the data layer's own, added in _data_errors (imported lazily)
@@ -60,9 +79,21 @@ def _attempt(work: Callable):
         return None, " ".join(str(error).split())
 
 
+def check_data_alone(cfg: Config, num_samples: Tuple[int, int]) -> Optional[str]:
+    """The first problem with the run's data and tokenizer (one line), or None: the checks of
+    data/preflight.py, which need no other rank and write nothing."""
+    from ..data.preflight import check_training_data
+    resolved, problem = _attempt(lambda: resolve_data(cfg))
+    if resolved is not None:
+        _, problem = _attempt(lambda: check_training_data(
+            resolved[0], cfg.data.split, cfg.model.seq_length, (*num_samples, 0), cfg.model.vocab_size,
+            resolved[1], cfg.data.cache_dir))
+    return problem
+
+
 def open_training_data(cfg: Config, rank: int, num_samples: Tuple[int, int], show_progress: bool,
                        watch=None):
-    """(train, valid, tokenizer path), on every rank, or StartupError on every rank.
+    """(train, valid, tokenizer path, dataset prefixes), on every rank, or StartupError on every rank.
 
     Rank 0 checks the data (data/preflight.py), then builds the sample indices while the other
     ranks wait; then they open them. After each of the three steps all ranks compare notes
@@ -71,14 +102,11 @@ def open_training_data(cfg: Config, rank: int, num_samples: Tuple[int, int], sho
     """
     from ..data.gpt_dataset import build_gpt_datasets
     from ..data.index_cache import default_cache_dir
-    from ..data.preflight import check_training_data
     from .agree import stop_together
 
     resolved, problem = _attempt(lambda: resolve_data(cfg))
     if resolved is not None and rank == 0:
-        _, problem = _attempt(lambda: check_training_data(
-            resolved[0], cfg.data.split, cfg.model.seq_length, (*num_samples, 0), cfg.model.vocab_size,
-            resolved[1], cfg.data.cache_dir))
+        problem = check_data_alone(cfg, num_samples)
     stop_together(problem)
     prefixes, tokenizer = resolved
     cache_dir = cfg.data.cache_dir or default_cache_dir(prefixes[0])
@@ -98,7 +126,7 @@ def open_training_data(cfg: Config, rank: int, num_samples: Tuple[int, int], sho
     train, valid, _ = datasets
     if valid is None or len(valid) == 0:
         raise ConfigError(f"config key 'data.split' = {cfg.data.split!r} leaves no validation documents")
-    return train, valid, tokenizer
+    return train, valid, tokenizer, prefixes
 
 
 def _host_copy(view: torch.Tensor) -> torch.Tensor:
@@ -118,9 +146,11 @@ class DataFeed:
         t = cfg.training
         self.global_batch, self.micro_batch = t.global_batch_size, t.micro_batch_size
         self.per_replica = self.global_batch // state.data_size
-        num_samples = (phases.plan.base_steps * self.global_batch, t.eval_iters * self.global_batch)
-        self.train, self.valid, self.tokenizer_path = open_training_data(cfg, state.rank, num_samples,
-                                                                         show_progress, watch)
+        self.train, self.valid, tokenizer, prefixes = open_training_data(
+            cfg, state.rank, samples_wanted(cfg, phases), show_progress, watch)
+        # what the run reads, as the banner and the checkpoints record it
+        self.tokenizer_path = os.path.abspath(tokenizer) if tokenizer else tokenizer
+        self.prefixes = [os.path.abspath(p) for p in prefixes]
         self.show_progress = show_progress
 
     def _micro_batches(self, dataset, first_sample: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

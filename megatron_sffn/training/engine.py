@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, resolve_speed_settings
 from ..model.gpt import drop_guides
 from ..model.compile import compile_blocks
 from ..model.pipeline import build_data_parallel_module, build_pipeline_module, layout_free_names
@@ -98,6 +98,8 @@ class TrainEngine:
         """set_values(module), when given, fills the freshly built module instead of the seeded
         initialisation, before DeepSpeed copies it into its fp32 masters / ZeRO partitions
         (checkpoint tools load consolidated weights this way, in any layout)."""
+        if "auto" in (cfg.training.compile, cfg.training.cuda_graphs):  # a Config made in code, not loaded
+            resolve_speed_settings(cfg)
         check_engine_support(cfg)
         _quiet_deepspeed()
         engine = cls(cfg, state, guide_state, guided)

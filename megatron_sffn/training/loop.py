@@ -24,17 +24,18 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import Config, fused_optimizer_applies, optimizer_chosen_automatically
+from ..config import Config, speed_chosen_because
 from ..model.accounting import model_stats, train_flops_per_token
 from ..model.compile import compiled_graph_count
 from ..model.paper import describe_ffn
 from ..structured.guide import GuideState
-from .checkpointing import CheckpointError, CheckpointManager
+from .checkpointing import CheckpointManager
 from .data_feed import DataFeed
 from .faults import NonFiniteGuard, StopRequests
 from .lr_schedule import learning_rate
 from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, max_allocated_gb, max_reserved_gb, memory_gb
 from .phases import RunPhases
+from .resume_point import resume_point
 
 INJECT_ENV = "MEGATRON_SFFN_INJECT_NONFINITE_STEPS"  # testing aid: "3,4" makes steps 3 and 4 non-finite
 
@@ -73,9 +74,10 @@ def _inject_steps() -> set:
 class Trainer:
     """Holds the run's components; `run()` is the loop."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, notes: Optional[List[str]] = None):
         from .startup_watch import StartupWatch
         self.cfg = cfg
+        self.notes = list(notes or [])   # banner lines from the launcher (--layout auto's choice)
         watch = StartupWatch().start()
         try:
             self._start(cfg, watch)
@@ -88,14 +90,14 @@ class Trainer:
         from .engine import TrainEngine
         from .startup_watch import rendezvous_description
 
-        with watch.phase(rendezvous_description()):
+        with watch.phase(*rendezvous_description()):
             init_distributed()
             self.state = build_parallel_state(cfg)  # layout errors stop here, before any tensors
         seed_everything(cfg.training.seed)
         self.phases = RunPhases.from_config(cfg)
         run_dir = cfg.output.run_dir
         self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), cfg.training.keep_last, self.state.rank)
-        tag, meta, self.optimizer_note = _resume_point(cfg, self.state, self.ckpt, run_dir)
+        tag, meta, self.optimizer_note = resume_point(cfg, self.state, self.ckpt, run_dir)
         # the data before the run folder: a data problem stops every rank and leaves nothing behind
         self.feed = DataFeed(cfg, self.state, self.phases, show_progress=self.state.is_logging_rank, watch=watch)
         self.logger = RunLogger(run_dir, self.state.is_logging_rank, cfg.output.tensorboard,
@@ -103,7 +105,7 @@ class Trainer:
         sg = cfg.self_guided
         guided = sg.enabled and not (meta and meta["loop"]["guides_dropped"])
         self.guide_state = GuideState(active=guided, seed=cfg.training.seed, reduce_flop=sg.reduce_flop)
-        with watch.phase("the DeepSpeed engine: JIT-built ops, and every rank for the parameter broadcast"):
+        with watch.phase("the DeepSpeed engine (its JIT-built ops, then every rank for the parameter broadcast)"):
             self.engine = TrainEngine.build(cfg, self.state, self.guide_state, guided=guided)
         self.loop = LoopState()
         self.guard = NonFiniteGuard(cfg.training.max_nonfinite_steps)
@@ -143,6 +145,9 @@ class Trainer:
             + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled
                and cfg.self_guided.reduce_flop else ""),
+            *self.notes,
+            self.speed_line(),
+            f"data       {', '.join(self.feed.prefixes)} | tokenizer {self.feed.tokenizer_path}",
             f"batch      global {cfg.training.global_batch_size} x {m.seq_length} = {tokens_per_step:,} tokens/step, "
             f"micro {cfg.training.micro_batch_size}, grad accumulation "
             f"{cfg.training.global_batch_size // (cfg.training.micro_batch_size * st.data_size)}",
@@ -156,7 +161,15 @@ class Trainer:
             lines.append(f"optimizer  {self.optimizer_note}")
         lines.append("=" * 100)
         self.logger.print("\n".join(lines))
-        self.logger.config(cfg.to_dict())
+        self.logger.config({**cfg.to_dict(), "resolved_data": {"paths": self.feed.prefixes,
+                                                               "tokenizer": self.feed.tokenizer_path}})
+
+    def speed_line(self) -> str:
+        """compile: on (auto, CUDA) | CUDA graphs: off (auto: needs ...): what runs, and why."""
+        t, why = self.cfg.training, speed_chosen_because(self.cfg)
+        def state(key: str, on: bool) -> str:
+            return f"{'on' if on else 'off'}" + (f" ({why[key]})" if key in why else "")
+        return f"speed      compile: {state('compile', t.compile)} | CUDA graphs: {state('cuda_graphs', t.cuda_graphs)}"
 
     def maybe_drop_guides(self) -> None:
         if self.loop.guides_dropped or not self.cfg.self_guided.enabled:
@@ -285,7 +298,8 @@ class Trainer:
                 "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict(),
                 "layout": {"tensor": self.state.tensor_size, "pipeline": self.state.pipe_size,
                            "data": self.state.data_size, "zero_stage": self.cfg.parallel.zero_stage,
-                           "optimizer": self.cfg.optimizer.implementation}}
+                           "optimizer": self.cfg.optimizer.implementation},
+                "data": {"paths": self.feed.prefixes, "tokenizer": self.feed.tokenizer_path}}  # as resolved
         client = {"loop": dataclasses.asdict(self.loop), "nonfinite": self.guard.state_dict(),
                   "guide": self.guide_state.state_dict(), "config": self.cfg.to_dict()}
         tag = self.ckpt.save(self.engine, self.loop.step, meta, client)
@@ -389,90 +403,6 @@ def _device():
     return torch.device("cpu")
 
 
-def _resume_point(cfg: Config, state, ckpt: CheckpointManager, run_dir: str):
-    """(tag, meta, optimizer note) of the checkpoint to resume, or (None, None, None) for a new run.
-    A checkpoint that cannot be resumed (partial, damaged, another model, layout or optimizer)
-    stops every rank with one line from rank 0, before anything is built."""
-    from .agree import stop_together
-    found, problem = (None, None, None), None
-    try:
-        tag = ckpt.latest_tag()
-        if tag is not None:
-            meta = ckpt.read_meta(tag)
-            _check_resumable(cfg, meta, os.path.join(ckpt.directory, tag))
-            note = _follow_checkpoint_optimizer(cfg, meta)
-            _check_layout_resumable(cfg, state, meta, run_dir, tag)
-            if state.rank == 0:
-                ckpt.check_files(tag)
-            found = (tag, meta, note)
-    except CheckpointError as error:
-        problem = str(error)
-    stop_together(problem)
-    return found
-
-
-def _check_resumable(cfg: Config, meta: Dict, path: str) -> None:
-    """A checkpoint resumes only into the same model, structure and self-guided plan."""
-    saved = meta.get("config", {})
-    for section in ("model", "self_guided"):
-        if saved.get(section) != dataclasses.asdict(getattr(cfg, section)):
-            diff = _first_difference(saved.get(section, {}), dataclasses.asdict(getattr(cfg, section)), section)
-            raise CheckpointError(f"checkpoint {path} was written with a different '{section}' config "
-                                  f"({diff}); use a new --run-dir or the config it was trained with")
-
-
-def _follow_checkpoint_optimizer(cfg: Config, meta: Dict) -> Optional[str]:
-    """With optimizer.implementation 'auto', resume with the implementation the checkpoint was
-    written with (a run started before 'auto' chose 'fused' keeps DeepSpeed's optimizer) rather
-    than refusing it. An explicit choice is left alone: the layout check then names the
-    conversion. Returns a line for the run header, or None."""
-    saved = (meta.get("layout") or {}).get("optimizer", "deepspeed" if meta.get("layout") else None)
-    now = cfg.optimizer.implementation
-    if not optimizer_chosen_automatically(cfg) or saved in (None, now):
-        return None
-    if saved == "fused" and not fused_optimizer_applies(cfg):
-        return None  # this config cannot run it; the layout check explains
-    cfg.optimizer.implementation = saved
-    return (f"optimizer.implementation 'auto' follows the checkpoint: {saved} (a new run would choose {now}; "
-            f"tools/convert_checkpoint.py --optimizer-implementation {now} switches it)")
-
-
-def _check_layout_resumable(cfg: Config, state, meta: Dict, run_dir: str, tag: str) -> None:
-    """DeepSpeed restores its own layout only; ZeRO's optimizer partitions even fix the
-    data-parallel size. A different layout goes through tools/convert_checkpoint.py."""
-    saved = meta.get("layout")
-    if not saved:
-        return
-    now = {"tensor": state.tensor_size, "pipeline": state.pipe_size, "data": state.data_size,
-           "zero_stage": cfg.parallel.zero_stage, "optimizer": cfg.optimizer.implementation}
-    saved = {"optimizer": "deepspeed", **saved}  # written before optimizer.implementation existed
-    same_model_layout = (saved["tensor"] == now["tensor"] and saved["pipeline"] == now["pipeline"]
-                         and saved["optimizer"] == now["optimizer"])
-    if same_model_layout and now["optimizer"] == "fused":  # saves whole tensors: any data size, ZeRO 0 or 1
-        return
-    zero_partitioned = saved["zero_stage"] > 0 or now["zero_stage"] > 0
-    if same_model_layout and saved["zero_stage"] == now["zero_stage"] and (
-            saved["data"] == now["data"] or not zero_partitioned):
-        return
-    def describe(layout: Dict) -> str:
-        return (f"tensor {layout['tensor']} x pipeline {layout['pipeline']} x data {layout['data']}, "
-                f"ZeRO {layout['zero_stage']}, optimizer.implementation {layout['optimizer']}")
-    raise CheckpointError(
-        f"checkpoint {os.path.join(run_dir, 'checkpoints', tag)} was written by {describe(saved)}; this run is "
-        f"{describe(now)}. Reshape it first: python tools/convert_checkpoint.py --load {run_dir} --save NEW_RUN_DIR "
-        f"--to deepspeed --tensor-parallel {now['tensor']} --pipeline-parallel {now['pipeline']} "
-        f"--data-parallel {now['data']} --zero-stage {now['zero_stage']} --optimizer-implementation "
-        f"{now['optimizer']}, then resume with --run-dir NEW_RUN_DIR")
-
-
-def _first_difference(a, b, prefix: str) -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}.{key}")
-    return f"{prefix}: saved {a!r}, now {b!r}"
-
-
-def run(cfg: Config) -> RunResult:
-    """Train as configured; the entry point of launchers/pretrain.py."""
-    return Trainer(cfg).run()
+def run(cfg: Config, notes: Optional[List[str]] = None) -> RunResult:
+    """Train as configured; the entry point of launchers/pretrain.py (notes: extra banner lines)."""
+    return Trainer(cfg, notes).run()

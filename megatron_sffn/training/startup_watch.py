@@ -18,6 +18,7 @@ import time
 from typing import Iterator, Optional
 
 from .build_lock import inspect_lock
+from .early_errors import report
 
 REPORT_ENV = "MEGATRON_SFFN_STARTUP_REPORT_S"
 DEFAULT_REPORT_S = 30.0
@@ -33,7 +34,7 @@ class StartupWatch:
         self.rank = rank if rank is not None else int(next((os.environ[k] for k in RANK_ENV if k in os.environ), 0))
         self.report_after_s = report_after_s if report_after_s is not None else float(
             os.environ.get(REPORT_ENV, DEFAULT_REPORT_S))
-        self._phase = None            # (description, started, thread id, next report time)
+        self._phase = None            # ((description, hint), started, thread id, next report time)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="startup-watch", daemon=True)
@@ -46,10 +47,12 @@ class StartupWatch:
         self._stop.set()
 
     @contextlib.contextmanager
-    def phase(self, description: str) -> Iterator[None]:
+    def phase(self, description: str, hint: Optional[str] = None) -> Iterator[None]:
+        """description: what the step waits for, a noun phrase ("the rendezvous of ..."); hint:
+        what to check when the wait goes on (a question or advice), added to the waiting line."""
         now = time.monotonic()
         with self._lock:
-            self._phase = (description, now, threading.get_ident(), now + self.report_after_s)
+            self._phase = ((description, hint), now, threading.get_ident(), now + self.report_after_s)
         try:
             yield
         finally:
@@ -66,19 +69,22 @@ class StartupWatch:
                 self._phase = (description, started, ident, time.monotonic() + REPEAT_S)
             self._report(description, time.monotonic() - started, ident)
 
-    def _report(self, description: str, waited_s: float, ident: int) -> None:
+    def _report(self, phase, waited_s: float, ident: int) -> None:
+        description, hint = phase
         lock = _waited_lock(ident)
         state = inspect_lock(lock) if lock else None
         if state is not None and state.stale:
-            print(f"error: {state.describe(waited_s)}", file=sys.stderr, flush=True)
+            report(state.describe(waited_s))   # every rank of the machine waits on the same lock: one line
             os._exit(STALE_LOCK_EXIT)   # the main thread is stuck in torch's wait loop: nothing else ends it
+        build = _extension_build(ident)
         if state is not None:
             line = state.describe(waited_s)
-        elif _building_extension(ident):
-            line = (f"building a JIT op for {waited_s:.0f} s (torch.utils.cpp_extension, once per machine and "
-                    f"torch version) while {description}")
+        elif build is not None:
+            op, folder = build
+            line = (f"building the JIT op '{op}' ({waited_s:.0f} s so far) on the way to {description}; it is "
+                    f"built once per installation and kept in {folder} for later runs")
         else:
-            line = f"still waiting after {waited_s:.0f} s for {description}"
+            line = f"still waiting after {waited_s:.0f} s for {description}" + (f": {hint}" if hint else "")
         print(f"[start-up] rank {self.rank}: {line}", file=sys.stderr, flush=True)
 
 
@@ -99,15 +105,20 @@ def _waited_lock(ident: int) -> Optional[str]:
     return None
 
 
-def _building_extension(ident: int) -> bool:
-    return any(f.f_code.co_name in ("_jit_compile", "_write_ninja_file_and_build_library") for f in _frames(ident))
+def _extension_build(ident: int):
+    """(op name, build folder) of the torch.utils.cpp_extension build that thread is in, or None."""
+    for frame in _frames(ident):
+        if frame.f_code.co_name == "_jit_compile":
+            folder = frame.f_locals.get("build_directory") or "the torch extensions folder"
+            return str(frame.f_locals.get("name", "?")), os.path.dirname(str(folder).rstrip(os.sep)) or folder
+    return None
 
 
-def rendezvous_description() -> str:
-    """What init_distributed waits on, from the launcher's environment."""
+def rendezvous_description():
+    """(what, hint) init_distributed waits on, from the launcher's environment."""
     world = os.environ.get("WORLD_SIZE")
     address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     if world and world != "1":
-        return (f"the rendezvous of {world} ranks at {address} (MASTER_ADDR:MASTER_PORT): is every rank started, "
-                "and can each reach that address?")
-    return f"the distributed start-up (DeepSpeed's communication backend, rendezvous at {address})"
+        return (f"the rendezvous of {world} ranks at {address} (MASTER_ADDR:MASTER_PORT)",
+                "is every rank started, and can each reach that address?")
+    return f"the distributed start-up (DeepSpeed's communication backend, rendezvous at {address})", None

@@ -73,6 +73,12 @@ CASES = [
     ("split-malformed", ARGS + ["--override", "data.split=90,10"],
      "config key 'data.split' = '90,10' must be three numbers like '969,30,1'"),
     ("train-steps-zero", ARGS + ["--train-steps", "0"], "config key 'training.train_steps' = 0 must be positive"),
+    ("compile-not-a-choice", ARGS + ["--override", "training.compile=sometimes"],
+     "config key 'training.compile' = 'sometimes' must be true, false or \"auto\""),
+    ("gpu-memory-without-layout-auto", ARGS + ["--gpu-memory-gb", "80"],
+     "argument --gpu-memory-gb: applies to --layout auto only"),
+    ("gpu-memory-not-positive", ARGS + ["--layout", "auto", "--gpu-memory-gb", "0"],
+     "argument --gpu-memory-gb: must be positive, got 0"),
 ]
 
 
@@ -110,3 +116,39 @@ def test_run_dir_that_cannot_be_a_folder_is_one_line_before_start_up(where, need
     line = one_error_line(capsys.readouterr().err)
     assert needle.format(p=path, t=tmp_path) in line and "output.run_dir" in line, line
     assert snapshot(tmp_path) == before
+
+
+DEEPSPEED_CASES = [
+    ("config-name-unknown", ["--config", "1p3b_lowrnak.json"],
+     "config file not found: 1p3b_lowrnak.json; closest shipped configs"),
+    ("flag-unknown", ARGS + ["--tensor-paralel", "2"], "unrecognized arguments: --tensor-paralel 2"),
+    ("config-value", ARGS + ["--override", "model.ffn.rank=-3"], "config key 'model.ffn.rank' = -3 must be positive"),
+    ("layout-of-the-world", ARGS + ["--global-batch-size", "12"],
+     "'training.global_batch_size' = 12 must be a multiple of training.micro_batch_size x data-parallel size = 4 x 2"),
+    ("layout-auto-without-memory", ARGS + ["--layout", "auto"],
+     "--layout auto needs the memory per GPU, and this machine has no CUDA device to ask: pass --gpu-memory-gb N"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, needle", [c[1:] for c in DEEPSPEED_CASES], ids=[c[0] for c in DEEPSPEED_CASES])
+def test_under_the_deepspeed_launcher_one_rank_prints_before_the_rendezvous(argv, needle, tmp_path):
+    """`deepspeed --num_accelerators 2`, as the README runs the demo: both ranks stop (exit 2),
+    the line appears once (it was printed by every rank), and no rank reached the rendezvous or
+    DeepSpeed's JIT op build."""
+    import subprocess
+    import sys
+
+    from megatron_sffn.parallel.launch import free_port
+    from .runs import base_env
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([deepspeed, "--num_accelerators", "2", "--master_port", str(free_port()),
+                           "launchers/pretrain.py", *argv, "--run-dir", str(run_dir)], cwd=ROOT, env=base_env(),
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2, output[-3000:]
+    assert len(errors) == 1 and needle in errors[0], output[-3000:]
+    assert "deepspeed_shm_comm" not in output and "Traceback" not in output
+    assert not run_dir.exists()

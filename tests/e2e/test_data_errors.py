@@ -1,6 +1,7 @@
 """A dataset that cannot train the run stops every rank of launchers/pretrain.py with one line
-from rank 0 naming the file and the fix, exit code 2, before the engine is built; nothing on
-disk changes (no run folder, no index cache, the data untouched).
+from rank 0 naming the file and the fix, exit code 2, before the rendezvous and DeepSpeed's JIT
+op build (training/preflight.py); nothing on disk changes (no run folder, no index cache, the
+data untouched).
 
 Real files (written with IndexedDatasetWriter, then damaged), real ranks (tests/e2e/runs.py).
 """
@@ -42,6 +43,7 @@ def fails_on_every_rank(tmp_path, data_dir, args, world=2):
     assert codes == [2] * world, logs
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert not any("deepspeed_shm_comm" in log for log in logs), "found only after the rendezvous"
     for r in range(1, world):
         assert "error" not in logs[r].lower() and "Traceback" not in logs[r], logs[r][-3000:]
     assert snapshot(data_dir) == before
@@ -133,3 +135,30 @@ def test_index_cache_folder_that_cannot_be_created(tmp_path, data):
     line = fails_on_every_rank(tmp_path, data, ["--data-path", prefix, "--override", f"data.cache_dir={cache}"],
                                world=1)
     assert f"cannot create the sample-index cache folder {cache}" in line and "data.cache_dir" in line
+
+
+def test_another_tokenizer_with_the_bundled_data_is_refused(tmp_path, data):
+    """It was silently ignored: the run trained with the bundled tokenizer, its saved config
+    named the other file, and an HF export shipped that one."""
+    (data / "empty.model").write_bytes(b"")
+    line = fails_on_every_rank(tmp_path, data, ["--override", f"data.tokenizer_model={data / 'empty.model'}"])
+    assert (f"config key 'data.tokenizer_model' = {data / 'empty.model'} is not the tokenizer the bundled data "
+            "(data.paths 'embedded') was tokenized with") in line
+    assert "data.tokenizer_model=embedded" in line and "--data-path" in line
+
+
+def test_the_bundled_tokenizer_under_another_name_is_used_and_recorded(tmp_path, data):
+    from megatron_sffn.data.assets import default_tokenizer_path
+    from .runs import read_meta, run
+    copy = data / "tok.model"
+    shutil.copyfile(default_tokenizer_path(), copy)
+    run_dir = tmp_path / "run"
+    out = run(1, ARGS + ["--run-dir", str(run_dir), "--override", f"data.tokenizer_model={copy}"],
+              str(tmp_path / "logs"))
+    banner = next(line for line in out.splitlines() if line.startswith("data       "))
+    assert banner.endswith(f"| tokenizer {copy}") and "corpus_text_document" in banner
+    assert "speed      compile: off (auto, no CUDA) | CUDA graphs: off (auto: no CUDA)" in out
+    meta = read_meta(str(run_dir), "step00000002")
+    assert meta["config"]["training"]["compile"] is False and meta["config"]["training"]["cuda_graphs"] is False
+    assert meta["data"]["tokenizer"] == str(copy) and meta["config"]["data"]["tokenizer_model"] == str(copy)
+    assert meta["data"]["paths"][0].endswith("corpus_text_document")

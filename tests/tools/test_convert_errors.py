@@ -113,6 +113,18 @@ def test_existing_output_weights_only_source_and_guided_export(tmp_path, capsys)
     _no_output(tmp_path / "o")
 
 
+@pytest.mark.parametrize("to", ["consolidated", "deepspeed", "hf"])
+def test_save_under_a_file_is_one_line_before_any_work(to, tmp_path, capsys):
+    """It was a FileExistsError traceback, exit 1."""
+    from tests.disk_state import snapshot
+    synthetic_consolidated(str(tmp_path / "c"))
+    (tmp_path / "afile").write_text("a file")
+    before = snapshot(tmp_path)
+    _fails(["--load", tmp_path / "c", "--save", tmp_path / "afile" / "sub", "--to", to], capsys,
+           f"--save {tmp_path / 'afile' / 'sub'} cannot be created: {tmp_path / 'afile'} is a file, not a folder")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.slow
 def test_partial_or_damaged_deepspeed_checkpoint_is_named(dense_run, tmp_path, capsys):
     """A rank's file missing is found before any process starts; a damaged one by the

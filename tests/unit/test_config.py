@@ -166,3 +166,76 @@ def test_cuda_graphs_wait_for_the_guides_to_drop_under_reduce_flop():
     assert replays_as_cuda_graphs(cfg, guided=True)
     cfg.training.cuda_graphs = False
     assert not replays_as_cuda_graphs(cfg, guided=False)
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder_and_a_path_wins(tmp_path, monkeypatch):
+    from megatron_sffn.config import CONFIGS_DIR
+    monkeypatch.chdir(tmp_path)
+    assert load_config("1p3b_lowrank.json").name == "1p3b_lowrank"          # the design card's command
+    assert load_config("1p3b_lowrank").name == "1p3b_lowrank"
+    assert load_config("configs/tiny_demo.json").name == "tiny_demo"        # the repository's path, elsewhere
+    own = base()
+    own["name"] = "mine"
+    (tmp_path / "1p3b_lowrank.json").write_text(json.dumps(own))
+    assert load_config("1p3b_lowrank.json").name == "mine"                  # an existing path always wins
+    assert load_config(CONFIGS_DIR / "tiny_demo.json").name == "tiny_demo"
+
+
+def test_an_unknown_config_name_lists_the_closest_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("1p3b_lowrnak.json")
+    line = str(info.value)
+    assert "\n" not in line and line.startswith("config file not found: 1p3b_lowrnak.json; closest shipped configs")
+    closest = line.split("): ")[-1].split(", ")
+    assert closest[0] == "1p3b_lowrank.json" and len(closest) == 3
+
+
+def test_compile_is_on_where_cuda_is_and_cuda_graphs_where_their_check_allows(monkeypatch):
+    from megatron_sffn.config import speed_chosen_because
+    monkeypatch.delenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", raising=False)
+    bf16 = ["training.precision=bf16"]
+    cpu = config_from_dict(base(), bf16, cuda=False)
+    assert (cpu.training.compile, cpu.training.cuda_graphs) == (False, False)       # today's CPU behaviour
+    assert speed_chosen_because(cpu) == {"compile": "auto, no CUDA", "cuda_graphs": "auto: no CUDA"}
+    gpu = config_from_dict(base(), bf16, cuda=True)
+    assert (gpu.training.compile, gpu.training.cuda_graphs) == (True, True)
+    assert speed_chosen_because(gpu) == {"compile": "auto, CUDA", "cuda_graphs": "auto"}
+    assert gpu.to_dict()["training"]["compile"] is True                             # saved: what ran
+    # every refusal of an explicit `true` is a reason for "auto" to decline, named in the banner
+    for overrides, reason in [(["parallel.pipeline=2"], "needs 'parallel.pipeline' = 1, got 2"),
+                              (["training.activation_checkpointing=true"],
+                               "needs 'training.activation_checkpointing' = false"),
+                              (["optimizer.implementation=deepspeed"], "needs the fused optimizer"),
+                              (["training.compile=false"], "needs 'training.compile' = true"),
+                              (["model.num_heads=4", "parallel.tensor=2"], "needs 'parallel.tensor' = 1, got 2")]:
+        cfg = config_from_dict(base(), bf16 + overrides, cuda=True)
+        assert cfg.training.cuda_graphs is False, overrides
+        assert speed_chosen_because(cfg)["cuda_graphs"] == f"auto: {reason}", overrides
+    # one legality check: what lifts a refusal of `true` turns "auto" on there too
+    monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "1")
+    assert config_from_dict(base(), bf16 + ["parallel.tensor=2"], cuda=True).training.cuda_graphs is True
+    # explicit values win, and an explicit true is still checked
+    forced = config_from_dict(base(), ["training.compile=true", "training.cuda_graphs=false"], cuda=False)
+    assert (forced.training.compile, forced.training.cuda_graphs) == (True, False)
+    assert speed_chosen_because(forced) == {"compile": "training.compile = true",
+                                            "cuda_graphs": "training.cuda_graphs = false"}
+    assert "needs 'training.compile' = true" in error_of(base(training={"train_steps": 10, "cuda_graphs": True}),
+                                                         ["training.compile=false"])
+    assert "must be true, false or \"auto\"" in error_of(base(), ["training.compile=sometimes"])
+
+
+def test_a_config_for_another_machine_keeps_what_was_chosen_automatically():
+    from megatron_sffn.config import config_for_another_machine
+    gpu = config_from_dict(base(), ["training.precision=bf16", "training.cuda_graphs=false"], cuda=True)
+    written = config_for_another_machine(gpu)["training"]
+    assert written["compile"] == "auto" and written["cuda_graphs"] is False
+
+
+def test_launcher_flags_force_or_opt_out():
+    from megatron_sffn.training.cli import parse
+    argv = ["--config", "c.json"]
+    assert not any("compile" in o or "cuda_graphs" in o for o in parse(argv)[1])      # the config's own "auto"
+    assert "training.compile=false" in parse(argv + ["--no-compile"])[1]
+    assert "training.compile=true" in parse(argv + ["--compile"])[1]
+    assert "training.cuda_graphs=false" in parse(argv + ["--no-cuda-graphs"])[1]
