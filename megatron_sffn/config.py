@@ -279,7 +279,7 @@ def config_from_dict(data: Dict[str, Any], overrides: Optional[List[str]] = None
     cfg = _build(Config, data)
     validate(cfg, world_size)
     resolve_optimizer_implementation(cfg)
-    resolve_speed_settings(cfg, cuda)
+    resolve_speed_settings(cfg, cuda, world_size)
     return cfg
 
 
@@ -307,11 +307,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None) -> None:
+def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size: Optional[int] = None) -> None:
     """Turn training.compile and training.cuda_graphs "auto" into what runs, and keep why in
     `cfg.training.chosen_because` (outside the dataclass fields: saved configs hold the values)
     for the run banner. CUDA graphs are chosen by the same check that refuses an explicit
-    `true` (cuda_graphs_refusal), so what that check allows, auto uses."""
+    `true` (cuda_graphs_refusal), so what that check allows, auto uses, on one GPU: replayed
+    blocks beside several ranks' collectives have not been run yet (a 2-GPU tensor-parallel run
+    hung), so there auto leaves them off and --cuda-graphs opts in."""
     t = cfg.training
     why = {}
     if t.compile == "auto" or t.cuda_graphs == "auto":
@@ -323,6 +325,8 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None) -> None:
         why["compile"] = f"training.compile = {str(t.compile).lower()}"
     if t.cuda_graphs == "auto":
         refusal = cuda_graphs_refusal(cfg) if cuda else "no CUDA"
+        if refusal is None and (world_size or 1) > 1:
+            refusal = f"not yet measured on several GPUs ({world_size} ranks; --cuda-graphs opts in)"
         t.cuda_graphs = refusal is None
         why["cuda_graphs"] = "auto" if refusal is None else f"auto: {_short_reason(refusal)}"
     else:

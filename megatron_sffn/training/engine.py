@@ -99,7 +99,7 @@ class TrainEngine:
         initialisation, before DeepSpeed copies it into its fp32 masters / ZeRO partitions
         (checkpoint tools load consolidated weights this way, in any layout)."""
         if "auto" in (cfg.training.compile, cfg.training.cuda_graphs):  # a Config made in code, not loaded
-            resolve_speed_settings(cfg)
+            resolve_speed_settings(cfg, world_size=state.world_size)
         check_engine_support(cfg)
         _quiet_deepspeed()
         engine = cls(cfg, state, guide_state, guided)

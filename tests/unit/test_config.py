@@ -212,6 +212,11 @@ def test_compile_is_on_where_cuda_is_and_cuda_graphs_where_their_check_allows(mo
         cfg = config_from_dict(base(), bf16 + overrides, cuda=True)
         assert cfg.training.cuda_graphs is False, overrides
         assert speed_chosen_because(cfg)["cuda_graphs"] == f"auto: {reason}", overrides
+    # measured on one GPU only: on several, auto leaves the graphs off and says so (--cuda-graphs opts in)
+    several = config_from_dict(base(), bf16, world_size=2, cuda=True)
+    assert (several.training.compile, several.training.cuda_graphs) == (True, False)
+    assert speed_chosen_because(several)["cuda_graphs"] == "auto: not yet measured on several GPUs"
+    assert config_from_dict(base(), bf16, world_size=1, cuda=True).training.cuda_graphs is True
     # one legality check: what lifts a refusal of `true` turns "auto" on there too
     monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "1")
     assert config_from_dict(base(), bf16 + ["parallel.tensor=2"], cuda=True).training.cuda_graphs is True
