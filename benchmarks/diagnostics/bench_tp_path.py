@@ -84,6 +84,7 @@ def parse_args(argv=None):
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one mode, JSON to --out
     ap.add_argument("--dump-stacks-after", type=float, default=None, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args(argv)
+    args.inductor_settings = {}  # --inductor-config parsed: {key: value}, applied in each mode's process
     for setting in args.inductor_config:
         import ast
         import torch._inductor.config as inductor_config
@@ -91,7 +92,7 @@ def parse_args(argv=None):
         if not sep or not hasattr(inductor_config, key):
             ap.error(f"--inductor-config {setting!r}: not KEY=VALUE with KEY a torch._inductor.config setting")
         try:
-            ast.literal_eval(value)
+            args.inductor_settings[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             ap.error(f"--inductor-config {setting!r}: {value!r} is not a Python literal")
     if args.emulate is not None:
@@ -176,11 +177,10 @@ def run_case(mode: str, args) -> dict:
         sequence_parallel = not args.no_sequence_parallel
         tp = (emulated_tensor_parallel(args.emulate, sequence_parallel) if args.emulate
               else tensor_parallel(world, rank, sequence_parallel))
-    for setting in args.inductor_config:
-        import ast
+    if args.inductor_settings:
         import torch._inductor.config as inductor_config
-        key, _, value = setting.partition("=")
-        setattr(inductor_config, key, ast.literal_eval(value))
+        for key, value in args.inductor_settings.items():
+            setattr(inductor_config, key, value)
     if args.keep_collective_autograd:
         import megatron_sffn.model.compile as compile_module
         compile_module.bypass_autograd_of_traced_collectives = lambda: None

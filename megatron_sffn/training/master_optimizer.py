@@ -7,10 +7,10 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
   backward   a post-accumulate hook takes each bf16 gradient off its parameter; once every
              gradient of a ~100 MB bucket is in, they are concatenated and copied (the first
              micro-batch of a step) or added (later ones) into the bucket's fp32 buffer in
-             one pass: two kernel launches per bucket instead of one per parameter, which a
-             tensor-parallel rank, whose host issues a block faster than its GPU runs it only
-             with little Python per parameter, feels. What a backward leaves incomplete (an
-             unused parameter) goes in parameter by parameter at its end
+             one pass: two kernel launches per bucket instead of one per parameter (a
+             tensor-parallel rank's host, not its GPU, bounds its step, and pays for each
+             launch). What a backward leaves incomplete (an unused parameter) goes in
+             parameter by parameter at its end
   overlap    on the last micro-batch of a step (data parallel, no pipeline), each ~100 MB
              bucket of the flat buffer is reduced over data-parallel ranks asynchronously as
              soon as its last gradient is in, while backward goes on
