@@ -103,6 +103,22 @@ class OptimizerConfig:
     implementation: str = "auto"
 
 
+FP8_SCALINGS = ("tensorwise", "rowwise")
+FP8_GRAD_FORMATS = ("auto", "e4m3", "e5m2")
+FP8_LAYERS = ("auto", "all")
+
+
+@dataclass
+class Fp8Config:
+    # FP8 GEMMs for the attention projections, dense FFNs and structured factors (megatron_sffn/fp8/):
+    # FP8 inputs with dynamic scaling, bf16 outputs, weights and optimizer state as in bf16.
+    # Needs training.precision bf16 and a GPU with FP8 tensor cores (H100, H200, L40, B200)
+    enabled: bool = False
+    scaling: str = "tensorwise"         # tensorwise | rowwise (one scale per row of each GEMM operand)
+    grad_format: str = "auto"           # auto (tensorwise: e5m2, rowwise: e4m3) | e4m3 | e5m2
+    layers: str = "auto"                # auto: FP8 where measured to pay (fp8/dispatch.py) | all: wherever shapes allow
+
+
 @dataclass
 class TrainingConfig:
     train_steps: Optional[int] = None   # stop by steps ...
@@ -135,6 +151,7 @@ class TrainingConfig:
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
     peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak
+    fp8: Fp8Config = field(default_factory=Fp8Config)
 
 
 @dataclass
@@ -535,6 +552,7 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"config key 'training.{key}' = {value!r} must be true, false or \"auto\"")
     if t.cuda_graphs is True and t.compile != "auto":  # with compile "auto", once it is resolved
         _require_cuda_graphs_allowed(cfg)
+    validate_fp8(t)
     d = cfg.data
     _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
     if d.weights is not None:
@@ -553,6 +571,20 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"config key 'layouts.{machine}' must be a list of 'key.path=value' overrides, got {overrides!r}")
     if world_size is not None:
         check_layout(cfg, world_size)
+
+
+def validate_fp8(t: "TrainingConfig") -> None:
+    """training.fp8: known choices, a format rowwise scaling can run, and bf16 around it."""
+    f = t.fp8
+    _choice(f.scaling, FP8_SCALINGS, "training.fp8.scaling")
+    _choice(f.grad_format, FP8_GRAD_FORMATS, "training.fp8.grad_format")
+    _choice(f.layers, FP8_LAYERS, "training.fp8.layers")
+    _require(not (f.scaling == "rowwise" and f.grad_format == "e5m2"),
+             "config key 'training.fp8.grad_format' = 'e5m2' is not available with 'training.fp8.scaling' = "
+             "'rowwise': cuBLAS runs rowwise-scaled FP8 products in e4m3 only; use 'e4m3' or 'auto'")
+    if f.enabled:
+        _require(t.precision == "bf16", "config key 'training.fp8.enabled' = true needs 'training.precision' = "
+                 f"bf16, got {t.precision!r}: FP8 products take bf16 activations and give bf16 outputs")
 
 
 # Opt-in for CUDA graphs under tensor parallelism: the first 2-GPU run hung, so the config

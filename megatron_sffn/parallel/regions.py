@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..fp8 import products as fp8
 from .collectives import sum_over_group, tracing
 from .mappings import TensorParallel, copy_to_tensor_region, reduce_from_tensor_region
 from .sequence import (_apart, gather_from_sequence, gather_tokens, reduce_scatter_to_sequence,
@@ -60,12 +61,15 @@ class _ColumnProduct(torch.autograd.Function):
     Under SP a d-wide input keeps only its token shard for backward and is gathered again
     there, overlapped with dx (the memory sequence parallelism is for, at the price of one
     more all-gather); a structured bottleneck (T x r) is cheap to keep whole, so it is, and
-    its backward gathers nothing."""
+    its backward gathers nothing.
+
+    With an FP8 recipe the three GEMMs run through fp8/products.py, the collectives unchanged
+    (they move bf16: the casts happen on each side of them)."""
 
     @staticmethod
-    def forward(ctx, x, weight, group, size, sequence, cast_dtype, keep_gathered):
+    def forward(ctx, x, weight, group, size, sequence, cast_dtype, keep_gathered, recipe=None):
         ctx.in_dtypes = (x.dtype, weight.dtype)
-        ctx.group, ctx.size = group, size
+        ctx.group, ctx.size, ctx.recipe = group, size, recipe
         ctx.regather = sequence and not keep_gathered
         ctx.sequence = sequence
         if cast_dtype is not None:
@@ -73,6 +77,9 @@ class _ColumnProduct(torch.autograd.Function):
         full = gather_tokens([x], group, size)[0] if sequence else x
         ctx.save_for_backward(x if ctx.regather else full, weight)
         with torch.autocast(x.device.type, enabled=False):
+            if recipe is not None:
+                y = fp8.forward_gemm(full.reshape(-1, full.shape[-1]), weight, recipe, full.dtype)
+                return y.reshape(*full.shape[:-1], y.shape[-1])
             return F.linear(full, weight)
 
     @staticmethod
@@ -87,7 +94,7 @@ class _ColumnProduct(torch.autograd.Function):
             g = grad_out.to(weight.dtype)
             grad_x = work = None
             if need_x:
-                full_grad_x = torch.matmul(g, weight)
+                full_grad_x = _input_grad(g, weight, ctx.recipe)
                 if sequence:
                     shard, work = start_token_reduce_scatter([full_grad_x], group, size, async_op=True)
                     grad_x = _apart(shard, [full_grad_x], 1.0 / size)[0]
@@ -101,12 +108,34 @@ class _ColumnProduct(torch.autograd.Function):
                     full = gathered
                 else:
                     full = saved.reshape(-1, saved.shape[-1])
-                grad_w = g.reshape(-1, g.shape[-1]).t().matmul(full).to(ctx.in_dtypes[1])
+                grad_w = _weight_grad(g.reshape(-1, g.shape[-1]), full, ctx.recipe).to(ctx.in_dtypes[1])
             if work is not None:
                 work.wait()
         if grad_x is not None:
             grad_x = grad_x.to(ctx.in_dtypes[0])
-        return grad_x, grad_w, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None, None
+
+
+def _input_grad(g: torch.Tensor, weight: torch.Tensor, recipe) -> torch.Tensor:
+    if recipe is None:
+        return torch.matmul(g, weight)
+    grad = fp8.input_grad_gemm(g.reshape(-1, g.shape[-1]), weight, recipe, g.dtype)
+    return grad.reshape(*g.shape[:-1], weight.shape[1])
+
+
+def _weight_grad(g2: torch.Tensor, full: torch.Tensor, recipe) -> torch.Tensor:
+    if recipe is None:
+        return g2.t().matmul(full)
+    return fp8.weight_grad_gemm(g2, full, recipe, g2.dtype)
+
+
+def _recipe_for(x: torch.Tensor, weight: torch.Tensor, tokens_factor: int):
+    """The weight's FP8 recipe if this call's shape can run in FP8 (tokens after any gather)."""
+    recipe = fp8.fp8_recipe_of(weight)
+    if recipe is None:
+        return None
+    tokens = tokens_factor * (x.numel() // x.shape[-1] if x.shape[-1] else 0)
+    return recipe if fp8.fits(tokens, weight.shape[1], weight.shape[0]) else None
 
 
 def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool = False
@@ -114,7 +143,9 @@ def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, ke
     """enter_tensor_region(x) @ weight^T for a 2-D (out_local, in) weight, overlapped in backward.
     keep_gathered: under SP keep all tokens of x for backward instead of gathering them again."""
     if not tp.enabled:
-        return F.linear(x, weight)
+        recipe = fp8.fp8_recipe_of(weight)
+        y = fp8.fp8_product(x, weight, recipe) if recipe is not None else None
+        return y if y is not None else F.linear(x, weight)
     return _parallel_column_product(tp, x, weight, keep_gathered)
 
 
@@ -122,8 +153,9 @@ def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.
                              ) -> torch.Tensor:
     if tp.sequence_sharded and not keep_gathered and tracing():
         return _regathered_product_in_graph(tp, x, weight)
+    recipe = _recipe_for(x, weight, tp.size if tp.sequence_sharded else 1)
     return _ColumnProduct.apply(x, weight, tp.group, tp.size, tp.sequence_sharded, _autocast_dtype(x),
-                                keep_gathered)
+                                keep_gathered, recipe)
 
 
 def _regathered_product_in_graph(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -142,7 +174,9 @@ def _gathered_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor)
         x, weight = x.to(cast_dtype), weight.to(cast_dtype)
     full = gather_from_sequence(tp, x)
     with torch.autocast(x.device.type, enabled=False):
-        return F.linear(full, weight)
+        recipe = fp8.fp8_recipe_of(weight)
+        y = fp8.fp8_product(full, weight, recipe) if recipe is not None else None
+        return y if y is not None else F.linear(full, weight)
 
 
 def _recompute_the_gather():

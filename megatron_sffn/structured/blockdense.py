@@ -9,10 +9,9 @@ Parameters rank * (out + in / B). Tensor parallel:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import LinearMap, orthogonalize_, pad_to_full, sharded_parameter
-from .ops import apply_product, block_diag_matmul
+from .ops import apply_product
 
 
 class BlockDenseMap(LinearMap):
@@ -27,7 +26,7 @@ class BlockDenseMap(LinearMap):
         self.weight_u = sharded_parameter((out_features, rank), 0 if column else None, tp)
 
     def region_inputs(self, x):
-        return [block_diag_matmul(x, self.blocks_v)]
+        return [apply_product(x, self.blocks_v)]
 
     def region_outputs(self, tensors):
         return apply_product(*self.output_operands(tensors))
@@ -51,7 +50,7 @@ class BlockDenseMap(LinearMap):
         return [pad_to_full(z, self.tp)]
 
     def combine(self, reduced):
-        return F.linear(reduced[0], self.weight_u)
+        return apply_product(reduced[0], self.weight_u)
 
     def init_full(self, gen, std, init, device):
         v = torch.empty(self.blocks, self.rank // self.blocks, self.in_features // self.blocks,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .base import LinearMap, orthogonalize_, pad_to_full, sharded_parameter
-from .ops import apply_product, block_diag_matmul, block_shuffle
+from .ops import apply_product, block_shuffle
 
 
 class BlockShuffleMap(LinearMap):
@@ -38,7 +38,7 @@ class BlockShuffleMap(LinearMap):
         return shuffled.chunk(self.tp.size, dim=-1)[self.tp.rank]
 
     def region_inputs(self, x):
-        return [block_diag_matmul(x, self.blocks_v)]
+        return [apply_product(x, self.blocks_v)]
 
     def region_outputs(self, tensors):
         return apply_product(*self.output_operands(tensors))
@@ -59,7 +59,7 @@ class BlockShuffleMap(LinearMap):
         return [pad_to_full(z, self.tp)]
 
     def combine(self, reduced):
-        return block_diag_matmul(block_shuffle(reduced[0], self.blocks), self.blocks_u)
+        return apply_product(block_shuffle(reduced[0], self.blocks), self.blocks_u)
 
     def init_full(self, gen, std, init, device):
         v = torch.empty(self.blocks, self.inner // self.blocks, self.in_features // self.blocks,

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..fp8.products import fp8_recipe_of
 from ..parallel.mappings import TensorParallel
 from ..parallel.regions import enter_tensor_region, leave_tensor_region
 from .base import LinearMap, sharded_parameter
@@ -85,9 +86,11 @@ class ParallelLinear(nn.Module):
 
     # -- split form, for kernels that fuse the bias + activation into adjacent products --
     def splittable(self, use_guide: Optional[bool] = None) -> bool:
-        """The structure exposes its outer factor (column: last, row: first) and no guide runs now."""
+        """The structure exposes its outer factor (column: last, row: first), no guide runs now,
+        and its products are bf16 (the fused Triton GEMMs take 16-bit operands only)."""
         needed = "output_operands" if self.mode == "column" else "input_weight"
-        return hasattr(self.structure, needed) and not self._use_guide(use_guide)
+        return (hasattr(self.structure, needed) and not self._use_guide(use_guide)
+                and not any(fp8_recipe_of(p) is not None for p in self.structure.parameters()))
 
     def last_product_operands(self, x: torch.Tensor):
         """Column mode: (input, factor) of the last product; forward = add_bias(apply_product(...))."""

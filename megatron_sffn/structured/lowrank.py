@@ -11,7 +11,6 @@ Replicated factors see identical inputs and gradients on every rank, so their gr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import LinearMap, sharded_parameter
 from .ops import apply_product
@@ -28,7 +27,7 @@ class LowRankMap(LinearMap):
         self.weight_u = sharded_parameter((out_features, rank), 0 if column else None, tp)
 
     def region_inputs(self, x):
-        return [F.linear(x, self.weight_v)]
+        return [apply_product(x, self.weight_v)]
 
     def region_outputs(self, tensors):
         return apply_product(*self.output_operands(tensors))
@@ -52,7 +51,7 @@ class LowRankMap(LinearMap):
         return [z]
 
     def combine(self, reduced):
-        return F.linear(reduced[0], self.weight_u)
+        return apply_product(reduced[0], self.weight_u)
 
     def init_full(self, gen, std, init, device):
         if init == "normal":

@@ -29,6 +29,7 @@ SHORTCUTS = {
     "--lr": ("optimizer.lr", float),
     "--precision": ("training.precision", str),
     "--optimizer-implementation": ("optimizer.implementation", str),
+    "--fp8-scaling": ("training.fp8.scaling", str),
 }
 
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the compiled blocks as CUDA graphs, or not (sets training.cuda_graphs; "
                         "default 'auto': on where CUDA is and the layout allows them)")
+    p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the attention and FFN GEMMs in FP8 where it pays (sets training.fp8.enabled; "
+                        "needs an H100/H200-class GPU and bf16)")
     p.add_argument("--layout", choices=["auto"], default=None,
                    help="auto: the layout planner picks tensor, pipeline, ZeRO stage and micro-batch for the "
                         "world size and GPU memory; --tensor-parallel, --pipeline-parallel, --zero-stage, "
@@ -105,6 +109,8 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
         overrides.append(f"training.compile={json.dumps(args.compile)}")
     if args.cuda_graphs is not None:
         overrides.append(f"training.cuda_graphs={json.dumps(args.cuda_graphs)}")
+    if args.fp8 is not None:
+        overrides.append(f"training.fp8.enabled={json.dumps(args.fp8)}")
     if args.no_save:
         overrides.append("output.checkpoints=false")
     if args.sequence_parallel:

@@ -33,7 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import Config, resolve_speed_settings
+from ..config import Config, ConfigError, resolve_speed_settings
+from ..fp8.device import fp8_problem
+from ..fp8.dispatch import assign_from_config
 from ..model.gpt import drop_guides
 from ..model.compile import compile_blocks
 from ..model.pipeline import build_data_parallel_module, build_pipeline_module, layout_free_names
@@ -89,6 +91,7 @@ class TrainEngine:
         self._own_grad_norm: Optional[float] = None
         self._observers: List[GradientObserver] = []
         self.compiled_blocks = 0  # blocks under torch.compile in the current module
+        self.fp8_choices = []  # per GEMM weight: FP8 or bf16, and why (fp8/dispatch.py)
         self.ds = None
 
     # -- construction ------------------------------------------------------------------
@@ -101,6 +104,8 @@ class TrainEngine:
         if "auto" in (cfg.training.compile, cfg.training.cuda_graphs):  # a Config made in code, not loaded
             resolve_speed_settings(cfg, world_size=state.world_size)
         check_engine_support(cfg)
+        if cfg.training.fp8.enabled and set_values is None and fp8_problem():
+            raise ConfigError(fp8_problem())  # checkpoint tools (set_values) run no products: any machine
         _quiet_deepspeed()
         engine = cls(cfg, state, guide_state, guided)
         module = engine._build_module(guided, initialize=set_values is None)
@@ -113,6 +118,7 @@ class TrainEngine:
     def _build_module(self, guided: bool, initialize: bool = True) -> nn.Module:
         builder = build_pipeline_module if self.uses_pipeline else build_data_parallel_module
         module = builder(self.cfg, self.state, self.guide_state, guided, initialize=initialize)
+        self.fp8_choices = assign_from_config(module, self.cfg)  # before compile: the graphs read the tags
         use_compiled_passes(self.cfg.training.compile)  # the loss's T x V passes (no guide involved)
         if self.cfg.training.compile:  # guided blocks too (model/compile.py), again after the drop
             mode = "reduce-overhead" if replays_as_cuda_graphs(self.cfg, guided) else None

@@ -147,6 +147,7 @@ class Trainer:
                and cfg.self_guided.reduce_flop else ""),
             *self.notes,
             self.speed_line(),
+            *self.fp8_lines(),
             f"data       {', '.join(self.feed.prefixes)} | tokenizer {self.feed.tokenizer_path}",
             f"batch      global {cfg.training.global_batch_size} x {m.seq_length} = {tokens_per_step:,} tokens/step, "
             f"micro {cfg.training.micro_batch_size}, grad accumulation "
@@ -170,6 +171,15 @@ class Trainer:
         def state(key: str, on: bool) -> str:
             return f"{'on' if on else 'off'}" + (f" ({why[key]})" if key in why else "")
         return f"speed      compile: {state('compile', t.compile)} | CUDA graphs: {state('cuda_graphs', t.cuda_graphs)}"
+
+    def fp8_lines(self) -> List[str]:
+        """What runs in FP8 and what stays bf16 (and why), when FP8 is on."""
+        if not self.cfg.training.fp8.enabled:
+            return []
+        from ..fp8.dispatch import summary
+        from ..fp8.recipe import recipe_from_config
+        return [f"fp8        {recipe_from_config(self.cfg.training.fp8).describe()} | "
+                f"{summary(self.engine.fp8_choices)}"]
 
     def maybe_drop_guides(self) -> None:
         if self.loop.guides_dropped or not self.cfg.self_guided.enabled:

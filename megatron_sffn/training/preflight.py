@@ -21,8 +21,16 @@ def problem_before_start(cfg: Config, world_size: int) -> Optional[str]:
     """The first problem with the run folder, its checkpoint or its data (one line), or None.
     Writes nothing, except the bundled corpus's index the first time it is used."""
     from .cli import run_dir_problem
-    return (run_dir_problem(cfg.output.run_dir) or resume_problem(cfg, world_size)
+    return (fp8_device_problem(cfg) or run_dir_problem(cfg.output.run_dir) or resume_problem(cfg, world_size)
             or data_problem(cfg))
+
+
+def fp8_device_problem(cfg: Config) -> Optional[str]:
+    """FP8 asked for where no FP8 tensor cores are."""
+    if not cfg.training.fp8.enabled:
+        return None
+    from ..fp8.device import fp8_problem
+    return fp8_problem()
 
 
 def resume_problem(cfg: Config, world_size: int) -> Optional[str]:
