@@ -8,17 +8,22 @@ time, wall time minus busy time is what the GPU spent waiting for the host.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import re
-from typing import Dict, Iterable, List, Sequence, Tuple
+from collections import defaultdict
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 Interval = Tuple[float, float, str]  # (start_us, end_us, kernel name)
+Attributed = Tuple[float, float, str, str]  # (start_us, end_us, kernel or op name, ledger row)
 
 # first match wins; kernel names as CUDA reports them (cuBLAS nvjet/sm90 GEMMs, cuDNN's
-# fused attention, PyTorch's foreach kernels, Inductor's triton_* kernels, NCCL)
+# fused attention, PyTorch's foreach kernels, Inductor's triton_* kernels (its templates are
+# GEMMs), NCCL)
 CATEGORIES = (
     ("nccl", re.compile(r"nccl", re.I)),
     ("attention", re.compile(r"flash|fmha|sdpa|cudnn|attention", re.I)),
-    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|s16816|wgmma|_mm_|matmul", re.I)),
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|s16816|wgmma|_mm_|matmul|^triton_tem_", re.I)),
     ("optimizer (foreach)", re.compile(r"multi_tensor_apply|foreach|adam", re.I)),
     ("compiled (triton)", re.compile(r"^triton_")),
     ("own triton kernels", re.compile(r"^_")),
@@ -108,3 +113,205 @@ def summarize(kernels: Sequence[Interval], host: Sequence[Interval], steps: int,
     lines += ["", f"idle gaps >= 100 us: {summary['gaps_over_100us_per_step']:.1f} per step; largest:"]
     lines += [f"  {g['us'] / 1000:>7.2f} ms  host: {g['host_op'][:80]}" for g in summary["largest_gaps"]]
     return summary, "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the ledger
+# bench_ledger.py's categories: where a step's milliseconds go, comparable between two harnesses.
+# Every busy microsecond lands in exactly one of them (kernels running at once share the
+# time), so with "idle" they add up to the wall time.
+
+GEMM, ATTENTION, ELEMENTWISE, OPTIMIZER = "GEMMs", "attention", "elementwise/norm", "optimizer"
+COPIES, CROSS_ENTROPY, OTHER, IDLE = "gradient copies and casts", "cross-entropy", "other", "idle"
+LEDGER_ROWS = (GEMM, ATTENTION, ELEMENTWISE, OPTIMIZER, COPIES, CROSS_ENTROPY, OTHER, IDLE)
+
+# the profiler range both harnesses put around clipping and the optimizer step
+OPTIMIZER_RANGE = "optimizer step"
+
+# an enclosing op or range that decides the category of everything run inside it, whatever
+# the kernel is called (innermost first): the optimizer step, the loss, a gradient's
+# accumulation (our post-accumulate hooks' concatenate-and-copy), attention's helper kernels
+SCOPES = (
+    (OPTIMIZER, re.compile(rf"^{OPTIMIZER_RANGE}$|^Optimizer\.step#|clip_grad")),
+    (CROSS_ENTROPY, re.compile(r"cross_?entropy|nll_?loss|log_?softmax", re.I)),
+    (COPIES, re.compile(r"AccumulateGrad")),
+    (ATTENTION, re.compile(r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention", re.I)),
+)
+
+# Inductor names a kernel after the aten ops it fused: triton_{poi,red,per,tem}_fused_<ops>_<n>
+INDUCTOR = re.compile(r"^triton_[a-z]+_fused_(?P<ops>.*?)(?:_\d+)?$")
+# words of the ops that only move or convert data (a kernel made of these alone is a copy or a cast)
+COPY_WORDS = frozenset("to copy clone cat convert element type unsafe view permute transpose t expand slice "
+                       "select unsqueeze squeeze reshape as strided lift fresh split with sizes".split())
+ATEN_GEMM = re.compile(r"^aten::(?:mm|addmm|bmm|baddbmm|addbmm|matmul|linear|_addmm_activation)$")
+ATEN_COPY = re.compile(r"^aten::(?:copy_|_to_copy|cat|clone|contiguous|_foreach_copy_)$")
+# ops that allocate or describe a tensor and compute nothing: time spent in them is "other"
+ATEN_METADATA = re.compile(r"^aten::(?:empty\w*|view\w*|reshape|_reshape_alias|t|transpose|permute|expand\w*|"
+                           r"as_strided\w*|slice|select|unsqueeze|squeeze|detach\w*|alias|_unsafe_view|"
+                           r"resolve_\w+|result_type|to|lift_fresh|item|_local_scalar_dense|split\w*|unbind|"
+                           r"chunk|flatten|unflatten|narrow|set_|resize_|record_stream|is_\w+|size|stride|dim)$")
+NAME_HINTS = (  # a kernel's or an op's own name, after the scopes; first match wins
+    (CROSS_ENTROPY, re.compile(r"log_?softmax|nll_?loss|cross_?entropy", re.I)),
+    (OPTIMIZER, SCOPES[0][1]),
+    (OPTIMIZER, re.compile(r"adam|^aten::_foreach_(?!copy)|multi_tensor", re.I)),
+    (ELEMENTWISE, re.compile(r"layer_?norm|rms_?norm|batch_?norm|group_?norm", re.I)),
+    (GEMM, ATEN_GEMM),
+    (COPIES, ATEN_COPY),
+    (COPIES, re.compile(r"^Memcpy")),
+)
+# profile_summary's kernel categories that translate directly
+FROM_KERNEL_CATEGORY = {"gemm": GEMM, "attention": ATTENTION, "optimizer (foreach)": OPTIMIZER,
+                        "copies and casts": COPIES, "reductions": ELEMENTWISE, "elementwise": ELEMENTWISE,
+                        "compiled (triton)": ELEMENTWISE, "own triton kernels": ELEMENTWISE, "nccl": OTHER}
+
+
+@functools.lru_cache(maxsize=None)  # a profile repeats a few hundred names and stacks many times
+def _scope(context: Tuple[str, ...]):
+    for op in context:
+        for label, pattern in SCOPES:
+            if pattern.search(op):
+                return label
+    return None
+
+
+def _inductor_copy(name: str) -> bool:
+    """An Inductor kernel that fused nothing but copies, casts and views (autocast's casts, the
+    fp32 cast of a bf16 gradient); a cast fused into arithmetic counts as the arithmetic."""
+    m = INDUCTOR.match(name)
+    words = [w for w in m.group("ops").split("_") if w] if m else []
+    return bool(words) and all(w in COPY_WORDS for w in words)
+
+
+@functools.lru_cache(maxsize=None)
+def _name_hint(name: str):
+    for label, pattern in NAME_HINTS:
+        if pattern.search(name):
+            return label
+    if _inductor_copy(name):
+        return COPIES
+    coarse = category(name)
+    if coarse != "other":
+        return FROM_KERNEL_CATEGORY[coarse]
+    if name.startswith("aten::"):  # any other op computes something elementwise
+        return None if ATEN_METADATA.match(name) else ELEMENTWISE
+    return None
+
+
+def ledger_category(name: str, context: Sequence[str] = ()) -> str:
+    """The ledger row of a kernel (or, on CPU, of an op's own time). context: the names of the
+    op that launched it and of the ops and ranges around that one, innermost first.
+
+    GEMM, attention and NCCL kernels are recognised by name wherever they run; then an enclosing
+    scope decides (the optimizer range, the loss, gradient accumulation), because inside it
+    the kernels have generic names (an elementwise multiply in the clip, a copy in a hook);
+    then the name itself (Inductor's fused-op names, ATen's kernel and op names); then the
+    innermost op that says anything. A CUDA graph's kernels have its replay as their op, which
+    says nothing: their names decide."""
+    coarse = category(name)
+    if coarse in ("gemm", "attention", "nccl"):  # communication is nobody's compute: "other"
+        return FROM_KERNEL_CATEGORY[coarse]
+    context = tuple(context)
+    candidates = itertools.chain((_scope(context), _name_hint(name)), (_name_hint(op) for op in context))
+    return next((label for label in candidates if label is not None), OTHER)
+
+
+def split_time(segments: Sequence[Interval]) -> Dict[str, float]:
+    """Time per label of (start, end, label) segments; where n overlap, each gets 1/n of that
+    stretch, so the values add up to the union of the segments (the busy time)."""
+    edges = sorted({t for s, e, _ in segments for t in (s, e)})
+    starts, ends = defaultdict(list), defaultdict(list)
+    for s, e, label in segments:
+        if e > s:
+            starts[s].append(label)
+            ends[e].append(label)
+    active: Dict[str, int] = defaultdict(int)
+    totals: Dict[str, float] = defaultdict(float)
+    for t, t_next in zip(edges, edges[1:] + [None]):
+        for label in ends.get(t, ()):
+            active[label] -= 1
+        for label in starts.get(t, ()):
+            active[label] += 1
+        count = sum(active.values())
+        if t_next is not None and count:
+            for label, n in active.items():
+                if n:
+                    totals[label] += (t_next - t) * n / count
+    return dict(totals)
+
+
+def _context(event) -> Tuple[str, ...]:
+    """The names of a host op and of the ops and ranges around it, innermost first."""
+    names = []
+    while event is not None:
+        names.append(event.name)
+        event = event.cpu_parent
+    return tuple(names)
+
+
+def kernel_segments(prof, counts: Optional[Dict[str, int]] = None) -> List[Attributed]:
+    """(start_us, end_us, name, ledger row) of every device kernel, memcpy and memset, each
+    attributed with the host op that launched it: read from the profiler's raw events, which
+    link a kernel to that op by correlation id in every torch 2.x (FunctionEvent does not in all).
+    counts, when given, gets "kernels" and "kernels_with_host_op" (a check on the linking)."""
+    from torch.autograd import DeviceType
+    results = prof.profiler.kineto_results
+    origin = results.trace_start_ns()
+    # host ops (no link of their own) by id and start: a runtime call such as cudaLaunchKernel
+    # may carry the same id, counted from 1 by CUPTI
+    frontend = {(k.correlation_id(), (k.start_ns() - origin) / 1000) for k in results.events()
+                if k.device_type() == DeviceType.CPU and k.linked_correlation_id() == 0}
+    ops = {e.id: e for e in prof.events() if (e.id, e.time_range.start) in frontend}
+    out = []
+    for k in results.events():
+        if k.device_type() != DeviceType.CUDA or k.is_user_annotation():
+            continue
+        launcher = ops.get(k.linked_correlation_id())
+        out.append(((k.start_ns() - origin) / 1000, (k.end_ns() - origin) / 1000, k.name(),
+                    ledger_category(k.name(), _context(launcher))))
+        if counts is not None:
+            counts["kernels"] = counts.get("kernels", 0) + 1
+            counts["kernels_with_host_op"] = counts.get("kernels_with_host_op", 0) + (launcher is not None)
+    return out
+
+
+def _own_time(event) -> List[Tuple[float, float]]:
+    """The stretches of a host op not covered by its child ops (its self time)."""
+    start, end = event.time_range.start, event.time_range.end
+    pieces, cursor = [], start
+    for child in sorted(event.cpu_children, key=lambda c: c.time_range.start):
+        if child.time_range.start > cursor:
+            pieces.append((cursor, min(child.time_range.start, end)))
+        cursor = max(cursor, child.time_range.end)
+    if end > cursor:
+        pieces.append((cursor, end))
+    return pieces
+
+
+def cpu_op_segments(prof) -> List[Attributed]:
+    """(start_us, end_us, name, ledger row) of every host op's self time: the ledger of a CPU
+    run, which has no kernels; each op is attributed by its own name and the ops around it."""
+    from torch.autograd import DeviceType
+    out = []
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU or e.is_async:
+            continue
+        label = ledger_category(e.name, _context(e))
+        out += [(s, t, e.name, label) for s, t in _own_time(e)]
+    return out
+
+
+def ledger(attributed: Sequence[Attributed], steps: int, wall_ms_per_step: float, source: str,
+           top: int = 5) -> dict:
+    """ms per step by ledger row (idle = wall - busy), from kernel_segments or cpu_op_segments,
+    and each row's largest kernels (or ops) by their own summed time, to check the attribution."""
+    times = split_time([(s, e, label) for s, e, _, label in attributed])
+    rows = {label: times.get(label, 0.0) / 1000 / steps for label in LEDGER_ROWS if label != IDLE}
+    busy = sum(rows.values())
+    rows[IDLE] = max(0.0, wall_ms_per_step - busy)
+    by_name: Dict[Tuple[str, str], float] = defaultdict(float)
+    for s, e, name, label in attributed:
+        by_name[label, name] += e - s
+    largest = {label: [{"name": name, "ms_per_step": us / 1000 / steps}
+                       for (lab, name), us in sorted(by_name.items(), key=lambda kv: -kv[1]) if lab == label][:top]
+               for label in LEDGER_ROWS if label != IDLE}
+    return {"source": source, "steps": steps, "wall_ms_per_step": wall_ms_per_step, "busy_ms_per_step": busy,
+            "ms_per_step": rows, "largest": largest}

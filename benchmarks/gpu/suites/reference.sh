@@ -1,5 +1,5 @@
 # megatron_sffn against the plain-PyTorch reference, 1.3B, one GPU per kind, the same run on the same GPU
-# ARGS: KIND [KIND ...] of dense lowrank blockdense blockshuffle sgt; or `table` alone (the tables so far)
+# ARGS: KIND [KIND ...] of dense lowrank blockdense blockshuffle sgt ledger; or `table` alone (the tables so far)
 # A 1.3B kind: bench_train.py --reference runs the launcher's default path (--compile, optimizer auto =
 # fused) and then benchmarks/bench_reference.py (whole-model torch.compile) on the same GPU: micro-batch
 # 8 x 1024, one optimizer step per micro-batch, 30 steps, the last 20 timed; it prints megatron_sffn /
@@ -10,8 +10,15 @@
 # Every call ends with the tables of every kind in OUT so far (OUT/bench_KIND.json, together in
 # OUT/reference_all.json). Logs: OUT/logs/. GPUS="3" (ids) picks the GPUs; default: every GPU
 # nvidia-smi lists. SMOKE=1 runs the same plumbing on a CPU with bench_train's tiny smoke model.
+# `ledger`: benchmarks/bench_ledger.py, on the first GPU after the kinds: per step, ms by category
+# (GEMMs, attention, elementwise/norm, optimizer, gradient copies and casts, cross-entropy, other,
+# idle), ours (the launcher's default: compiled blocks, CUDA graphs, fused optimizer) against the
+# compiled reference, micro-batch 8, each side in its own process; one run per 1.3B config of
+# LEDGER_CONFIGS (default "dense lowrank"; "lowrank" alone where both do not fit one call), each
+# writing OUT/ledger_CONFIG.txt (the table) and OUT/ledger_CONFIG.json.
 mkdir -p "$out/logs"
 smoke=(); mode=compile; [ "${SMOKE:-0}" = 1 ] && smoke=(--smoke --steps 8 --warmup 1) && mode=eager
+ledger_smoke=(); [ "${SMOKE:-0}" = 1 ] && ledger_smoke=(--smoke)
 
 run_kind() {  # KIND GPU
   local args
@@ -27,10 +34,25 @@ run_kind() {  # KIND GPU
   echo "$1 (GPU $2): exit $code, $(date +%T) (log $out/logs/$1.log)"
 }
 
-kinds=("$@"); [ "${kinds[*]:-}" = table ] && kinds=()
-for kind in "${kinds[@]}"; do
-  case $kind in dense|lowrank|blockdense|blockshuffle|sgt) ;;
-    *) echo "error: unknown kind '$kind' (dense lowrank blockdense blockshuffle sgt, or table)" >&2; exit 2 ;;
+run_ledger() {  # CONFIG GPU
+  CUDA_VISIBLE_DEVICES=$2 python3 benchmarks/bench_ledger.py --configs "configs/1p3b_$1.json" --micro-batch-size 8 \
+      "${ledger_smoke[@]}" --out "$out/ledger_$1.json" > "$out/ledger_$1.txt" 2> "$out/logs/ledger_$1.log"
+  local code=$?; echo "$code" > "$out/logs/ledger_$1.exit"
+  echo "ledger $1 (GPU $2): exit $code, $(date +%T) (log $out/logs/ledger_$1.log)"; cat "$out/ledger_$1.txt"
+}
+
+kinds=(); ledger=0
+for kind in "$@"; do
+  case $kind in dense|lowrank|blockdense|blockshuffle|sgt) kinds+=("$kind") ;;
+    ledger) ledger=1 ;;
+    table) [ $# -eq 1 ] || { echo "error: 'table' goes alone (the tables of OUT so far)" >&2; exit 2; } ;;
+    *) echo "error: unknown kind '$kind' (dense lowrank blockdense blockshuffle sgt ledger, or table)" >&2; exit 2 ;;
+  esac
+done
+ledger_configs=${LEDGER_CONFIGS:-dense lowrank}
+for config in $ledger_configs; do
+  case $config in dense|lowrank|blockdense|blockshuffle) ;;
+    *) echo "error: unknown LEDGER_CONFIGS entry '$config' (dense lowrank blockdense blockshuffle)" >&2; exit 2 ;;
   esac
 done
 if [ -n "${GPUS:-}" ]; then read -ra ids <<< "$GPUS"; else
@@ -42,6 +64,12 @@ for ((g = 0; g < gpus && g < ${#kinds[@]}; g++)); do
 done
 wait
 for kind in "${kinds[@]}"; do [ "$(cat "$out/logs/$kind.exit" 2>/dev/null)" = 0 ] || status=1; done
+if [ "$ledger" = 1 ]; then
+  for config in $ledger_configs; do
+    run_ledger "$config" "${ids[0]}"; [ "$(cat "$out/logs/ledger_$config.exit")" = 0 ] || status=1
+  done
+  [ ${#kinds[@]} -eq 0 ] && exit "$status"  # the ledger alone: no kind tables to print
+fi
 results=("$out"/bench_*.json)
 [ -e "${results[0]}" ] || { echo "no results in $out" >&2; exit 1; }
 python3 benchmarks/bench_train.py --table-from "${results[@]}" --out "$out/reference_all.json" | grep -v "^\[20"

@@ -1,0 +1,35 @@
+"""benchmarks/bench_ledger.py runs end to end on CPU (--smoke): both sides in their own
+processes, every category present, the categories adding up to the profiled wall time, and the
+attribution alive (GEMMs, the optimizer and the loss found on both sides, our fused optimizer's
+kernel under "optimizer"). Timing is not asserted. The categorisation itself:
+tests/benchmarks/test_profile_summary.py."""
+import pytest
+
+from tests.benchmarks.common import run_script
+
+from profile_summary import IDLE, LEDGER_ROWS  # noqa: E402  (benchmarks/ is on sys.path via common)
+
+
+def test_smoke_ledger_has_both_sides_and_adds_up(tmp_path):
+    out = tmp_path / "ledger.json"
+    proc, data = run_script("bench_ledger.py", ["--smoke", "--out", out], timeout=300)
+    (result,) = data["results"]
+    assert data["rows"] == list(LEDGER_ROWS) and IDLE in LEDGER_ROWS
+    for side in ("ours", "reference"):
+        r = result[side]
+        assert "error" not in r, r
+        assert r["side"] == side and r["source"] == "host ops" and r["steps"] == 2
+        ms = r["ms_per_step"]
+        assert set(ms) == set(LEDGER_ROWS) and all(v >= 0 for v in ms.values())
+        assert sum(ms.values()) == pytest.approx(r["wall_ms_per_step"], rel=0.01)
+        assert r["busy_ms_per_step"] == pytest.approx(sum(v for k, v in ms.items() if k != IDLE))
+        for row in ("GEMMs", "optimizer", "cross-entropy", "elementwise/norm"):
+            assert ms[row] > 0, (side, row, ms)
+        assert ms["other"] < 0.2 * r["busy_ms_per_step"], r["largest"]["other"]
+        assert r["unprofiled_step_ms"] > 0
+    ours = result["ours"]
+    assert ours["optimizer"] == "fused" and ours["precision"] == "bf16"
+    assert "aten::_fused_adamw_" in [k["name"] for k in ours["largest"]["optimizer"]]
+    assert ours["ms_per_step"]["gradient copies and casts"] > 0  # the hooks' concatenate-and-copy
+    for row in LEDGER_ROWS:
+        assert row in proc.stdout
