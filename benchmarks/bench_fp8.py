@@ -3,8 +3,10 @@
 
 Each case is one weight of one layer kind (attention qkv and proj, dense fc1 and fc2, a
 LowRank factor, a BlockDense or BlockShuffle block-diagonal factor) at a number of tokens
-per micro-batch. The time is the median of CUDA-event-timed fwd+bwd calls of a
-torch.compile'd function, so the casts fuse as they do in training. The crossovers of
+per micro-batch. The time is the median of CUDA-event-timed fwd+bwd calls of the product
+compiled with CUDA graphs ("reduce-overhead"), so the casts fuse as they do in training and
+the host's launches (more kernels in FP8) do not hide the GPU time: in a training step at
+micro-batch 8 the host runs ahead of the GPU. The crossovers of
 megatron_sffn/fp8/dispatch.py (MIN_TOKENS, MIN_WIDTH) come from this table.
 
   python benchmarks/bench_fp8.py --out fp8.json             (GPU with FP8 tensor cores)
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS)
     ap.add_argument("--recipes", nargs="+", default=["tensorwise", "rowwise"], choices=["tensorwise", "rowwise"])
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--cases", nargs="+", default=None, metavar="TEXT",
+                    help="only the cases whose name contains one of these")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, eager, 2 repeats")
     return ap.parse_args(argv)
@@ -87,12 +91,16 @@ def case_times(shape, tokens, recipes, device, compiled, repeats) -> dict:
         if name != "bf16":
             w.fp8_recipe = Fp8Recipe(name, E4M3 if name == "rowwise" else E5M2)
 
-        def step(w=w):
-            y = apply_product(x, w)
-            y.backward(torch.ones_like(y))
+        def forward(w=w):
+            return apply_product(x, w)
 
-        fn = torch.compile(step) if compiled else step
-        out[name] = measure(fn, repeats)
+        forward = torch.compile(forward, mode="reduce-overhead") if compiled else forward
+        grad = torch.ones_like(forward())
+
+        def step(forward=forward):
+            forward().backward(grad)
+
+        out[name] = measure(step, repeats)
     return out
 
 
@@ -103,6 +111,8 @@ def run(args) -> list:
         from megatron_sffn.fp8.device import CPU_ENV
         os.environ[CPU_ENV] = "1"
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    if args.cases:
+        shapes = [(c, s) for c, s in shapes if any(t in c for t in args.cases)]
     tokens = [32] if args.smoke else args.tokens
     rows = []
     for case, shape in shapes:

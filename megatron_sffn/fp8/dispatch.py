@@ -46,12 +46,15 @@ def gemm_dims(weight) -> tuple:
     return weight.shape[2], weight.shape[1]
 
 
-def why_not(tokens: int, in_features: int, out_features: int, layers: str) -> Optional[str]:
+def why_not(tokens: int, in_features: int, out_features: int, layers: str, block_diagonal: bool = False
+            ) -> Optional[str]:
     """None when a product of this shape runs in FP8, else the reason it stays bf16."""
     if not fits(tokens, in_features, out_features):
         return "a dimension is not a multiple of 16"
     if layers == "all":
         return None
+    if block_diagonal:
+        return "block-diagonal (a cast per block costs more than its GEMM saves)"
     if tokens < MIN_TOKENS:
         return f"{tokens} tokens per micro-batch < {MIN_TOKENS}"
     narrow = min(in_features, out_features)
@@ -77,7 +80,7 @@ def assign_fp8(module: nn.Module, recipe: Optional[Fp8Recipe], tokens: int, laye
     when recipe is None), and return the choices for the banner."""
     choices = []
     for name, param in gemm_weights(module).items():
-        reason = "FP8 off" if recipe is None else why_not(tokens, *gemm_dims(param), layers)
+        reason = "FP8 off" if recipe is None else why_not(tokens, *gemm_dims(param), layers, param.dim() == 3)
         param.fp8_recipe = recipe if reason is None else None
         choices.append(Fp8Choice(name, tuple(param.shape), reason is None, reason or ""))
     return choices

@@ -8,10 +8,13 @@ torch.compile they fuse with the amax and any transpose the GEMM's layout needs)
   input gradient  dx = dy @ W       dy in the recipe's gradient format, W e4m3
   weight gradient dW = dy^T @ x     dy in the gradient format, x e4m3
 
-Every operand is scaled along the contraction dimension of its own GEMM (rowwise), or as a
-whole (tensorwise). What is saved for backward is what a bf16 layer saves (x and W in their
-own dtype), so peak memory does not grow; outputs and gradients come back in the inputs'
-dtypes. A block-diagonal factor (B, q, p) runs each block's three GEMMs the same way.
+Tensorwise: each operand is cast once, with one scale, and the casts are reused: forward
+saves x and W in FP8 (half the bytes a bf16 layer saves), backward casts dy once for both
+its GEMMs; the layouts the second use needs are transposed copies of FP8 data (one byte a
+value). Rowwise: every operand is scaled along the contraction dimension of its own GEMM, so
+x, W and dy are each cast twice, once per axis, and forward saves x and W as they came.
+Outputs and gradients come back in the inputs' dtypes. A block-diagonal factor (B, q, p)
+runs each block's three GEMMs the same way.
 """
 from __future__ import annotations
 
@@ -52,6 +55,13 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, a_dtype: torch.dtype, b_dtyp
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
+def _gemm(aq, a_inv, bq, b_inv, out_dtype, fast_accum=False) -> torch.Tensor:
+    """Already-cast operands: aq made row-major, bq column-major (copies only where needed)."""
+    aq = aq if aq.is_contiguous() else aq.contiguous()
+    bq = bq if bq.t().is_contiguous() else bq.t().contiguous().t()
+    return torch._scaled_mm(aq, bq, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype, use_fast_accum=fast_accum)
+
+
 def output_dtype(x: torch.Tensor) -> torch.dtype:
     """autocast's dtype when it is on (as a matmul would give), else x's."""
     if torch.is_autocast_enabled(x.device.type):
@@ -74,27 +84,59 @@ def weight_grad_gemm(g2: torch.Tensor, x2: torch.Tensor, recipe: Fp8Recipe, out_
     return scaled_matmul(g2.t(), x2, recipe.grad_dtype, E4M3, recipe.rowwise, out_dtype)
 
 
+def tensorwise_forward(x2, weight, out_dtype):
+    """(y, saved): y = x2 W^T from one e4m3 cast of each; saved = the casts and their scales."""
+    xq, x_inv = quantize(x2, E4M3)
+    wq, w_inv = quantize(weight, E4M3)
+    y = _gemm(xq, x_inv, wq.t(), w_inv, out_dtype, fast_accum=True)
+    return y, (xq, x_inv, wq, w_inv)
+
+
+def tensorwise_backward(g2, saved, recipe: Fp8Recipe, need_x: bool, need_w: bool, x_dtype, w_dtype):
+    """(dx, dW) from one cast of dy and the forward's casts of x and W."""
+    xq, x_inv, wq, w_inv = saved
+    gq, g_inv = quantize(g2, recipe.grad_dtype)
+    grad_x = _gemm(gq, g_inv, wq, w_inv, out_dtype_for(x_dtype)).to(x_dtype) if need_x else None
+    grad_w = _gemm(gq.t(), g_inv, xq, x_inv, out_dtype_for(w_dtype)).to(w_dtype) if need_w else None
+    return grad_x, grad_w
+
+
+def out_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """A dtype _scaled_mm can write that casts to `dtype` without loss of what it holds."""
+    return dtype if dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
+
+
 class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, recipe: Fp8Recipe, out_dtype):
         ctx.recipe, ctx.in_dtypes = recipe, (x.dtype, weight.dtype)
         x2 = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(x2, weight)
         with torch.autocast(x.device.type, enabled=False):
-            y = forward_gemm(x2, weight, recipe, out_dtype)
+            if recipe.rowwise:
+                ctx.save_for_backward(x2, weight)
+                y = forward_gemm(x2, weight, recipe, out_dtype)
+            else:
+                y, saved = tensorwise_forward(x2, weight, out_dtype)
+                ctx.save_for_backward(*saved)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, weight = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
+        need_x, need_w = ctx.needs_input_grad[:2]
         grad_x = grad_w = None
         with torch.autocast(grad_out.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                grad_x = input_grad_gemm(g, weight, ctx.recipe, ctx.in_dtypes[0])
-                grad_x = grad_x.reshape(*grad_out.shape[:-1], x2.shape[-1])
-            if ctx.needs_input_grad[1]:
-                grad_w = weight_grad_gemm(g, x2, ctx.recipe, ctx.in_dtypes[1])
+            if not ctx.recipe.rowwise:
+                grad_x, grad_w = tensorwise_backward(g, ctx.saved_tensors, ctx.recipe, need_x, need_w,
+                                                     *ctx.in_dtypes)
+            else:
+                x2, weight = ctx.saved_tensors
+                if need_x:
+                    grad_x = input_grad_gemm(g, weight, ctx.recipe, ctx.in_dtypes[0])
+                if need_w:
+                    grad_w = weight_grad_gemm(g, x2, ctx.recipe, ctx.in_dtypes[1])
+        if grad_x is not None:
+            grad_x = grad_x.reshape(*grad_out.shape[:-1], grad_x.shape[-1])
         return grad_x, grad_w, None, None
 
 
