@@ -98,6 +98,8 @@ def case_times(shape, tokens, recipes, device, compiled, repeats) -> dict:
         grad = torch.ones_like(forward())
 
         def step(forward=forward):
+            if compiled:  # each call a new replay: the last one's outputs are consumed by then
+                torch.compiler.cudagraph_mark_step_begin()
             forward().backward(grad)
 
         out[name] = measure(step, repeats)

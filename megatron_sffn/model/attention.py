@@ -92,7 +92,7 @@ class Attention(nn.Module):
         attn_width = cfg.num_heads * self.head_dim
         self.qkv = ParallelLinear(cfg.hidden_size, qkv_width, "column", tp, bias=cfg.bias)
         self.proj = ParallelLinear(attn_width, cfg.hidden_size, "row", tp, bias=cfg.bias)
-        self.rotary = Rotary(self.head_dim, cfg.rope_base)
+        self.rotary = Rotary(self.head_dim, cfg.rope_base, cfg.seq_length)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
         if cache is not None and self.tp.sequence_sharded:
