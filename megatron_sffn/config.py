@@ -519,6 +519,8 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
     if s.enabled:
         _require(cfg.model.ffn.kind != "dense",
                  "config key 'self_guided.enabled' = true needs a structured 'model.ffn.kind', got 'dense'")
+    _require(t.precision != "fp8", "config key 'training.precision' = 'fp8' must be one of bf16, fp16, fp32; "
+             "FP8 GEMMs run on top of bf16: --precision bf16 --fp8 (training.fp8.enabled)")
     _choice(t.precision, ("bf16", "fp16", "fp32"), "training.precision")
     for key in ("micro_batch_size", "global_batch_size", "log_interval", "eval_interval",
                 "eval_iters", "save_interval", "keep_last", "max_nonfinite_steps", "checkpoint_interval"):

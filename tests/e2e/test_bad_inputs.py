@@ -52,7 +52,8 @@ CASES = [
     ("flag-unknown", ARGS + ["--tensor-paralel", "2"], "unrecognized arguments: --tensor-paralel 2"),
     ("flag-config-missing", ["--train-steps", "2"], "the following arguments are required: --config"),
     ("flag-precision", ARGS + ["--precision", "fp8"],
-     "config key 'training.precision' = 'fp8' must be one of bf16, fp16, fp32"),
+     "config key 'training.precision' = 'fp8' must be one of bf16, fp16, fp32; FP8 GEMMs run on top of bf16: "
+     "--precision bf16 --fp8"),
     ("model-rank-negative", ARGS + ["--override", "model.ffn.rank=-3"],
      "config key 'model.ffn.rank' = -3 must be positive"),
     ("tensor-parallel-heads", ARGS + ["--tensor-parallel", "3"],

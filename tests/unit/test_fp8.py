@@ -143,6 +143,20 @@ def test_crossovers_keep_thin_or_small_products_in_bf16():
     assert "wide" in dispatch.why_not(big, width // 2, 4 * width, "auto")
     assert dispatch.why_not(big // 2, width // 2, 4 * width, "all") is None
     assert "16" in dispatch.why_not(big, 24, 4 * width, "all")
+    # block-diagonal factors: measured slower in FP8 at every size (one cast per block)
+    assert "block-diagonal" in dispatch.why_not(big, 2 * width, 4 * width, "auto", block_diagonal=True)
+    assert dispatch.why_not(big, 2 * width, 4 * width, "all", block_diagonal=True) is None
+
+
+def test_auto_on_a_1p3b_model_puts_attention_and_dense_ffns_in_fp8_and_keeps_lowrank_factors_bf16():
+    from megatron_sffn.model.gpt import GPTModel
+    cfg = load_config("configs/1p3b_lowrank.json", ["model.num_layers=2"])
+    with torch.device("meta"):
+        model = GPTModel(cfg.model)
+    choices = dispatch.assign_fp8(model, TENSORWISE, tokens=8 * cfg.model.seq_length)
+    by_role = {c.role: c.fp8 for c in choices}
+    assert by_role["attn.qkv.weight"] and by_role["attn.proj.weight"] and by_role["ffn.fc1.weight"]
+    assert not by_role["ffn.fc1.weight_u"] and not by_role["ffn.fc2.weight_v"]
 
 
 def _tiny_model(kind="lowrank", guided=False):

@@ -11,6 +11,12 @@
 #                compiled and lowrank eager, each a kernel table + busy/idle summary (TXT and JSON), then
 #                lowrank compiled at micro-batch 16, timed only
 #   profile_x4   the four profile cases side by side, one per GPU of a 4-GPU host
+#   fp8          FP8 against bf16: the GPU numerics tests (tests/unit/test_fp8_gpu.py), then 1.3B dense and
+#                lowrank end to end (bench_train.py --variant fp8, compiled, micro-batch 8, 20 steps) beside
+#                the reference; CONFIGS overrides the configs (e.g. "configs/2p7b_dense.json", MICRO=4);
+#                about 9 minutes
+#   fp8_products each product's fwd+bwd in bf16 and FP8 (bench_fp8.py, 8192 tokens, tensorwise): the
+#                crossovers of megatron_sffn/fp8/dispatch.py; about 3 minutes
 #   resume TAG [pretrain.py args ...]   train for N steps, resume from the checkpoint TAG, compare the
 #                two loss curves step by step (NPROC=n: n GPUs); the rest of the line is its arguments,
 #                e.g. resume step00000100 --config configs/1p3b_lowrank_sgt.json --train-steps 140
@@ -60,7 +66,7 @@ json.dump({"steps": resumed, "max_rel_diff": max(diffs) if diffs else None,
 PY
 }
 
-[ $# -ge 1 ] || { echo "error: suite 'train' needs a case: optimizers cuda_graphs profile profile_x4 resume" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "error: suite 'train' needs a case: optimizers cuda_graphs profile profile_x4 fp8 fp8_products resume" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case=$1; shift
   echo "== $case $(date +%T)"
@@ -89,10 +95,18 @@ while [ $# -gt 0 ]; do
       profile_case 2 lowrank_eager lowrank 8 false p &
       profile_case 3 lowrank_compiled_mb16 lowrank 16 true &
       wait ;;
+    fp8)
+      python3 -m pytest -q -p no:cacheprovider tests/unit/test_fp8_gpu.py 2>&1 | tail -3
+      python3 benchmarks/bench_train.py --configs ${CONFIGS:-configs/1p3b_dense.json configs/1p3b_lowrank.json} \
+          --modes compile --micro-batch-size "${MICRO:-8}" --steps 20 --warmup 10 --reference \
+          --variant 'fp8:training.fp8.enabled=true' --out "$out/reference_fp8.json" 2>&1 | grep -v "^\[20\|Warning\|warn(" ;;
+    fp8_products)
+      python3 benchmarks/bench_fp8.py --tokens 8192 --recipes tensorwise --repeats 20 --out "$out/fp8_products.json" \
+          2>&1 | grep -v "^\[20\|Warning\|warn(" ;;
     resume)
       [ $# -ge 1 ] || { echo "error: case 'resume' needs a checkpoint tag: resume TAG [pretrain.py args ...]" >&2; exit 2; }
       ( set -e; resume_check "$@" ); set -- ;;
-    *) echo "error: unknown case '$case' of suite 'train' (optimizers cuda_graphs profile profile_x4 resume)" >&2
+    *) echo "error: unknown case '$case' of suite 'train' (optimizers cuda_graphs profile profile_x4 fp8 fp8_products resume)" >&2
        exit 2 ;;
   esac
 done
