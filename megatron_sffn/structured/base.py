@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..parallel.mappings import TensorParallel
 from ..parallel.regions import column_product, enter_tensor_region, leave_tensor_region
@@ -110,6 +111,24 @@ class LinearMap(nn.Module):
             return self.region_outputs(list(inside) if isinstance(inside, tuple) else [inside])
         reduced = leave_tensor_region(self.tp, *self.partials(x))
         return self.combine(list(reduced) if isinstance(reduced, tuple) else [reduced])
+
+    def last_product_input(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(input, 2-D weight) of the product that makes this map's output, on a tensor group of
+        one rank (no collective in between), or None where the last factor is block-diagonal."""
+        return None
+
+    def forward_with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> Optional[torch.Tensor]:
+        """forward(x) + bias with the bias added by the last GEMM's epilogue (cuBLAS's addmm), or
+        None where that cannot be (tensor-parallel, block-diagonal last factor, FP8 product).
+        A separate add would write the f-wide pre-activation once more and read it back: 2.1 ms
+        of a 1.3B lowrank step on an H100 (docs/performance.md, the ledger)."""
+        if self.tp.enabled:
+            return None
+        pair = self.last_product_input(x)
+        if pair is None or getattr(pair[1], "fp8_recipe", None) is not None:
+            return None
+        z, weight = pair
+        return F.linear(z, weight, bias.to(z.dtype))
 
     def load_full(self, full: Dict[str, torch.Tensor]) -> None:
         load_full_tensors(self, full, self.tp)

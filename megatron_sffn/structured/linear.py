@@ -72,7 +72,13 @@ class ParallelLinear(nn.Module):
         return self.uses_guide_now() if use_guide is None else use_guide
 
     def forward(self, x: torch.Tensor, use_guide: Optional[bool] = None) -> torch.Tensor:
-        return self.add_bias(self.forward_unbiased(x, use_guide))
+        guided = self._use_guide(use_guide)
+        fused_bias = getattr(self.structure, "forward_with_bias", None)  # inference's pre-merged maps: none
+        if self.bias is not None and not guided and fused_bias is not None:
+            y = fused_bias(x, self.bias)
+            if y is not None:
+                return y
+        return self.add_bias(self.forward_unbiased(x, guided))
 
     def forward_unbiased(self, x: torch.Tensor, use_guide: Optional[bool] = None) -> torch.Tensor:
         if self._use_guide(use_guide):
