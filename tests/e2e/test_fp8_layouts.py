@@ -1,5 +1,6 @@
 """FP8 training through the launcher in every layout the CPU can run, with real gloo process
-groups: data, tensor (with sequence parallelism), pipeline, compiled, resumed, converted.
+groups: data (ZeRO 1), tensor (with sequence parallelism), pipeline, compiled, activation
+checkpointing, resumed, converted.
 
 The products run through torch's CPU _scaled_mm (MEGATRON_SFFN_FP8_ON_CPU=1: same casts and
 scales as on a GPU). Self-guided lowrank (tiny_demo), every GEMM weight in FP8
@@ -57,7 +58,8 @@ def test_fp8_trains_close_to_bf16_and_says_what_runs_in_fp8(baselines):
     ["--pipeline-parallel", "2"],
     ["--tensor-parallel", "2", "--sequence-parallel", "--compile"],
     ["--tensor-parallel", "2", "--fp8-scaling", "rowwise"],
-], ids=["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise"])
+    ["--override", "training.activation_checkpointing=true"],
+], ids=["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise", "dp2-activation-checkpointing"])
 def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, tmp_path):
     _, _, fp8, bf16 = baselines
     run_dir = str(tmp_path / "run")
