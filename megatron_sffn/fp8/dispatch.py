@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import torch.nn as nn
 
 from .products import fits
-from .recipe import Fp8Recipe
+from .recipe import Fp8Recipe, recipe_from_config
 
 # Crossovers of the fused fwd+bwd of one compiled linear, FP8 against bf16
 # (benchmarks/bench_fp8.py; docs/performance.md, "FP8"): below either, bf16 is as fast or faster.
@@ -92,7 +92,6 @@ def assign_from_config(module: nn.Module, cfg) -> List[Fp8Choice]:
     f = cfg.training.fp8
     if not f.enabled:
         return []
-    from .recipe import recipe_from_config
     tokens = cfg.training.micro_batch_size * cfg.model.seq_length
     return assign_fp8(module, recipe_from_config(f), tokens, f.layers)
 

@@ -43,16 +43,11 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, a_dtype: torch.dtype, b_dtyp
     if rowwise:
         aq, a_inv = quantize(a, a_dtype, dim=1)   # (M, 1)
         bq, b_inv = quantize(b, b_dtype, dim=0)   # (1, N)
-        gemm_dtype = torch.bfloat16               # the only output rowwise scaling offers
-    else:
-        aq, a_inv = quantize(a, a_dtype)
-        bq, b_inv = quantize(b, b_dtype)
-        gemm_dtype = out_dtype
-    aq = aq.contiguous()
-    bq = bq.t().contiguous().t()
-    out = torch._scaled_mm(aq, bq, scale_a=a_inv, scale_b=b_inv, out_dtype=gemm_dtype,
-                           use_fast_accum=fast_accum)
-    return out if out.dtype == out_dtype else out.to(out_dtype)
+        # bf16: the only output rowwise scaling offers
+        return _gemm(aq, a_inv, bq, b_inv, torch.bfloat16, fast_accum).to(out_dtype)
+    aq, a_inv = quantize(a, a_dtype)
+    bq, b_inv = quantize(b, b_dtype)
+    return _gemm(aq, a_inv, bq, b_inv, out_dtype, fast_accum)
 
 
 def _gemm(aq, a_inv, bq, b_inv, out_dtype, fast_accum=False) -> torch.Tensor:
@@ -173,6 +168,14 @@ class _Fp8BlockDiagonal(torch.autograd.Function):
 def fp8_recipe_of(weight: torch.Tensor) -> Optional[Fp8Recipe]:
     """The recipe dispatch.py tagged this weight with (None: the weight runs in bf16)."""
     return getattr(weight, "fp8_recipe", None)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ W^T for a 2-D (out, in) W: in FP8 where the weight is tagged and this call's shape
+    fits, else F.linear."""
+    recipe = fp8_recipe_of(weight)
+    y = fp8_product(x, weight, recipe) if recipe is not None else None
+    return y if y is not None else torch.nn.functional.linear(x, weight)
 
 
 def fp8_product(x: torch.Tensor, weight: torch.Tensor, recipe: Fp8Recipe) -> Optional[torch.Tensor]:

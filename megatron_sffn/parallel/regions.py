@@ -143,9 +143,7 @@ def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, ke
     """enter_tensor_region(x) @ weight^T for a 2-D (out_local, in) weight, overlapped in backward.
     keep_gathered: under SP keep all tokens of x for backward instead of gathering them again."""
     if not tp.enabled:
-        recipe = fp8.fp8_recipe_of(weight)
-        y = fp8.fp8_product(x, weight, recipe) if recipe is not None else None
-        return y if y is not None else F.linear(x, weight)
+        return fp8.linear(x, weight)
     return _parallel_column_product(tp, x, weight, keep_gathered)
 
 
@@ -174,9 +172,7 @@ def _gathered_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor)
         x, weight = x.to(cast_dtype), weight.to(cast_dtype)
     full = gather_from_sequence(tp, x)
     with torch.autocast(x.device.type, enabled=False):
-        recipe = fp8.fp8_recipe_of(weight)
-        y = fp8.fp8_product(full, weight, recipe) if recipe is not None else None
-        return y if y is not None else F.linear(full, weight)
+        return fp8.linear(full, weight)
 
 
 def _recompute_the_gather():

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fp8.products import fp8_recipe_of
 from ..parallel.mappings import TensorParallel
 from ..parallel.regions import column_product, enter_tensor_region, leave_tensor_region
 
@@ -94,8 +95,8 @@ class LinearMap(nn.Module):
 
     # -- shared machinery ---------------------------------------------------------------
     def output_weight(self) -> Optional[torch.Tensor]:
-        """Column mode: the 2-D factor applied last, straight to the one region input, if
-        that is all region_outputs does (then the product runs fused with the region's edge,
+        """Column mode (and row mode on one rank): the 2-D factor applied last, straight to the
+        one region input, if that is all region_outputs does (then the product runs fused with the region's edge,
         its backward collective overlapped with the weight gradient: parallel/regions.py)."""
         return None
 
@@ -112,11 +113,6 @@ class LinearMap(nn.Module):
         reduced = leave_tensor_region(self.tp, *self.partials(x))
         return self.combine(list(reduced) if isinstance(reduced, tuple) else [reduced])
 
-    def last_product_input(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """(input, 2-D weight) of the product that makes this map's output, on a tensor group of
-        one rank (no collective in between), or None where the last factor is block-diagonal."""
-        return None
-
     def forward_with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> Optional[torch.Tensor]:
         """forward(x) + bias with the bias added by the last GEMM's epilogue (cuBLAS's addmm), or
         None where that cannot be (tensor-parallel, block-diagonal last factor, FP8 product).
@@ -124,11 +120,13 @@ class LinearMap(nn.Module):
         of a 1.3B lowrank step on an H100 (docs/performance.md, the ledger)."""
         if self.tp.enabled:
             return None
-        pair = self.last_product_input(x)
-        if pair is None or getattr(pair[1], "fp8_recipe", None) is not None:
+        weight = self.output_weight()  # on one rank, column or row: the last factor, a 2-D one
+        if weight is None or fp8_recipe_of(weight) is not None:
             return None
-        z, weight = pair
-        return F.linear(z, weight, bias.to(z.dtype))
+        inputs = self.region_inputs(x)
+        if len(inputs) != 1:
+            return None
+        return F.linear(inputs[0], weight, bias.to(inputs[0].dtype))
 
     def load_full(self, full: Dict[str, torch.Tensor]) -> None:
         load_full_tensors(self, full, self.tp)

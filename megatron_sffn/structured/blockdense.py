@@ -49,9 +49,6 @@ class BlockDenseMap(LinearMap):
     def partials_after_input(self, z):
         return [pad_to_full(z, self.tp)]
 
-    def last_product_input(self, x):
-        return apply_product(x, self.blocks_v), self.weight_u
-
     def combine(self, reduced):
         return apply_product(reduced[0], self.weight_u)
 

@@ -42,9 +42,6 @@ class DenseMap(LinearMap):
     def partials_after_input(self, z):
         return [z]
 
-    def last_product_input(self, x):
-        return x, self.weight
-
     def combine(self, reduced):
         return reduced[0]
 

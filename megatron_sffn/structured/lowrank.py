@@ -50,9 +50,6 @@ class LowRankMap(LinearMap):
     def partials_after_input(self, z):
         return [z]
 
-    def last_product_input(self, x):
-        return apply_product(x, self.weight_v), self.weight_u
-
     def combine(self, reduced):
         return apply_product(reduced[0], self.weight_u)
 

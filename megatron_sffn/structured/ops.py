@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..fp8.products import fp8_product, fp8_recipe_of
+from ..fp8 import products as fp8
 from .kernels.dispatch import choose_path
 
 
@@ -96,11 +96,8 @@ def block_shuffle(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
 def apply_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """One factor of a map: dense (out, in) as x @ W^T, or block-diagonal (B, q, p); in FP8
     where fp8/dispatch.py tagged the weight and this call's shape allows it."""
-    recipe = fp8_recipe_of(weight)
-    if recipe is not None:
-        y = fp8_product(x, weight, recipe)
-        if y is not None:
-            return y
     if weight.dim() == 2:
-        return torch.nn.functional.linear(x, weight)
-    return block_diag_matmul(x, weight)
+        return fp8.linear(x, weight)
+    recipe = fp8.fp8_recipe_of(weight)
+    y = fp8.fp8_product(x, weight, recipe) if recipe is not None else None
+    return y if y is not None else block_diag_matmul(x, weight)

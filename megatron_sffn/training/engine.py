@@ -105,8 +105,9 @@ class TrainEngine:
         if "auto" in (cfg.training.compile, cfg.training.cuda_graphs):  # a Config made in code, not loaded
             resolve_speed_settings(cfg, world_size=state.world_size)
         check_engine_support(cfg)
-        if cfg.training.fp8.enabled and set_values is None and fp8_problem():
-            raise ConfigError(fp8_problem())  # checkpoint tools (set_values) run no products: any machine
+        problem = fp8_problem() if cfg.training.fp8.enabled and set_values is None else None
+        if problem:  # checkpoint tools (set_values) run no products: any machine
+            raise ConfigError(problem)
         _quiet_deepspeed()
         engine = cls(cfg, state, guide_state, guided)
         module = engine._build_module(guided, initialize=set_values is None)
