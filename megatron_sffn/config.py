@@ -144,6 +144,13 @@ class TrainingConfig:
     # cuda_graphs_refusal() checks (compile, the fused optimizer, tensor 1, no pipeline, no
     # activation checkpointing); "auto": on where CUDA is and that check allows them
     cuda_graphs: Union[bool, str] = "auto"
+    # compiled blocks run through Inductor's C++ wrapper instead of its Python one: each kernel
+    # and GEMM is launched from C++, which is what a tensor-parallel rank's step waits on (TP2,
+    # emulated on an H100: 71.2 -> 56.3 ms per micro-batch; docs/performance.md). "auto": on
+    # where compiled blocks run on CUDA without CUDA graphs (a replay runs no wrapper) and the
+    # installed torch can call the traced collectives from C++ (cpp_wrapper_refusal); false is
+    # the fallback (the Python wrapper, as before)
+    cpp_wrapper: Union[bool, str] = "auto"
     # under compile, the tensor-parallel collectives are traced into the blocks' graphs; false
     # keeps them outside (a graph break at each, 1.9x slower per step on an H200: the
     # behaviour before, kept as a fallback)
@@ -333,7 +340,7 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size:
     hung), so there auto leaves them off and --cuda-graphs opts in."""
     t = cfg.training
     why = {}
-    if t.compile == "auto" or t.cuda_graphs == "auto":
+    if "auto" in (t.compile, t.cuda_graphs, t.cpp_wrapper):
         cuda = _cuda_available() if cuda is None else cuda
     if t.compile == "auto":
         t.compile = bool(cuda)
@@ -350,6 +357,19 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size:
         if t.cuda_graphs:
             _require_cuda_graphs_allowed(cfg)
         why["cuda_graphs"] = f"training.cuda_graphs = {str(t.cuda_graphs).lower()}"
+    if t.cpp_wrapper == "auto":
+        refusal = ("no compile" if not t.compile else "no CUDA" if not cuda
+                   else "CUDA graphs replay the blocks" if t.cuda_graphs
+                   else _short_reason(cpp_wrapper_refusal(cfg) or "") or None)
+        t.cpp_wrapper = refusal is None
+        why["cpp_wrapper"] = "auto" if refusal is None else f"auto: {refusal}"
+    else:
+        _require(not (t.cpp_wrapper and not t.compile),
+                 "config key 'training.cpp_wrapper' = true needs the blocks compiled, and 'training.compile' "
+                 f"resolved to off ({why['compile']})")
+        if t.cpp_wrapper:
+            _require(cpp_wrapper_refusal(cfg) is None, cpp_wrapper_refusal(cfg) or "")
+        why["cpp_wrapper"] = f"training.cpp_wrapper = {str(t.cpp_wrapper).lower()}"
     t.chosen_because = why
 
 
@@ -370,7 +390,7 @@ def config_for_another_machine(cfg: Config) -> Dict[str, Any]:
 
 
 def speed_chosen_because(cfg: Config) -> Dict[str, str]:
-    """{"compile": why, "cuda_graphs": why} as resolve_speed_settings chose them."""
+    """{"compile": why, "cuda_graphs": why, "cpp_wrapper": why} as resolve_speed_settings chose them."""
     return getattr(cfg.training, "chosen_because", {})
 
 
@@ -548,12 +568,15 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"= bf16, got {t.precision!r} (fp16 needs DeepSpeed's loss scaling, fp32 has no master weights)")
         _require(p.zero_stage in (0, 1), "config key 'optimizer.implementation' = 'fused' needs "
                  f"'parallel.zero_stage' = 0 or 1, got {p.zero_stage}; use implementation 'deepspeed' for ZeRO 2/3")
-    for key in ("compile", "cuda_graphs"):
+    for key in ("compile", "cuda_graphs", "cpp_wrapper"):
         value = getattr(t, key)
         _require(isinstance(value, bool) or value == "auto",
                  f"config key 'training.{key}' = {value!r} must be true, false or \"auto\"")
     if t.cuda_graphs is True and t.compile != "auto":  # with compile "auto", once it is resolved
         _require_cuda_graphs_allowed(cfg)
+    _require(not (t.cpp_wrapper is True and t.compile is False),
+             "config key 'training.cpp_wrapper' = true needs 'training.compile' = true or \"auto\": "
+             "it is how the compiled blocks launch their kernels")
     validate_fp8(t)
     d = cfg.data
     _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
@@ -621,6 +644,23 @@ def cuda_graphs_refusal(cfg: Config) -> Optional[str]:
                 f"'training.precision' = bf16 and 'parallel.zero_stage' 0 or 1), got implementation "
                 f"{o.implementation!r}, precision {t.precision!r}, ZeRO {p.zero_stage}: DeepSpeed's optimizers keep "
                 "gradients across micro-batches that the next replay would overwrite")
+    return None
+
+
+def cpp_wrapper_refusal(cfg: Config) -> Optional[str]:
+    """Why the compiled blocks of this config cannot launch through Inductor's C++ wrapper, or
+    None. Under tensor parallelism the blocks' graphs call torch's functional collectives, and
+    the wrapper can call an op only if it can type every argument: torch 2.13 types the
+    collectives' group name as Any, which it cannot (torch 2.11 types it str)."""
+    if cfg.parallel.tensor == 1 or not cfg.training.trace_collectives:
+        return None
+    import torch
+    schema = torch.ops._c10d_functional.all_gather_into_tensor.default._schema
+    if any(str(arg.real_type) == "Any" for arg in schema.arguments):
+        return ("config key 'training.cpp_wrapper' = true needs 'parallel.tensor' = 1 with torch "
+                f"{torch.__version__}: the tensor-parallel collectives traced into the blocks take a group "
+                "name typed Any, which Inductor's C++ wrapper cannot pass (torch 2.11 types it str); "
+                "set training.cpp_wrapper to false or \"auto\"")
     return None
 
 

@@ -75,6 +75,9 @@ def parse_args(argv=None):
                     help="one process as rank 0 of a tensor group of N on the fake process group")
     ap.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
                     help="set torch._inductor.config.KEY (a Python literal) in each mode's process, e.g. combo_kernels=True")
+    ap.add_argument("--cpp-wrapper", action=argparse.BooleanOptionalAction, default=None,
+                    help="compiled blocks launch through Inductor's C++ wrapper (default: as the launcher, "
+                         "on where CUDA is; training.cpp_wrapper)")
     ap.add_argument("--keep-collective-autograd", action="store_true",
                     help="keep torch's autograd kernels on the traced collectives (the path before)")
     ap.add_argument("--out", default=None, help="JSON results")
@@ -192,7 +195,8 @@ def run_case(mode: str, args) -> dict:
     if cuda:
         model.to(torch.bfloat16)
     if mode.endswith(("compiled", "split", "traced", "traced-nocomm")):
-        compile_blocks(model, collectives_in_graphs=mode != "tp-split", mode=args.compile_mode)
+        cpp_wrapper = cuda if args.cpp_wrapper is None else args.cpp_wrapper
+        compile_blocks(model, collectives_in_graphs=mode != "tp-split", mode=args.compile_mode, cpp_wrapper=cpp_wrapper)
     generator = torch.Generator().manual_seed(0)
     shape = (args.micro_batch_size, cfg.model.seq_length)
     batches = [torch.randint(0, cfg.model.vocab_size, shape, generator=generator).to(device) for _ in range(4)]
@@ -289,6 +293,8 @@ def run_in_subprocess(mode: str, args, out_path: str) -> dict:
         cmd += ["--emulate", str(args.emulate)]
     if args.keep_collective_autograd:
         cmd.append("--keep-collective-autograd")
+    if args.cpp_wrapper is not None:
+        cmd.append("--cpp-wrapper" if args.cpp_wrapper else "--no-cpp-wrapper")
     cmd += [f"--inductor-config={setting}" for setting in args.inductor_config]
     if args.compile_mode:
         cmd += ["--compile-mode", args.compile_mode]
@@ -341,7 +347,7 @@ def main(argv=None) -> int:
         meta = {"config": args.config, "tensor_parallel": args.tensor_parallel, "emulate": args.emulate,
                 "keep_collective_autograd": args.keep_collective_autograd, "inductor_config": args.inductor_config, "overrides": args.override, "micro_batch_size": args.micro_batch_size,
                 "steps": args.steps, "warmup": args.warmup, "sequence_parallel": not args.no_sequence_parallel,
-                "compile_mode": args.compile_mode,
+                "compile_mode": args.compile_mode, "cpp_wrapper": args.cpp_wrapper,
                 "torch": torch.__version__, "date": datetime.date.today().isoformat()}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -33,9 +33,12 @@ from .block import TransformerBlock
 RECOMPILE_LIMIT = 64
 
 
-def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: Optional[str] = None) -> int:
+def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: Optional[str] = None,
+                   cpp_wrapper: bool = False) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled.
-    mode: torch.compile's (None = default; "reduce-overhead" replays CUDA graphs)."""
+    mode: torch.compile's (None = default; "reduce-overhead" replays CUDA graphs).
+    cpp_wrapper: Inductor's C++ wrapper launches each graph's kernels and GEMMs (its Python
+    wrapper spends ~10-25 us of host per launch, which bounds a tensor-parallel rank)."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     if not collectives_in_graphs:
         keep_collectives_out_of_compiled_graphs()
@@ -44,9 +47,16 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     keep_draws_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    options = compile_options(mode, cpp_wrapper)
     for block in blocks:  # the body: the draws are made before it, in Python (model/block.py)
-        block.body = torch.compile(block.body, dynamic=False, mode=mode)
+        block.body = torch.compile(block.body, dynamic=False, options=options)
     return len(blocks)
+
+
+def compile_options(mode: Optional[str], cpp_wrapper: bool) -> dict:
+    """torch.compile takes a mode or options, not both: the mode's options, plus the wrapper."""
+    from torch._inductor import list_mode_options
+    return {**list_mode_options(mode or "default"), **({"cpp_wrapper": True} if cpp_wrapper else {})}
 
 
 def compiled_graph_count() -> int:

@@ -102,7 +102,7 @@ class TrainEngine:
         """set_values(module), when given, fills the freshly built module instead of the seeded
         initialisation, before DeepSpeed copies it into its fp32 masters / ZeRO partitions
         (checkpoint tools load consolidated weights this way, in any layout)."""
-        if "auto" in (cfg.training.compile, cfg.training.cuda_graphs):  # a Config made in code, not loaded
+        if "auto" in (cfg.training.compile, cfg.training.cuda_graphs, cfg.training.cpp_wrapper):  # made in code
             resolve_speed_settings(cfg, world_size=state.world_size)
         check_engine_support(cfg)
         problem = fp8_problem() if cfg.training.fp8.enabled and set_values is None else None
@@ -124,7 +124,7 @@ class TrainEngine:
         use_compiled_passes(self.cfg.training.compile)  # the loss's T x V passes (no guide involved)
         if self.cfg.training.compile:  # guided blocks too (model/compile.py), again after the drop
             mode = "reduce-overhead" if replays_as_cuda_graphs(self.cfg, guided) else None
-            self.compiled_blocks = compile_blocks(module, mode=mode,
+            self.compiled_blocks = compile_blocks(module, mode=mode, cpp_wrapper=self.cfg.training.cpp_wrapper,
                                                   collectives_in_graphs=self.cfg.training.trace_collectives)
         return module
 

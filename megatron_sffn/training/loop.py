@@ -170,7 +170,8 @@ class Trainer:
         t, why = self.cfg.training, speed_chosen_because(self.cfg)
         def state(key: str, on: bool) -> str:
             return f"{'on' if on else 'off'}" + (f" ({why[key]})" if key in why else "")
-        return f"speed      compile: {state('compile', t.compile)} | CUDA graphs: {state('cuda_graphs', t.cuda_graphs)}"
+        return (f"speed      compile: {state('compile', t.compile)} | CUDA graphs: {state('cuda_graphs', t.cuda_graphs)}"
+                + (f" | C++ wrapper: {state('cpp_wrapper', t.cpp_wrapper)}" if t.compile else ""))
 
     def fp8_lines(self) -> List[str]:
         """What runs in FP8 and what stays bf16 (and why), when FP8 is on."""

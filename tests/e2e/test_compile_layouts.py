@@ -31,12 +31,14 @@ def eager_losses(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layout", [["--tensor-parallel", "2", "--sequence-parallel"], ["--pipeline-parallel", "2"],
-                                    ["--tensor-parallel", "2", "--override", "training.trace_collectives=false"]],
-                         ids=["tp2-sp", "pp2", "tp2-collectives-outside"])
+                                    ["--tensor-parallel", "2", "--override", "training.trace_collectives=false"],
+                                    ["--pipeline-parallel", "2", "--override", "training.cpp_wrapper=true"]],
+                         ids=["tp2-sp", "pp2", "tp2-collectives-outside", "pp2-cpp-wrapper"])
 def test_compiled_layout_trains_like_eager_data_parallel(layout, eager_losses, tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(2, COMMON + layout + ["--run-dir", run_dir, "--compile"], str(tmp_path / "logs"))
     assert "torch.compile of the blocks" in out and "guides dropped, optimizer rebuilt" in out
+    assert ("C++ wrapper: on (training.cpp_wrapper = true)" in out) == ("training.cpp_wrapper=true" in layout)
     assert "recompile_limit" not in out  # a block that hit the limit would run eager from then on
     compiled = losses(run_dir)
     assert sorted(compiled) == sorted(eager_losses) == list(range(1, STEPS + 1))

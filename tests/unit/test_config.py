@@ -197,10 +197,12 @@ def test_compile_is_on_where_cuda_is_and_cuda_graphs_where_their_check_allows(mo
     bf16 = ["training.precision=bf16"]
     cpu = config_from_dict(base(), bf16, cuda=False)
     assert (cpu.training.compile, cpu.training.cuda_graphs) == (False, False)       # today's CPU behaviour
-    assert speed_chosen_because(cpu) == {"compile": "auto, no CUDA", "cuda_graphs": "auto: no CUDA"}
+    assert speed_chosen_because(cpu) == {"compile": "auto, no CUDA", "cuda_graphs": "auto: no CUDA",
+                                         "cpp_wrapper": "auto: no compile"}
     gpu = config_from_dict(base(), bf16, cuda=True)
     assert (gpu.training.compile, gpu.training.cuda_graphs) == (True, True)
-    assert speed_chosen_because(gpu) == {"compile": "auto, CUDA", "cuda_graphs": "auto"}
+    assert speed_chosen_because(gpu) == {"compile": "auto, CUDA", "cuda_graphs": "auto",
+                                         "cpp_wrapper": "auto: CUDA graphs replay the blocks"}
     assert gpu.to_dict()["training"]["compile"] is True                             # saved: what ran
     # every refusal of an explicit `true` is a reason for "auto" to decline, named in the banner
     for overrides, reason in [(["parallel.pipeline=2"], "needs 'parallel.pipeline' = 1, got 2"),
@@ -224,10 +226,59 @@ def test_compile_is_on_where_cuda_is_and_cuda_graphs_where_their_check_allows(mo
     forced = config_from_dict(base(), ["training.compile=true", "training.cuda_graphs=false"], cuda=False)
     assert (forced.training.compile, forced.training.cuda_graphs) == (True, False)
     assert speed_chosen_because(forced) == {"compile": "training.compile = true",
-                                            "cuda_graphs": "training.cuda_graphs = false"}
+                                            "cuda_graphs": "training.cuda_graphs = false",
+                                            "cpp_wrapper": "auto: no CUDA"}
     assert "needs 'training.compile' = true" in error_of(base(training={"train_steps": 10, "cuda_graphs": True}),
                                                          ["training.compile=false"])
     assert "must be true, false or \"auto\"" in error_of(base(), ["training.compile=sometimes"])
+
+
+def test_cpp_wrapper_is_on_where_compiled_blocks_run_on_cuda_and_needs_compile():
+    from megatron_sffn.config import speed_chosen_because
+    bf16 = ["training.precision=bf16"]
+    assert config_from_dict(base(), bf16 + ["training.cuda_graphs=false"], cuda=True).training.cpp_wrapper is True
+    several = config_from_dict(base(), bf16, world_size=4, cuda=True)   # graphs auto-off on several GPUs
+    assert (several.training.cuda_graphs, several.training.cpp_wrapper) == (False, True)
+    graphs = config_from_dict(base(), bf16, cuda=True)   # a replay runs no wrapper: nothing to gain
+    assert (graphs.training.cuda_graphs, graphs.training.cpp_wrapper) == (True, False)
+    eager_gpu = config_from_dict(base(), bf16 + ["training.compile=false"], cuda=True)
+    assert eager_gpu.training.cpp_wrapper is False
+    assert speed_chosen_because(eager_gpu)["cpp_wrapper"] == "auto: no compile"
+    # explicit values win: on for compiled CPU blocks (the tests' way to run it), off as the fallback
+    cpu = config_from_dict(base(), ["training.compile=true", "training.cpp_wrapper=true"], cuda=False)
+    assert cpu.training.cpp_wrapper is True
+    assert speed_chosen_because(cpu)["cpp_wrapper"] == "training.cpp_wrapper = true"
+    off = config_from_dict(base(), bf16 + ["training.cpp_wrapper=false"], cuda=True)
+    assert (off.training.compile, off.training.cpp_wrapper) == (True, False)
+    # true without compiled blocks is one error naming both keys, whether compile is false or resolves off
+    assert "'training.cpp_wrapper' = true needs 'training.compile'" in error_of(
+        base(), ["training.cpp_wrapper=true", "training.compile=false"])
+    with pytest.raises(ConfigError, match="'training.cpp_wrapper' = true needs the blocks compiled.*auto, no CUDA"):
+        config_from_dict(base(), ["training.cpp_wrapper=true"], cuda=False)
+    assert "must be true, false or \"auto\"" in error_of(base(), ["training.cpp_wrapper=cpp"])
+
+
+def test_cpp_wrapper_under_tensor_parallelism_follows_what_the_installed_torch_can_call():
+    """The traced collectives' group name is typed Any in torch 2.13 (the C++ wrapper cannot pass
+    it) and str in 2.11: auto is on under TP only where the wrapper can call them, and an
+    explicit true where it cannot is one error naming the torch version."""
+    import torch
+    from megatron_sffn.config import speed_chosen_because
+    schema = torch.ops._c10d_functional.all_gather_into_tensor.default._schema
+    callable_from_cpp = all(str(arg.real_type) != "Any" for arg in schema.arguments)
+    tp = ["training.precision=bf16", "model.num_heads=4", "parallel.tensor=2", "training.cuda_graphs=false"]
+    auto = config_from_dict(base(), tp, cuda=True)
+    assert auto.training.cpp_wrapper is callable_from_cpp
+    outside = config_from_dict(base(), tp + ["training.trace_collectives=false"], cuda=True)
+    assert outside.training.cpp_wrapper is True  # collectives outside the graphs: nothing to pass
+    if callable_from_cpp:
+        assert config_from_dict(base(), tp + ["training.cpp_wrapper=true"], cuda=True).training.cpp_wrapper
+    else:
+        assert speed_chosen_because(auto)["cpp_wrapper"] == \
+            f"auto: needs 'parallel.tensor' = 1 with torch {torch.__version__}"
+        message = error_of(base(), tp + ["training.cpp_wrapper=true", "training.compile=true"])
+        assert "'training.cpp_wrapper' = true needs 'parallel.tensor' = 1 with torch" in message
+        assert "group name typed Any" in message
 
 
 def test_a_config_for_another_machine_keeps_what_was_chosen_automatically():
