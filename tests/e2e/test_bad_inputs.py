@@ -74,6 +74,8 @@ CASES = [
     ("split-malformed", ARGS + ["--override", "data.split=90,10"],
      "config key 'data.split' = '90,10' must be three numbers like '969,30,1'"),
     ("train-steps-zero", ARGS + ["--train-steps", "0"], "config key 'training.train_steps' = 0 must be positive"),
+    ("cpp-wrapper-without-compile", ARGS + ["--no-compile", "--override", "training.cpp_wrapper=true"],
+     "config key 'training.cpp_wrapper' = true needs 'training.compile' = true or \"auto\""),
     ("compile-not-a-choice", ARGS + ["--override", "training.compile=sometimes"],
      "config key 'training.compile' = 'sometimes' must be true, false or \"auto\""),
     ("gpu-memory-without-layout-auto", ARGS + ["--gpu-memory-gb", "80"],
