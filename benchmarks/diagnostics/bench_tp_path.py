@@ -76,8 +76,8 @@ def parse_args(argv=None):
     ap.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
                     help="set torch._inductor.config.KEY (a Python literal) in each mode's process, e.g. combo_kernels=True")
     ap.add_argument("--cpp-wrapper", action=argparse.BooleanOptionalAction, default=None,
-                    help="compiled blocks launch through Inductor's C++ wrapper (default: as the launcher, "
-                         "on where CUDA is; training.cpp_wrapper)")
+                    help="compiled blocks launch through Inductor's C++ wrapper (default: as the launcher's "
+                         "training.cpp_wrapper auto, on where CUDA is and the mode replays no CUDA graphs)")
     ap.add_argument("--keep-collective-autograd", action="store_true",
                     help="keep torch's autograd kernels on the traced collectives (the path before)")
     ap.add_argument("--out", default=None, help="JSON results")
@@ -195,7 +195,8 @@ def run_case(mode: str, args) -> dict:
     if cuda:
         model.to(torch.bfloat16)
     if mode.endswith(("compiled", "split", "traced", "traced-nocomm")):
-        cpp_wrapper = cuda if args.cpp_wrapper is None else args.cpp_wrapper
+        graphs = args.compile_mode in ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
+        cpp_wrapper = (cuda and not graphs) if args.cpp_wrapper is None else args.cpp_wrapper  # the launcher's auto
         compile_blocks(model, collectives_in_graphs=mode != "tp-split", mode=args.compile_mode, cpp_wrapper=cpp_wrapper)
     generator = torch.Generator().manual_seed(0)
     shape = (args.micro_batch_size, cfg.model.seq_length)
