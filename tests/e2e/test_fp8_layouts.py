@@ -59,7 +59,10 @@ def test_fp8_trains_close_to_bf16_and_says_what_runs_in_fp8(baselines):
     ["--tensor-parallel", "2", "--sequence-parallel", "--compile"],
     ["--tensor-parallel", "2", "--fp8-scaling", "rowwise"],
     ["--override", "training.activation_checkpointing=true"],
-], ids=["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise", "dp2-activation-checkpointing"])
+    ["--pipeline-parallel", "2", "--compile", "--override", "training.cpp_wrapper=true", "--override",
+     "training.activation_checkpointing=true"],   # the FP8 products called from Inductor's C++ wrapper
+], ids=["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise", "dp2-activation-checkpointing",
+        "pp2-compiled-cpp-wrapper-checkpointed"])
 def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, tmp_path):
     _, _, fp8, bf16 = baselines
     run_dir = str(tmp_path / "run")
@@ -68,6 +71,7 @@ def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, tmp_path):
     assert "GEMM weights in FP8" in out and "bf16: " not in out
     if "--compile" in layout:
         assert "torch.compile of the blocks" in out and "recompile_limit" not in out
+    assert ("C++ wrapper: on" in out) == ("training.cpp_wrapper=true" in layout)
     got = losses(run_dir)
     assert sorted(got) == sorted(fp8)
     reference = bf16 if "rowwise" in layout else fp8  # another recipe: held to FP8's distance from bf16
