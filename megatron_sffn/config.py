@@ -367,8 +367,8 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size:
         _require(not (t.cpp_wrapper and not t.compile),
                  "config key 'training.cpp_wrapper' = true needs the blocks compiled, and 'training.compile' "
                  f"resolved to off ({why['compile']})")
-        if t.cpp_wrapper:
-            _require(cpp_wrapper_refusal(cfg) is None, cpp_wrapper_refusal(cfg) or "")
+        refusal = cpp_wrapper_refusal(cfg) if t.cpp_wrapper else None
+        _require(refusal is None, refusal or "")
         why["cpp_wrapper"] = f"training.cpp_wrapper = {str(t.cpp_wrapper).lower()}"
     t.chosen_because = why
 
