@@ -5,11 +5,11 @@ per-parameter bookkeeping (an fp32 temporary for every bf16 gradient, then an ad
 norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main grad" design):
 
   backward   a post-accumulate hook takes each bf16 gradient off its parameter; once every
-             gradient of a ~100 MB bucket is in, they are concatenated and copied (the first
-             micro-batch of a step) or added (later ones) into the bucket's fp32 buffer in
-             one pass: two kernel launches per bucket instead of one per parameter (a
-             tensor-parallel rank's host, not its GPU, bounds its step, and pays for each
-             launch). What a backward leaves incomplete (an unused parameter) goes in
+             gradient of a ~100 MB bucket is in, they are copied with one multi-tensor cast
+             (the first micro-batch of a step) or concatenated and added (later ones) into
+             the bucket's fp32 buffer: one or two kernel launches per bucket instead of one
+             per parameter (a tensor-parallel rank's host, not its GPU, bounds its step, and
+             pays for each launch). What a backward leaves incomplete (an unused parameter) goes in
              parameter by parameter at its end
   overlap    on the last micro-batch of a step (data parallel, no pipeline), each ~100 MB
              bucket of the flat buffer is reduced over data-parallel ranks asynchronously as
@@ -287,7 +287,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _accumulate(bucket: _Bucket) -> None:
-        """Every gradient of the bucket is waiting: one concatenation, one copy or add."""
+        """Every gradient of the bucket is waiting: one multi-tensor copy, or one concatenation and add."""
         waiting = sorted(bucket.waiting, key=lambda entry: entry[0])
         bucket.waiting = []
         firsts = {entry[3] for entry in waiting}
@@ -296,12 +296,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if len(firsts) > 1 or len({entry[0] for entry in waiting}) < len(waiting):
             _accumulate_one_by_one(waiting)
             return
+        if firsts.pop():  # one multi-tensor copy that casts as it goes: no bf16 concatenation first
+            torch._foreach_copy_([main for _, main, _, _ in waiting], [grad for _, _, grad, _ in waiting])
+            return
+        # foreach adds need one dtype on both sides: concatenate the bf16 gradients, add once
         flat = torch.cat([grad.reshape(-1) for _, _, grad, _ in waiting])
-        whole = bucket.main[:bucket.size]
-        if firsts.pop():
-            whole.copy_(flat)
-        else:
-            whole.add_(flat)
+        bucket.main[:bucket.size].add_(flat)
 
     def _accumulate_incomplete(self) -> None:
         self._flush_queued = False
