@@ -47,10 +47,23 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     keep_draws_out_of_compiled_graphs()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    if cpp_wrapper:
+        compile_backward_with_forward()
     options = compile_options(mode, cpp_wrapper)
     for block in blocks:  # the body: the draws are made before it, in Python (model/block.py)
         block.body = torch.compile(block.body, dynamic=False, options=options)
     return len(blocks)
+
+
+def compile_backward_with_forward() -> None:
+    """Have AOTAutograd lower each backward graph when it compiles the forward (process-wide).
+    By default the backward is lowered at its first call, after torch.compile's options have
+    been taken off Inductor's config again: torch 2.11 then lowers it for the C++ wrapper
+    without the cubins the wrapper launches, and the first backward fails ("CudaKernelParamCache
+    not populated", found on an H100; torch 2.13 re-applies the options itself)."""
+    import torch._functorch.config as functorch_config
+    if hasattr(functorch_config, "force_non_lazy_backward_lowering"):
+        functorch_config.force_non_lazy_backward_lowering = True
 
 
 def compile_options(mode: Optional[str], cpp_wrapper: bool) -> dict:

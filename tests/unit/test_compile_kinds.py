@@ -62,15 +62,20 @@ def test_block_diagonal_product_has_the_same_gradients_compiled():
         torch.testing.assert_close(g, w)
 
 
-def test_cpp_wrapper_launches_the_blocks_from_cpp_with_eager_numbers():
+CUDA_TOO = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the C++ wrapper's CUDA path (cubins launched from C++) needs a GPU"))]
+
+
+@pytest.mark.parametrize("device", CUDA_TOO)
+def test_cpp_wrapper_launches_the_blocks_from_cpp_with_eager_numbers(device):
     """training.cpp_wrapper: the blocks' forward and backward run through Inductor's C++ wrapper
-    (what a CUDA run gets by default), with eager's losses and gradients."""
+    (what a multi-GPU CUDA run gets by default), with eager's losses and gradients."""
     from torch._inductor.utils import run_and_get_code
     torch._dynamo.reset()
     counters.clear()
-    eager, compiled = model("lowrank", layers=2), model("lowrank", layers=2)
+    eager, compiled = model("lowrank", layers=2).to(device), model("lowrank", layers=2).to(device)
     assert compile_blocks(compiled, cpp_wrapper=True) == 2
-    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
     want = eager.loss(ids, ids)
     got, codes = run_and_get_code(lambda: compiled.loss(ids, ids))
     got.backward()
@@ -81,3 +86,25 @@ def test_cpp_wrapper_launches_the_blocks_from_cpp_with_eager_numbers():
     for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
         scale = p.grad.abs().max().clamp_min(1e-12)
         assert float((q.grad - p.grad).abs().max() / scale) <= 1e-5, name
+
+
+@pytest.mark.parametrize("device", CUDA_TOO)
+def test_with_the_cpp_wrapper_a_backward_graph_is_lowered_with_its_forward(device):
+    """AOTAutograd lowers a backward graph at its first call by default, after torch.compile's
+    options are off Inductor's config again: torch 2.11 then lowered it for the C++ wrapper without
+    the cubins the wrapper launches, and the first backward of every compiled block failed on CUDA
+    ("CudaKernelParamCache not populated", an H100). compile_blocks has backward graphs lowered
+    with their forward instead (process-wide): one forward call makes both graphs, the backward none."""
+    from torch._inductor.utils import run_and_get_code
+    from megatron_sffn.model.compile import compile_options
+    torch._dynamo.reset()
+    compile_blocks(model("dense", layers=1).to(device), cpp_wrapper=True)
+    linear = torch.nn.Linear(32, 64).to(device)
+    f = torch.compile(lambda x: torch.nn.functional.gelu(linear(x)), dynamic=False, options=compile_options(None, True))
+    x = torch.randn(8, 32, device=device, requires_grad=True)
+    y, forward_codes = run_and_get_code(f, x)
+    _, backward_codes = run_and_get_code(lambda: y.sum().backward())
+    assert len(forward_codes) == 2 and backward_codes == []
+    want = torch.nn.functional.gelu(torch.nn.functional.linear(x, linear.weight, linear.bias))
+    (gx,) = torch.autograd.grad(want.sum(), x)
+    torch.testing.assert_close(x.grad, gx)
