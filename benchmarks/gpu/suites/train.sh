@@ -15,6 +15,9 @@
 #                lowrank end to end (bench_train.py --variant fp8, compiled, micro-batch 8, 20 steps) beside
 #                the reference; CONFIGS overrides the configs (e.g. "configs/2p7b_dense.json", MICRO=4);
 #                about 9 minutes
+#   compile_tests the compiled blocks' GPU tests (tests/unit/test_compile_kinds.py: Inductor's C++
+#                wrapper on CUDA, forward and backward, against eager; their CUDA cases skip on a CPU);
+#                about a minute
 #   fp8_products each product's fwd+bwd in bf16 and FP8 (bench_fp8.py, 8192 tokens, tensorwise): the
 #                crossovers of megatron_sffn/fp8/dispatch.py; about 3 minutes
 #   resume TAG [pretrain.py args ...]   train for N steps, resume from the checkpoint TAG, compare the
@@ -66,7 +69,7 @@ json.dump({"steps": resumed, "max_rel_diff": max(diffs) if diffs else None,
 PY
 }
 
-[ $# -ge 1 ] || { echo "error: suite 'train' needs a case: optimizers cuda_graphs profile profile_x4 fp8 fp8_products resume" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "error: suite 'train' needs a case: optimizers cuda_graphs profile profile_x4 fp8 compile_tests fp8_products resume" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case=$1; shift
   echo "== $case $(date +%T)"
@@ -100,13 +103,15 @@ while [ $# -gt 0 ]; do
       python3 benchmarks/bench_train.py --configs ${CONFIGS:-configs/1p3b_dense.json configs/1p3b_lowrank.json} \
           --modes compile --micro-batch-size "${MICRO:-8}" --steps 20 --warmup 10 --reference \
           --variant 'fp8:training.fp8.enabled=true' --out "$out/reference_fp8.json" 2>&1 | grep -v "^\[20\|Warning\|warn(" ;;
+    compile_tests)
+      python3 -m pytest -q -rs -p no:cacheprovider tests/unit/test_compile_kinds.py 2>&1 | tail -4 ;;
     fp8_products)
       python3 benchmarks/bench_fp8.py --tokens 8192 --recipes tensorwise --repeats 20 --out "$out/fp8_products.json" \
           2>&1 | grep -v "^\[20\|Warning\|warn(" ;;
     resume)
       [ $# -ge 1 ] || { echo "error: case 'resume' needs a checkpoint tag: resume TAG [pretrain.py args ...]" >&2; exit 2; }
       ( set -e; resume_check "$@" ); set -- ;;
-    *) echo "error: unknown case '$case' of suite 'train' (optimizers cuda_graphs profile profile_x4 fp8 fp8_products resume)" >&2
+    *) echo "error: unknown case '$case' of suite 'train' (optimizers cuda_graphs profile profile_x4 fp8 compile_tests fp8_products resume)" >&2
        exit 2 ;;
   esac
 done
