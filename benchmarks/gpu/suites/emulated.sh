@@ -11,6 +11,9 @@
 #   compute  one case at a time: rank 0's step with free communication, 1.3B lowrank compiled,
 #            micro-batch 8 x 4, in DP4, TP2 SP x DP2, TP2 x DP2, TP4 SP
 #   compute_eager  the same eager, DP4 and TP2 SP x DP2 (the eager tensor-parallel target)
+#   python_wrapper the compute set's tensor-parallel cases with training.cpp_wrapper=false (Inductor's
+#            Python wrapper): after compute in one call (`emulated OUT compute python_wrapper`), what the
+#            default's C++ wrapper does to a whole step
 #   profile  1.3B lowrank compiled TP4 SP and TP2 SP (x DP2), micro-batch 8, one micro-batch per
 #            step: bench_scaling.py --profile of the emulated rank 0 (its GPU busy share and kernels)
 #   compute_6p7b  the same for 6.7B lowrank, eager, DP4 and TP2 x PP2 SP (stage 0: its own forward
@@ -69,6 +72,13 @@ for set in "${sets[@]}"; do
       emulate compute_1p3b_tp2 configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2
       emulate compute_1p3b_tp4sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
           parallel.sequence_parallel=true ;;
+    python_wrapper)
+      emulate compute_1p3b_tp2sp_python_wrapper configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
+          parallel.sequence_parallel=true training.cpp_wrapper=false
+      emulate compute_1p3b_tp2_python_wrapper configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
+          training.cpp_wrapper=false
+      emulate compute_1p3b_tp4sp_python_wrapper configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
+          parallel.sequence_parallel=true training.cpp_wrapper=false ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
@@ -115,7 +125,7 @@ for set in "${sets[@]}"; do
             --keep-logs "$out/logs_graphs_$name" --out "$out/graphs_$name.json" > "$out/graphs_$name.txt" 2>&1
         echo "== graphs $name (exit $?)"; grep -E "emulated rank|FAILED|Error" "$out/graphs_$name.txt" | tail -3
       done ;;
-    *) echo "error: unknown set '$set' of suite 'emulated' (memory sp_slope memory_compiled compute profile" \
+    *) echo "error: unknown set '$set' of suite 'emulated' (memory sp_slope memory_compiled compute python_wrapper profile" \
             "compute_6p7b compute_6p7b_compiled compute_last_stage last_stages graphs)" >&2; exit 2 ;;
   esac
 done
