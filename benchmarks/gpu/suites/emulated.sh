@@ -35,6 +35,15 @@ emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r 
   echo "== $name (exit $?): $(grep -E '^[a-z0-9_]+\.json ' "$out/$name.txt" | tail -1)"
 }
 
+compute_tensor_parallel() {  # SUFFIX [OVERRIDE ...]: the compute set's TP2 SP, TP2 and TP4 SP cases
+  local suffix=$1; shift
+  emulate "compute_1p3b_tp2sp$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
+      parallel.sequence_parallel=true "$@"
+  emulate "compute_1p3b_tp2$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 "$@"
+  emulate "compute_1p3b_tp4sp$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
+      parallel.sequence_parallel=true "$@"
+}
+
 N='model.ffn.init="normal"'
 for set in "${sets[@]}"; do
   echo "== set $set $(date +%T)"
@@ -67,18 +76,9 @@ for set in "${sets[@]}"; do
       wait ;;
     compute)
       emulate compute_1p3b_dp4 configs/1p3b_lowrank.json compile 8 4 8 4
-      emulate compute_1p3b_tp2sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
-          parallel.sequence_parallel=true
-      emulate compute_1p3b_tp2 configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2
-      emulate compute_1p3b_tp4sp configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
-          parallel.sequence_parallel=true ;;
+      compute_tensor_parallel "" ;;
     python_wrapper)
-      emulate compute_1p3b_tp2sp_python_wrapper configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
-          parallel.sequence_parallel=true training.cpp_wrapper=false
-      emulate compute_1p3b_tp2_python_wrapper configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
-          training.cpp_wrapper=false
-      emulate compute_1p3b_tp4sp_python_wrapper configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
-          parallel.sequence_parallel=true training.cpp_wrapper=false ;;
+      compute_tensor_parallel _python_wrapper training.cpp_wrapper=false ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
