@@ -9,8 +9,8 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
              (the first micro-batch of a step) or concatenated and added (later ones) into
              the bucket's fp32 buffer: one or two kernel launches per bucket instead of one
              per parameter (a tensor-parallel rank's host, not its GPU, bounds its step, and
-             pays for each launch). What a backward leaves incomplete (an unused parameter) goes in
-             parameter by parameter at its end
+             pays for each launch). What a backward leaves incomplete (an unused parameter)
+             goes in parameter by parameter at its end
   overlap    on the last micro-batch of a step (data parallel, no pipeline), each ~100 MB
              bucket of the flat buffer is reduced over data-parallel ranks asynchronously as
              soon as its last gradient is in, while backward goes on

@@ -70,10 +70,10 @@ def test_a_parameter_without_gradient_this_step_steps_with_zero_not_last_steps_g
 
 def test_a_complete_bucket_goes_in_as_one_pass_and_the_rest_parameter_by_parameter(monkeypatch):
     """Gradients of a bucket wait on their parameters until the bucket is complete, then go into
-    the fp32 buffer in one pass (a multi-tensor copy, or a concatenated add); a backward that leaves a bucket incomplete
-    (a parameter without gradient) hands the rest in at its end, slice by slice. The sums are the
-    same either way: a parameter missing in the first micro-batch and present in the second gets
-    a copy there, its neighbours an add."""
+    the fp32 buffer in one pass (a multi-tensor copy, or a concatenated add); a backward that
+    leaves a bucket incomplete (a parameter without gradient) hands the rest in at its end, slice
+    by slice. The sums are the same either way: a parameter missing in the first micro-batch and
+    present in the second gets a copy there, its neighbours an add."""
     import megatron_sffn.training.master_optimizer as module
     one_by_one = []
     original = module._accumulate_one_by_one
