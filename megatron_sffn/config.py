@@ -155,6 +155,10 @@ class TrainingConfig:
     # keeps them outside (a graph break at each, 1.9x slower per step on an H200: the
     # behaviour before, kept as a fallback)
     trace_collectives: bool = True
+    # under compile, consecutive blocks compiled as one region (model/compile.py,
+    # compile_block_groups): one region's host cost per group instead of one per block; not
+    # with pipelines, CUDA graphs or guides, which keep one region per block
+    blocks_per_region: int = 1
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
     peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak
@@ -543,7 +547,8 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
              "FP8 GEMMs run on top of bf16: --precision bf16 --fp8 (training.fp8.enabled)")
     _choice(t.precision, ("bf16", "fp16", "fp32"), "training.precision")
     for key in ("micro_batch_size", "global_batch_size", "log_interval", "eval_interval",
-                "eval_iters", "save_interval", "keep_last", "max_nonfinite_steps", "checkpoint_interval"):
+                "eval_iters", "save_interval", "keep_last", "max_nonfinite_steps", "checkpoint_interval",
+                "blocks_per_region"):
         _positive(getattr(t, key), f"training.{key}")
     _require((t.train_steps is None) != (t.train_tokens is None),
              "set exactly one of 'training.train_steps' and 'training.train_tokens'"

@@ -34,12 +34,14 @@ RECOMPILE_LIMIT = 64
 
 
 def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: Optional[str] = None,
-                   cpp_wrapper: bool = False) -> int:
+                   cpp_wrapper: bool = False, blocks_per_region: int = 1) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled.
     mode: torch.compile's (None = default; "reduce-overhead" replays CUDA graphs).
     cpp_wrapper: Inductor's C++ wrapper launches each graph's kernels and GEMMs (its Python
     wrapper spends ~10-25 us of host per launch: an emulated tensor-parallel rank's blocks alone
-    take 0.79-0.89x the time through the C++ one, its whole training step the same)."""
+    take 0.79-0.89x the time through the C++ one, its whole training step the same).
+    blocks_per_region: consecutive blocks compiled as one region (compile_block_groups), where
+    grouping_refusal finds nothing against it; otherwise each block's body is its own region."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     if not collectives_in_graphs:
         keep_collectives_out_of_compiled_graphs()
@@ -51,9 +53,42 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     if cpp_wrapper:
         compile_backward_with_forward()
     options = compile_options(mode, cpp_wrapper)
+    if blocks_per_region > 1 and grouping_refusal(module, mode) is None:
+        compile_block_groups(module, options, blocks_per_region)
+        return len(blocks)
     for block in blocks:  # the body: the draws are made before it, in Python (model/block.py)
         block.body = torch.compile(block.body, dynamic=False, options=options)
     return len(blocks)
+
+
+def grouping_refusal(module: nn.Module, mode: Optional[str]) -> Optional[str]:
+    """Why `module`'s blocks cannot be compiled several to a region (compile_block_groups), or None."""
+    if not callable(getattr(module, "use_block_groups", None)):
+        return "the pipeline engine calls each block itself"
+    if mode is not None:
+        return "CUDA graphs replay each block's region"
+    if any(getattr(m, "guide", None) is not None for m in module.modules()):
+        return "guided blocks draw in Python between blocks"
+    return None
+
+
+def compile_block_groups(module: nn.Module, options: dict, size: int) -> None:
+    """Compile `size` consecutive blocks as one region instead of one region per block. Each
+    region call costs host time of its own, whatever the block's size: the guards, AOTAutograd's
+    runtime wrappers and an autograd node in forward and backward (~270 us a block forward and
+    backward on a CPU, measured with tiny blocks). A tensor-parallel rank, whose blocks are a
+    1/t of a data-parallel rank's, waits on that host time. Every group of the same blocks'
+    shapes shares the graph (the blocks are its inputs), so compiling costs about `size` blocks'
+    worth once. Unguided models only: guided blocks make their reduce_flop draws in Python
+    between blocks (model/block.py). (torch's nested_compile_region would trace a block once for
+    the whole stack, but refuses parameters that are views of one flat buffer, as the fused
+    optimizer's are.)"""
+    def run_block_group(blocks: tuple, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            x = block.body(x, None, block.ffn.draws())
+        return x
+
+    module.use_block_groups(torch.compile(run_block_group, dynamic=False, options=options), size)
 
 
 def compile_backward_with_forward() -> None:

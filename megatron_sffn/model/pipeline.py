@@ -158,8 +158,18 @@ class CheckpointedGPT(GPTModel):
                  interval: int = 0):
         super().__init__(cfg, tp, guided, guide_state)
         self.interval = interval
+        self.block_group, self.group_size = None, 1
+
+    def use_block_groups(self, run, size: int) -> None:
+        """run(blocks, x) -> x runs a tuple of up to `size` consecutive blocks in one call (the
+        compiled group of model/compile.py)."""
+        self.block_group, self.group_size = run, size
 
     def _run_blocks(self, start: int, stop: int, x: torch.Tensor) -> torch.Tensor:
+        if self.block_group is not None:
+            for first in range(start, stop, self.group_size):
+                x = self.block_group(tuple(self.blocks[first:min(first + self.group_size, stop)]), x)
+            return x
         for block in self.blocks[start:stop]:
             x = block(x)
         return x

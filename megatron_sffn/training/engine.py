@@ -37,7 +37,7 @@ from ..config import Config, ConfigError, resolve_speed_settings
 from ..fp8.device import fp8_problem
 from ..fp8.dispatch import assign_from_config
 from ..model.gpt import drop_guides
-from ..model.compile import compile_blocks
+from ..model.compile import compile_blocks, grouping_refusal
 from ..model.pipeline import build_data_parallel_module, build_pipeline_module, layout_free_names
 from ..parallel.cross_entropy import use_compiled_passes
 from ..parallel.ds_config import check_engine_support, deepspeed_config
@@ -92,6 +92,8 @@ class TrainEngine:
         self._own_grad_norm: Optional[float] = None
         self._observers: List[GradientObserver] = []
         self.compiled_blocks = 0  # blocks under torch.compile in the current module
+        self.blocks_per_region = 1  # compiled blocks per region (model/compile.py: compile_block_groups)
+        self.grouping_refused = None  # why training.blocks_per_region > 1 was not applied, if it was not
         self.fp8_choices = []  # per GEMM weight: FP8 or bf16, and why (fp8/dispatch.py)
         self.ds = None
 
@@ -124,7 +126,12 @@ class TrainEngine:
         use_compiled_passes(self.cfg.training.compile)  # the loss's T x V passes (no guide involved)
         if self.cfg.training.compile:  # guided blocks too (model/compile.py), again after the drop
             mode = "reduce-overhead" if replays_as_cuda_graphs(self.cfg, guided) else None
+            per_region = self.cfg.training.blocks_per_region
+            refusal = grouping_refusal(module, mode) if per_region > 1 else None
+            self.blocks_per_region = per_region if refusal is None else 1
+            self.grouping_refused = refusal
             self.compiled_blocks = compile_blocks(module, mode=mode, cpp_wrapper=self.cfg.training.cpp_wrapper,
+                                                  blocks_per_region=per_region,
                                                   collectives_in_graphs=self.cfg.training.trace_collectives)
         return module
 

@@ -171,7 +171,15 @@ class Trainer:
         def state(key: str, on: bool) -> str:
             return f"{'on' if on else 'off'}" + (f" ({why[key]})" if key in why else "")
         return (f"speed      compile: {state('compile', t.compile)} | CUDA graphs: {state('cuda_graphs', t.cuda_graphs)}"
-                + (f" | C++ wrapper: {state('cpp_wrapper', t.cpp_wrapper)}" if t.compile else ""))
+                + (f" | C++ wrapper: {state('cpp_wrapper', t.cpp_wrapper)}" if t.compile else "")
+                + (f" | {self.regions_line()}" if t.compile and t.blocks_per_region > 1 else ""))
+
+    def regions_line(self) -> str:
+        """blocks per compiled region: 4 | or 1 (training.blocks_per_region = 4: why not)."""
+        e = self.engine
+        return (f"blocks per compiled region: {e.blocks_per_region}" if e.grouping_refused is None else
+                f"blocks per compiled region: 1 (training.blocks_per_region = {self.cfg.training.blocks_per_region}"
+                f": {e.grouping_refused})")
 
     def fp8_lines(self) -> List[str]:
         """What runs in FP8 and what stays bf16 (and why), when FP8 is on."""
@@ -192,7 +200,9 @@ class Trainer:
         self.logger.print(f"[step {self.loop.step}] guide weight reached 0: guides dropped, optimizer rebuilt | "
                           + ", ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v:,}"
                                       for k, v in info.items())
-                          + (f" | {self.engine.compiled_blocks} blocks compiled" if self.engine.compiled_blocks else ""))
+                          + (f" | {self.engine.compiled_blocks} blocks compiled"
+                             + (f", {self.engine.blocks_per_region} per region" if self.engine.blocks_per_region > 1 else "")
+                             if self.engine.compiled_blocks else ""))
         self.logger.scalars({f"mem/{k}": v for k, v in info.items() if "gb" in k}, self.loop.step,
                             self.loop.consumed_tokens)
 

@@ -32,14 +32,21 @@ def eager_losses(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", [["--tensor-parallel", "2", "--sequence-parallel"], ["--pipeline-parallel", "2"],
                                     ["--tensor-parallel", "2", "--override", "training.trace_collectives=false"],
-                                    ["--pipeline-parallel", "2", "--override", "training.cpp_wrapper=true"]],
-                         ids=["tp2-sp", "pp2", "tp2-collectives-outside", "pp2-cpp-wrapper"])
+                                    ["--pipeline-parallel", "2", "--override", "training.cpp_wrapper=true"],
+                                    ["--tensor-parallel", "2", "--sequence-parallel", "--override",
+                                     "training.blocks_per_region=2"]],
+                         ids=["tp2-sp", "pp2", "tp2-collectives-outside", "pp2-cpp-wrapper", "tp2-sp-grouped"])
 def test_compiled_layout_trains_like_eager_data_parallel(layout, eager_losses, tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(2, COMMON + layout + ["--run-dir", run_dir, "--compile"], str(tmp_path / "logs"))
     assert "torch.compile of the blocks" in out and "guides dropped, optimizer rebuilt" in out
     assert ("C++ wrapper: on (training.cpp_wrapper = true)" in out) == ("training.cpp_wrapper=true" in layout)
     assert "recompile_limit" not in out  # a block that hit the limit would run eager from then on
+    # two blocks to a compiled region once the guides (drawn in Python between blocks) are dropped
+    grouped = "training.blocks_per_region=2" in layout
+    assert ("blocks per compiled region: 1 (training.blocks_per_region = 2: guided blocks draw in Python "
+            "between blocks)" in out) == grouped
+    assert ("blocks compiled, 2 per region" in out) == grouped
     compiled = losses(run_dir)
     assert sorted(compiled) == sorted(eager_losses) == list(range(1, STEPS + 1))
     for step, loss in eager_losses.items():

@@ -46,6 +46,53 @@ def test_compiled_blocks_have_no_graph_break_and_equal_eager(kind):
         assert float((q.grad - p.grad).abs().max() / scale) <= 1e-5, name
 
 
+def test_blocks_compiled_several_to_a_region_equal_eager_with_fewer_region_calls():
+    """training.blocks_per_region: 5 blocks, 2 to a region, make 3 region calls a forward
+    (2 + 2 + 1) where one region per block makes 5, with eager's losses and gradients."""
+    from megatron_sffn.model.pipeline import CheckpointedGPT
+    from megatron_sffn.parallel.mappings import TensorParallel
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tiny_config("lowrank").model
+    cfg.num_layers = 5
+    eager, grouped = (CheckpointedGPT(cfg, TensorParallel.single(), False, None).initialize(1) for _ in range(2))
+    assert compile_blocks(grouped, blocks_per_region=2) == 5
+    calls = []
+    run_group = grouped.block_group
+    grouped.block_group = lambda blocks, x: calls.append(len(blocks)) or run_group(blocks, x)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(3):
+        ids = torch.randint(0, 64, (2, 16), generator=generator)
+        want, got = eager(ids, ids), grouped(ids, ids)
+        want.backward()
+        got.backward()
+        assert float(got) == pytest.approx(float(want), rel=1e-5), step
+    assert calls == [2, 2, 1] * 3
+    assert dict(counters["graph_break"]) == {}
+    # the group holding the dense first block, the structured pair, the last block alone (and
+    # one more before the rotary cache holds the sequence length): the pairs share their graph
+    assert counters["stats"]["unique_graphs"] <= 4
+    for (name, p), (_, q) in zip(eager.named_parameters(), grouped.named_parameters()):
+        scale = p.grad.abs().max().clamp_min(1e-12)
+        assert float((q.grad - p.grad).abs().max() / scale) <= 1e-5, name
+
+
+def test_blocks_are_compiled_one_to_a_region_where_grouping_cannot_apply():
+    """Guided blocks draw in Python between blocks, and a pipeline calls each block itself."""
+    from megatron_sffn.model.compile import grouping_refusal
+    from megatron_sffn.model.pipeline import CheckpointedGPT
+    from megatron_sffn.parallel.mappings import TensorParallel
+    cfg = tiny_config("lowrank").model
+    guided = CheckpointedGPT(cfg, TensorParallel.single(), True, None)
+    assert grouping_refusal(guided, None) == "guided blocks draw in Python between blocks"
+    compile_blocks(guided, blocks_per_region=2)
+    assert guided.block_group is None
+    assert grouping_refusal(GPTModel(cfg), None) == "the pipeline engine calls each block itself"
+    unguided = CheckpointedGPT(cfg, TensorParallel.single(), False, None)
+    assert grouping_refusal(unguided, "reduce-overhead") == "CUDA graphs replay each block's region"
+    assert grouping_refusal(unguided, None) is None
+
+
 def test_block_diagonal_product_has_the_same_gradients_compiled():
     from megatron_sffn.structured.ops import block_diag_matmul
     torch._dynamo.reset()
