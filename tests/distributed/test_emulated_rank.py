@@ -4,7 +4,7 @@ tools/emulate_rank.py (bench_train.py --emulate) measures a layout's memory per 
 one device by running a single rank of it; that is only worth something if the emulated
 rank builds the same shards, the same ZeRO partition and keeps the same activations for
 backward as that rank of a real world. Real: 4 gloo ranks; emulated: one process per
-checked rank, no peers.
+checked rank, no peers (those run side by side, one per core).
 """
 import os
 import subprocess
@@ -30,28 +30,58 @@ LAYOUTS = {
 }
 
 
-def emulate(flags, rank: int, tag: str, out: str) -> None:
+# the same rank without sequence parallelism: what the emulation must see SP save
+WITHOUT_SP = (["--tensor", "2", "--precision", "fp32"], 0)
+
+
+def emulate_command(flags, rank: int, tag: str, out: str) -> list:
+    return [sys.executable, WORKER, *flags, "--emulate-world", "4", "--emulate-rank", str(rank), "--tag", tag,
+            "--out", out]
+
+
+def run_side_by_side(commands) -> None:
+    """Run single-rank processes (one thread each), as many at a time as there are cores: they
+    share nothing, so on 2 cores a pair takes the time of one."""
     env = worker_env(0, 1, 0)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key)
-    proc = subprocess.run([sys.executable, WORKER, *flags, "--emulate-world", "4", "--emulate-rank", str(rank),
-                           "--tag", tag, "--out", out], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pending, width = list(commands), max(1, os.cpu_count() or 1)
+    while pending:
+        batch, pending = pending[:width], pending[width:]
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for cmd in batch]
+        try:
+            outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for cmd, proc, output in zip(batch, procs, outputs):
+            assert proc.returncode == 0, f"{' '.join(cmd)}:\n{output[-6000:]}"
 
 
 @pytest.fixture(scope="module")
-def inventories(tmp_path_factory):
+def records(tmp_path_factory):
+    """Every real world (4 gloo ranks, one after another), then every emulated rank side by side:
+    ({layout: [(real record, emulated record) per emulated rank]}, the rank emulated without SP)."""
+    outs = {name: str(tmp_path_factory.mktemp(name)) for name in LAYOUTS}
+    for name, (flags, _) in LAYOUTS.items():
+        run_ranks(4, WORKER, [*flags, "--tag", "real"], outs[name])
+    without_sp = str(tmp_path_factory.mktemp("tp2_dp2"))
+    run_side_by_side([emulate_command(flags, rank, "emulated", outs[name])
+                      for name, (flags, ranks) in LAYOUTS.items() for rank in ranks]
+                     + [emulate_command(WITHOUT_SP[0], WITHOUT_SP[1], "tp2_dp2", without_sp)])
+    load = lambda out, tag, r: torch.load(os.path.join(out, f"{tag}_rank{r}.pt"))  # noqa: E731
+    found = {name: [(load(outs[name], "real", r), load(outs[name], "emulated", r)) for r in ranks]
+             for name, (_, ranks) in LAYOUTS.items()}
+    return found, load(without_sp, "tp2_dp2", WITHOUT_SP[1])
+
+
+@pytest.fixture(scope="module")
+def inventories(records):
     """{layout: [(real record, emulated record) per emulated rank]}"""
-    found = {}
-    for name, (flags, ranks) in LAYOUTS.items():
-        out = str(tmp_path_factory.mktemp(name))
-        run_ranks(4, WORKER, [*flags, "--tag", "real"], out)
-        for rank in ranks:
-            emulate(flags, rank, "emulated", out)
-        load = lambda tag, r: torch.load(os.path.join(out, f"{tag}_rank{r}.pt"))  # noqa: E731
-        found[name] = [(load("real", r), load("emulated", r)) for r in ranks]
-    return found
+    return records[0]
 
 
 def test_emulated_rank_holds_the_real_ranks_shards_and_activations(inventories):
@@ -71,11 +101,11 @@ def test_emulated_rank_holds_the_real_ranks_shards_and_activations(inventories):
         assert stage0["params"] != stage1["params"] and stage0["saved"] != stage1["saved"], name
 
 
-def test_emulation_sees_what_sequence_parallelism_saves(inventories, tmp_path):
+def test_emulation_sees_what_sequence_parallelism_saves(records):
     """The measure discriminates: the same rank without sequence parallelism keeps more for
     backward (replicated d-wide activations), with parameters of the same shapes."""
-    emulate(["--tensor", "2", "--precision", "fp32"], 0, "tp2_dp2", str(tmp_path))
-    pairs = [(torch.load(tmp_path / "tp2_dp2_rank0.pt"), inventories["tp2sp_dp2"][0][1]),
+    inventories, tp2_dp2 = records
+    pairs = [(tp2_dp2, inventories["tp2sp_dp2"][0][1]),
              (inventories["tp2pp2"][0][1], inventories["tp2pp2sp"][0][1])]
     for without, with_sp in pairs:
         assert [p[1] for p in without["params"]] == [p[1] for p in with_sp["params"]]
