@@ -1,8 +1,9 @@
 """Every (tensor, pipe, data) layout trains like one process (DESIGN.md invariant 1).
 
-One launch per layout runs all of that layout's scenarios (workers/scenarios.py); the tests
-below read its records and compare with the single-process PyTorch reference
-(common.Reference: GPTModel + torch AdamW, no DeepSpeed, no process group).
+One launch per (tensor, pipe, data) grid runs all of its layouts' scenarios, with and without
+sequence parallelism (workers/scenarios.py); the tests below read their records and compare
+with the single-process PyTorch reference (common.Reference: GPTModel + torch AdamW, no
+DeepSpeed, no process group).
 
 Tolerances, fp32:
   losses of the 5-step trajectory: 1e-5 relative (its gradient norms: 1e-4)
@@ -62,24 +63,35 @@ LAYOUT_IDS = {layout: "t{}p{}d{}".format(*layout[:3]) + "".join(layout[3:]) for 
 
 
 def _scenario_name(spec: str) -> str:
-    what, kind, zero, precision = spec.split("/")
-    return f"{what}-{kind}-z{zero}-{precision}"
+    """The worker's record name for a spec (workers/scenarios.py: scenario_name)."""
+    what, kind, zero, precision, *flags = spec.split("/")
+    return f"{what}-{kind}-z{zero}-{precision}" + "".join(f"-{f}" for f in flags)
+
+
+def _launch_specs(layout) -> list:
+    """The worker's scenario specs of one layout ("/sp": with sequence parallelism)."""
+    suffix = "/sp" if "sp" in layout[3:] else ""
+    return [spec + suffix for spec in TRAIN_ALL + LAYOUTS[layout]]
 
 
 @pytest.fixture(scope="session")
 def layout_records(tmp_path_factory):
-    """layout -> {scenario name: record}; each layout is launched once per session."""
+    """layout -> {scenario name: record}. The layouts of one (tensor, pipe, data) grid, with and
+    without sequence parallelism, share one launch per session: each rank's start-up (torch,
+    DeepSpeed, Dynamo imports) costs more than its scenarios on 2 cores."""
     cache = {}
 
     def get(layout):
         if layout not in cache:
             tensor, pipe, data = layout[:3]
-            out = tmp_path_factory.mktemp(LAYOUT_IDS[layout])
-            specs = TRAIN_ALL + LAYOUTS[layout]
-            flags = ["--sequence-parallel"] if "sp" in layout[3:] else []
+            same_grid = [l for l in LAYOUTS if l[:3] == layout[:3]]
+            out = tmp_path_factory.mktemp("t{}p{}d{}".format(*layout[:3]))
+            specs = [spec for l in same_grid for spec in _launch_specs(l)]
             run_ranks(tensor * pipe * data, "tests/distributed/workers/scenarios.py",
-                      ["--tensor", str(tensor), "--pipe", str(pipe), "--scenarios", ",".join(specs), *flags], str(out))
-            cache[layout] = {_scenario_name(s): torch.load(out / f"{_scenario_name(s)}.pt") for s in specs}
+                      ["--tensor", str(tensor), "--pipe", str(pipe), "--scenarios", ",".join(specs)], str(out))
+            for l in same_grid:
+                cache[l] = {_scenario_name(spec): torch.load(out / f"{_scenario_name(launched)}.pt")
+                            for spec, launched in zip(TRAIN_ALL + LAYOUTS[l], _launch_specs(l))}
         return cache[layout]
 
     return get

@@ -1,8 +1,10 @@
 """Worker: run training scenarios under one (tensor, pipe, data) layout through TrainEngine.
 
 One launch runs several scenarios (starting processes costs more on 2 cores than the tiny
-models do). Each scenario is "what/kind/zero/precision" and rank 0 saves its record to
-<out>/<what>-<kind>-z<zero>-<precision>.pt:
+models do: each rank spends seconds importing torch, DeepSpeed and Dynamo before its first
+engine). Each scenario is "what/kind/zero/precision", or "what/kind/zero/precision/sp" with
+sequence parallelism (a layout with and without it shares the launch: same process groups),
+and rank 0 saves its record to <out>/<what>-<kind>-z<zero>-<precision>[-sp].pt:
 
   train   5 steps, then eval_batch on batch 5; per step the loss, grad norm and skipped
           flag; at the first and last step
@@ -37,13 +39,20 @@ STEPS = 5
 CHECKED_STEPS = (0, STEPS - 1)  # gradients gathered and compared at the first and the last step
 
 
+def scenario_name(spec: str) -> str:
+    """The record's file name (no extension) for a scenario spec."""
+    what, kind, zero, precision, *flags = spec.split("/")
+    return f"{what}-{kind}-z{zero}-{precision}" + "".join(f"-{f}" for f in flags)
+
+
 class Scenario:
     def __init__(self, spec: str, args):
-        self.what, self.kind, zero, self.precision = spec.split("/")
+        self.what, self.kind, zero, self.precision, *flags = spec.split("/")
         self.zero = int(zero)
+        self.sequence_parallel = args.sequence_parallel or flags == ["sp"]
         self.cfg = tiny_config(self.kind, args.tensor, args.pipe, self.zero, self.precision,
-                               sequence_parallel=args.sequence_parallel)
-        self.name = f"{self.what}-{self.kind}-z{self.zero}-{self.precision}"
+                               sequence_parallel=self.sequence_parallel)
+        self.name = scenario_name(spec)
         self.args = args
 
     def engine(self, state):
@@ -153,16 +162,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tensor", type=int, required=True)
     ap.add_argument("--pipe", type=int, required=True)
-    ap.add_argument("--scenarios", required=True, help="comma-separated what/kind/zero/precision")
+    ap.add_argument("--scenarios", required=True, help="comma-separated what/kind/zero/precision[/sp]")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--sequence-parallel", action="store_true")
+    ap.add_argument("--sequence-parallel", action="store_true", help="every scenario with sequence parallelism")
     args = ap.parse_args()
     torch.set_num_threads(1)
     init_distributed()
-    state = None
+    states = {}  # with and without sequence parallelism: its flag lives in the state's TensorParallel
     for spec in args.scenarios.split(","):
         sc = Scenario(spec, args)
-        state = state or build_parallel_state(sc.cfg)
+        if sc.sequence_parallel not in states:  # every rank reaches this at the same spec: new_group is collective
+            states[sc.sequence_parallel] = build_parallel_state(sc.cfg)
+        state = states[sc.sequence_parallel]
         started = time.perf_counter()
         record = RUNNERS[sc.what](sc, state)
         record["seconds"] = time.perf_counter() - started
