@@ -86,9 +86,17 @@ def test_resume_on_a_different_data_parallel_size_continues_the_stream(reference
         assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
 
 
-def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(reference, tmp_path):
-    run_dir = str(tmp_path / "run")
-    run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "2"], str(tmp_path / "a"))
+@pytest.fixture(scope="module")
+def stopped_at_step2(tmp_path_factory):
+    """The reference command stopped by --exit-interval 2 (guides still in): its run dir. The
+    tests that use it only read it, or assert that a refused resume left it as it was."""
+    run_dir = str(tmp_path_factory.mktemp("stopped_at_step2") / "run")
+    run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "2"], run_dir + "-logs")
+    return run_dir
+
+
+def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(stopped_at_step2, tmp_path):
+    run_dir = stopped_at_step2
     out = run(1, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"), expect=2)
     assert "was written by tensor 1 x pipeline 1 x data 2, ZeRO 1" in out
     assert "tools/convert_checkpoint.py" in out and "--data-parallel 1" in out
@@ -229,7 +237,7 @@ def _optimizer_view(ckpt: str, dp: int):
     return set(states["module"]), optimized, masters, states
 
 
-def test_guides_leave_parameters_and_optimizer_state(reference, tmp_path):
+def test_guides_leave_parameters_and_optimizer_state(reference, stopped_at_step2):
     """Before the drop the checkpoint holds guide weights and the optimizer holds them too;
     after it neither does, and the fp32 masters shrink by the guides' size."""
     run_dir, _ = reference
@@ -238,8 +246,7 @@ def test_guides_leave_parameters_and_optimizer_state(reference, tmp_path):
     assert after and not any(".guide." in n for n in after) and not any(".guide." in n for n in optimized_after)
     assert any(".structure.weight_u" in n for n in optimized_after)
 
-    early = str(tmp_path / "early")
-    run(2, COMMON + ["--run-dir", early, "--exit-interval", "2"], str(tmp_path / "a"))
+    early = stopped_at_step2
     assert read_meta(early, "step00000002")["loop"]["guides_dropped"] is False
     before, optimized_before, masters_before, early_states = _optimizer_view(
         os.path.join(early, "checkpoints", "step00000002"), 2)
@@ -250,10 +257,18 @@ def test_guides_leave_parameters_and_optimizer_state(reference, tmp_path):
     assert masters_before - masters_after == pytest.approx(guide_elements, abs=64 * len(guides))
 
 
-def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path):
-    run_dir = str(tmp_path / "run")
-    out = run(1, COMMON + ["--run-dir", run_dir, "--train-steps", "4"], str(tmp_path / "a"),
-              extra_env={"MEGATRON_SFFN_INJECT_NONFINITE_STEPS": "2"})
+@pytest.fixture(scope="module")
+def one_rank_no_save(tmp_path_factory):
+    """One rank, 4 steps, a non-finite step injected at step 3, a save due every step but
+    --no-save: (run dir, output). Neither feature touches what the other's test reads."""
+    run_dir = str(tmp_path_factory.mktemp("one_rank_no_save") / "run")
+    out = run(1, COMMON + ["--run-dir", run_dir, "--train-steps", "4", "--save-interval", "1", "--no-save"],
+              run_dir + "-logs", extra_env={"MEGATRON_SFFN_INJECT_NONFINITE_STEPS": "2"})
+    return run_dir, out
+
+
+def test_nonfinite_step_is_skipped_counted_and_logged(one_rank_no_save):
+    run_dir, out = one_rank_no_save
     record = read_step_log(run_dir)
     assert record[3]["skipped"] and not record[2]["skipped"] and not record[4]["skipped"]
     assert "[step 3] non-finite loss or gradient: step skipped (1 in a row, 1 in total)" in out
@@ -274,13 +289,11 @@ def test_wall_clock_limit_saves_and_exits(tmp_path):
     assert read_meta(run_dir, latest(run_dir))["step"] == 1
 
 
-def test_no_save_writes_no_checkpoint(tmp_path):
-    run_dir = str(tmp_path / "run")
-    out = run(1, COMMON + ["--run-dir", run_dir, "--train-steps", "2", "--save-interval", "1", "--no-save"],
-              str(tmp_path / "a"))
-    assert "done: 2 steps" in out and "saved checkpoint" not in out
+def test_no_save_writes_no_checkpoint(one_rank_no_save):
+    run_dir, out = one_rank_no_save
+    assert "done: 4 steps" in out and "saved checkpoint" not in out
     assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
-    assert sorted(losses(run_dir)) == [1, 2]
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4]
 
 
 def test_crash_during_save_keeps_the_previous_checkpoint_latest(reference, tmp_path):
