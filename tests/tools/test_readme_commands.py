@@ -3,7 +3,8 @@ Data example on the bundled corpus; and the TensorBoard tags it lists are the on
 
 They run in a fresh folder that holds links to launchers/, tools/, configs/ and megatron_sffn/,
 so every relative path means what it means in a clone, and what they write stays out of the
-repository. Two changes only, both to step counts: the demo trains 4 steps instead of 200 (its
+repository. The tools' commands run side by side where one does not read what another writes
+(one per core; the deepspeed run alone). Two changes only, both to step counts: the demo trains 4 steps instead of 200 (its
 checkpoint is past the guided phase all the same), and the resume after the reshape goes to
 step 6 instead of 220 (20 more steps after the demo's 200, here 2 after its 4).
 """
@@ -13,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import pytest
 
@@ -56,6 +58,37 @@ def execute(argv, cwd):
     return proc.stdout + proc.stderr
 
 
+def written_paths(argv):
+    """The paths a tool command names as its output (--save, --json)."""
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--save", "--json")]
+
+
+def reads_what_it_wrote(later, earlier) -> bool:
+    """`later` names a path `earlier` writes, or one inside it."""
+    return any(arg == out or arg.startswith(out.rstrip("/") + "/") for arg in later for out in written_paths(earlier))
+
+
+def execute_side_by_side(commands, cwd):
+    """Every command, each once the earlier ones whose output it reads have finished, as many at
+    a time as there are cores (the tools are one process each); a deepspeed command runs alone
+    (its ranks take every core). Returns the outputs in the commands' order."""
+    after = [{j for j in range(i) if reads_what_it_wrote(argv, commands[j])} for i, argv in enumerate(commands)]
+    alone = [argv[0] == "deepspeed" for argv in commands]
+    width = max(1, os.cpu_count() or 1)
+    outputs, running = {}, {}
+    with ThreadPoolExecutor(width) as pool:
+        while len(outputs) < len(commands):
+            for i, argv in enumerate(commands):
+                ready = i not in outputs and i not in running and after[i] <= set(outputs)
+                busy = len(running) >= width or any(alone[j] for j in running) or (alone[i] and running)
+                if ready and not busy:
+                    running[i] = pool.submit(execute, argv, cwd)
+            finished, _ = wait(running.values(), return_when=FIRST_COMPLETED)
+            for i in [i for i, future in running.items() if future in finished]:
+                outputs[i] = running.pop(i).result()
+    return [outputs[i] for i in range(len(commands))]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The README's demo command (4 steps), in a folder like a clone; returns (folder, output)."""
@@ -73,7 +106,7 @@ def test_the_tools_run_on_the_demos_checkpoint_as_written(demo):
     for argv in commands:
         if "--train-steps" in argv:   # 20 more steps than the demo's 200: here 2 more than its 4
             argv[argv.index("--train-steps") + 1] = "6"
-        out = execute(argv, cwd)
+    for argv, out in zip(commands, execute_side_by_side(commands, cwd)):
         if argv[0] == "deepspeed":
             assert "layout     world 2 = tensor 2 x pipeline 1 x data 1" in out and "resume     from" in out
             assert "done: 6 steps" in out
