@@ -157,7 +157,8 @@ class TrainingConfig:
     trace_collectives: bool = True
     # under compile, consecutive blocks compiled as one region (model/compile.py,
     # compile_block_groups): one region's host cost per group instead of one per block; not
-    # with pipelines, CUDA graphs or guides, which keep one region per block
+    # with pipelines, CUDA graphs or guides, which keep one region per block; a group never
+    # spans two activation-checkpoint chunks
     blocks_per_region: int = 1
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
