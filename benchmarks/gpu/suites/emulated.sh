@@ -22,6 +22,9 @@
 #   compute_last_stage  that layout's last stage (rank 2) at micro-batch 8, timed alone
 #   last_stages  6.7B lowrank TP2 x PP2 SP compiled (stage 1 = rank 2) at micro-batch 4 and 8, PP4
 #            eager micro-batch 2, stages 0 and 3: peaks against the planner's per-stage ones
+#   regions  1.3B lowrank compiled TP4 SP, TP2 and DP4 (micro-batch 8 x 4), each with one compiled
+#            region per block and with training.blocks_per_region=4 (variant g4) in one run: what a
+#            region call's host cost does to each rank
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -29,9 +32,10 @@ sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
 emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r emulates rank r (default 0)
   local name=$1 config=$2 mode=$3 micro=$4 accum=$5 steps=$6 warmup=$7; shift 7
   local overrides=(); for o in "$@"; do overrides+=(--override "$o"); done
+  local variants=(); [[ $name == regions_* ]] && variants=(--variant 'g4:training.blocks_per_region=4')
   timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate "${RANK:-0}" --modes "$mode" \
       --micro-batch-size "$micro" --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" \
-      "${overrides[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
+      "${overrides[@]}" "${variants[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
   echo "== $name (exit $?): $(grep -E '^[a-z0-9_]+\.json ' "$out/$name.txt" | tail -1)"
 }
 
@@ -79,6 +83,12 @@ for set in "${sets[@]}"; do
       compute_tensor_parallel "" ;;
     python_wrapper)
       compute_tensor_parallel _python_wrapper training.cpp_wrapper=false ;;
+    regions)
+      for layout in "tp4sp:parallel.tensor=4;parallel.sequence_parallel=true" "tp2:parallel.tensor=2" "dp4:"; do
+        name=${layout%%:*}; overrides=(); IFS=';' read -ra kv <<< "${layout#*:}"
+        for o in "${kv[@]}"; do overrides+=("$o"); done
+        emulate "regions_1p3b_$name" configs/1p3b_lowrank.json compile 8 4 6 3 "${overrides[@]}"
+      done ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
@@ -125,7 +135,7 @@ for set in "${sets[@]}"; do
             --keep-logs "$out/logs_graphs_$name" --out "$out/graphs_$name.json" > "$out/graphs_$name.txt" 2>&1
         echo "== graphs $name (exit $?)"; grep -E "emulated rank|FAILED|Error" "$out/graphs_$name.txt" | tail -3
       done ;;
-    *) echo "error: unknown set '$set' of suite 'emulated' (memory sp_slope memory_compiled compute python_wrapper profile" \
+    *) echo "error: unknown set '$set' of suite 'emulated' (memory sp_slope memory_compiled compute python_wrapper regions profile" \
             "compute_6p7b compute_6p7b_compiled compute_last_stage last_stages graphs)" >&2; exit 2 ;;
   esac
 done
