@@ -156,7 +156,8 @@ class TrainingConfig:
     # behaviour before, kept as a fallback)
     trace_collectives: bool = True
     # under compile, consecutive blocks compiled as one region (model/compile.py,
-    # compile_block_groups): one region's host cost per group instead of one per block; not
+    # compile_block_groups): one region's host cost per group instead of one per block (4 made
+    # an emulated TP4 SP rank on an H200 0.89x as fast, docs/performance.md, hence 1); not
     # with pipelines, CUDA graphs or guides, which keep one region per block; a group never
     # spans two activation-checkpoint chunks
     blocks_per_region: int = 1
