@@ -30,17 +30,22 @@ def test_compiled_blocks_have_no_graph_break_and_equal_eager(kind):
     counters.clear()
     eager, compiled = model(kind), model(kind)
     assert compile_blocks(compiled) == 3
-    generator = torch.Generator().manual_seed(0)
-    for step in range(3):
-        ids = torch.randint(0, 64, (2, 16), generator=generator)
-        want, got = eager.loss(ids, ids), compiled.loss(ids, ids)
-        want.backward()
-        got.backward()
-        assert float(got) == pytest.approx(float(want), rel=1e-5), step
+    assert_same_losses_and_gradients(eager, compiled, lambda m, ids: m.loss(ids, ids))
     assert dict(counters["graph_break"]) == {}
     # per FFN kind in the model (dense first block, structured others): one graph, and one
     # more for the first call before the rotary cache holds the sequence length
     assert counters["stats"]["unique_graphs"] <= 4
+
+
+def assert_same_losses_and_gradients(eager, compiled, loss):
+    """Three steps' losses (loss(model, ids)) and the summed gradients, to 1e-5 relative."""
+    generator = torch.Generator().manual_seed(0)
+    for step in range(3):
+        ids = torch.randint(0, 64, (2, 16), generator=generator)
+        want, got = loss(eager, ids), loss(compiled, ids)
+        want.backward()
+        got.backward()
+        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5), step
     for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
         scale = p.grad.abs().max().clamp_min(1e-12)
         assert float((q.grad - p.grad).abs().max() / scale) <= 1e-5, name
@@ -60,21 +65,12 @@ def test_blocks_compiled_several_to_a_region_equal_eager_with_fewer_region_calls
     calls = []
     run_group = grouped.block_group
     grouped.block_group = lambda blocks, x: calls.append(len(blocks)) or run_group(blocks, x)
-    generator = torch.Generator().manual_seed(0)
-    for step in range(3):
-        ids = torch.randint(0, 64, (2, 16), generator=generator)
-        want, got = eager(ids, ids), grouped(ids, ids)
-        want.backward()
-        got.backward()
-        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5), step
+    assert_same_losses_and_gradients(eager, grouped, lambda m, ids: m(ids, ids))
     assert calls == [2, 2, 1] * 3
     assert dict(counters["graph_break"]) == {}
     # the group holding the dense first block, the structured pair, the last block alone (and
     # one more before the rotary cache holds the sequence length): the pairs share their graph
     assert counters["stats"]["unique_graphs"] <= 4
-    for (name, p), (_, q) in zip(eager.named_parameters(), grouped.named_parameters()):
-        scale = p.grad.abs().max().clamp_min(1e-12)
-        assert float((q.grad - p.grad).abs().max() / scale) <= 1e-5, name
 
 
 def test_blocks_are_compiled_one_to_a_region_where_grouping_cannot_apply():
