@@ -127,12 +127,11 @@ class TrainEngine:
         if self.cfg.training.compile:  # guided blocks too (model/compile.py), again after the drop
             mode = "reduce-overhead" if replays_as_cuda_graphs(self.cfg, guided) else None
             per_region = self.cfg.training.blocks_per_region
-            refusal = grouping_refusal(module, mode) if per_region > 1 else None
-            self.blocks_per_region = per_region if refusal is None else 1
-            self.grouping_refused = refusal
             self.compiled_blocks = compile_blocks(module, mode=mode, cpp_wrapper=self.cfg.training.cpp_wrapper,
                                                   blocks_per_region=per_region,
                                                   collectives_in_graphs=self.cfg.training.trace_collectives)
+            self.blocks_per_region = getattr(module, "group_size", 1)  # what compile_blocks applied
+            self.grouping_refused = grouping_refusal(module, mode) if self.blocks_per_region < per_region else None
         return module
 
     def _initialize(self, module: nn.Module):
