@@ -29,10 +29,11 @@
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
 
-emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r emulates rank r (default 0)
+emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r emulates rank r (default 0),
+             # VARIANT=NAME:K=V also runs that variant beside the case, in the same process
   local name=$1 config=$2 mode=$3 micro=$4 accum=$5 steps=$6 warmup=$7; shift 7
   local overrides=(); for o in "$@"; do overrides+=(--override "$o"); done
-  local variants=(); [[ $name == regions_* ]] && variants=(--variant 'g4:training.blocks_per_region=4')
+  local variants=(); [ -n "${VARIANT:-}" ] && variants=(--variant "$VARIANT")
   timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate "${RANK:-0}" --modes "$mode" \
       --micro-batch-size "$micro" --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" \
       "${overrides[@]}" "${variants[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
@@ -84,10 +85,11 @@ for set in "${sets[@]}"; do
     python_wrapper)
       compute_tensor_parallel _python_wrapper training.cpp_wrapper=false ;;
     regions)
-      for layout in "tp4sp:parallel.tensor=4;parallel.sequence_parallel=true" "tp2:parallel.tensor=2" "dp4:"; do
-        name=${layout%%:*}; overrides=(); IFS=';' read -ra kv <<< "${layout#*:}"
-        for o in "${kv[@]}"; do overrides+=("$o"); done
-        emulate "regions_1p3b_$name" configs/1p3b_lowrank.json compile 8 4 6 3 "${overrides[@]}"
+      for case in "tp4sp parallel.tensor=4 parallel.sequence_parallel=true" "tp2 parallel.tensor=2" "dp4"; do
+        read -r name overrides <<< "$case"
+        # shellcheck disable=SC2086  # the overrides are words without spaces
+        VARIANT='g4:training.blocks_per_region=4' emulate "regions_1p3b_$name" configs/1p3b_lowrank.json compile \
+            8 4 6 3 $overrides
       done ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
