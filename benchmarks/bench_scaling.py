@@ -57,7 +57,9 @@ def parse_args(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny CPU model, 2 processes, a few layouts")
     ap.add_argument("--out", default=None, help="JSON file to write (rank 0)")
     ap.add_argument("--profile", default=None, metavar="TXT",
-                    help="after timing, profile 3 steps (torch.profiler) and write the top kernels here (rank 0)")
+                    help="after timing, profile steps (torch.profiler) and write the top kernels here (rank 0), "
+                         "then one step under cProfile (TXT's name + _python.txt)")
+    ap.add_argument("--profile-steps", type=int, default=3, help="steps under torch.profiler (default 3)")
     return ap.parse_args(argv)
 
 
@@ -183,7 +185,7 @@ def run_once(args) -> dict:
     with TrafficCounter(groups) as traffic:
         engine.train_batch(random_batches(cfg, state.data_size, seed=123))
     if args.profile:
-        profile_steps(engine, cfg, state, args.profile, timed_step_s=statistics.median(times))
+        profile_steps(engine, cfg, state, args.profile, steps=args.profile_steps, timed_step_s=statistics.median(times))
     step_time = statistics.median(times)
     tokens = cfg.training.global_batch_size * cfg.model.seq_length
     guide_fraction = (1.0 if not cfg.self_guided.reduce_flop else guide_state.alpha) if guided else 0.0
@@ -235,6 +237,29 @@ def profile_steps(engine, cfg, state, path: str, steps: int = 3, timed_step_s=No
         with open(os.path.splitext(path)[0] + ".json", "w") as f:
             json.dump(summary, f, indent=2)
         print(text, flush=True)
+    python_profile(engine, cfg, state, os.path.splitext(path)[0] + "_python.txt")
+
+
+def python_profile(engine, cfg, state, path: str) -> None:
+    """One more step under cProfile: the host's Python functions by own time, which
+    torch.profiler's op table leaves out (a host-bound rank's step is mostly Python between
+    ops: the engine, hooks, the compiled regions' guards and wrappers). cProfile slows Python
+    calls, so read the shares, not the times."""
+    import cProfile
+    import io
+    import pstats
+    profiler = cProfile.Profile()
+    batches = random_batches(cfg, state.data_size, seed=99)
+    profiler.enable()
+    engine.train_batch(batches)
+    profiler.disable()
+    if state.rank == 0:
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text).strip_dirs()
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(45)
+        with open(path, "w") as f:
+            f.write(text.getvalue())
 
 
 # ---------------------------------------------------------------------------- sweep

@@ -139,6 +139,8 @@ def join_fake_world(world: int, rank: int) -> None:
     dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
     dist.all_gather_object = replicate_local_object
     dist.new_group = fake_backend_groups(dist.new_group)
+    from megatron_sffn.parallel.jit_cache import use_installation_extensions_dir
+    use_installation_extensions_dir()  # as the launcher: DeepSpeed's JIT ops in this installation's folder
     import deepspeed  # its comm layer wraps the group that exists (the pipeline module asks it first)
     deepspeed.init_distributed(verbose=False)
     partition_layout_from_own_output()

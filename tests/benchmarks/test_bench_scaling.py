@@ -49,3 +49,24 @@ def test_sequence_parallel_lowrank_moves_less_than_dense(tmp_path):
     # SP adds the backward re-gather of d-wide inputs and the replicated gradients' sums,
     # never more than the forward and backward activations themselves
     assert wire["dense", False] <= wire["dense", True] <= 1.5 * wire["dense", False]
+
+
+def test_profile_writes_the_kernel_table_and_the_hosts_python(tmp_path):
+    """--profile on an emulated rank (CPU): the op table after the busy/idle summary, and one
+    more step under cProfile whose table names the engine's step and the blocks' forward."""
+    table = tmp_path / "p.txt"
+    model = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.ffn_hidden_size=64",
+             "model.seq_length=16", "model.vocab_size=256", "model.ffn.rank=8", "self_guided.enabled=false",
+             "training.compile=false", "training.micro_batch_size=1", "training.global_batch_size=2",
+             "parallel.tensor=2", "parallel.sequence_parallel=true"]
+    overrides = [arg for o in model for arg in ("--override", o)]
+    proc = subprocess.run([sys.executable, "tools/emulate_rank.py", "--world", "2", "--", "benchmarks/bench_scaling.py",
+                           "--config", "configs/tiny_demo.json", *overrides, "--steps", "1", "--warmup", "1",
+                           "--profile", str(table), "--profile-steps", "1", "--out", str(tmp_path / "r.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = table.read_text()
+    assert "1 steps" in text and "per step: wall" in text and "Self CPU" in text
+    python = (tmp_path / "p_python.txt").read_text()
+    assert "Ordered by: internal time" in python and "Ordered by: cumulative time" in python
+    assert "train_batch" in python and "block.py" in python

@@ -14,8 +14,9 @@
 #   python_wrapper the compute set's tensor-parallel cases with training.cpp_wrapper=false (Inductor's
 #            Python wrapper): after compute in one call (`emulated OUT compute python_wrapper`), what the
 #            default's C++ wrapper does to a whole step
-#   profile  1.3B lowrank compiled TP4 SP and TP2 SP (x DP2), micro-batch 8, one micro-batch per
-#            step: bench_scaling.py --profile of the emulated rank 0 (its GPU busy share and kernels)
+#   profile  1.3B lowrank compiled TP4 SP (one and 4 blocks per compiled region) and TP2 x DP2,
+#            micro-batch 8, 128 sequences a step: bench_scaling.py --profile of the emulated rank 0 (its
+#            GPU busy share, kernels, and the host's Python by own time)
 #   compute_6p7b  the same for 6.7B lowrank, eager, DP4 and TP2 x PP2 SP (stage 0: its own forward
 #            and backward of 64 micro-batches, no wait for the other stage)
 #   compute_6p7b_compiled  TP2 x PP2 SP compiled at micro-batch 4 and 8 (64 micro-batches)
@@ -95,13 +96,15 @@ for set in "${sets[@]}"; do
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
           parallel.sequence_parallel=true ;;
-    profile)  # where an emulated TP rank's step goes: bench_scaling.py --profile (kernel table, busy/idle)
-      for case in "tp4sp 4 8" "tp2sp 2 16"; do
-        read -r name tensor global <<< "$case"
-        timeout 300 python3 tools/emulate_rank.py --world 4 -- benchmarks/bench_scaling.py \
-            --config configs/1p3b_lowrank.json --override parallel.tensor=$tensor --override parallel.sequence_parallel=true \
-            --override self_guided.enabled=false --override training.compile=true \
-            --override training.micro_batch_size=8 --override training.global_batch_size=$global --steps 6 --warmup 4 \
+    profile)  # where an emulated TP rank's step goes: bench_scaling.py --profile (kernel table, busy/idle,
+              # the host's Python by own time), the compute set's global batch (16 micro-batches at TP4)
+      for case in "tp4sp 4 128" "tp4sp_g4 4 128 training.blocks_per_region=4" "tp2 2 128"; do
+        read -r name tensor global extra <<< "$case"
+        sp=$([ "$name" = tp2 ] && echo false || echo true)
+        timeout 200 python3 tools/emulate_rank.py --world 4 -- benchmarks/bench_scaling.py \
+            --config configs/1p3b_lowrank.json --override parallel.tensor=$tensor --override parallel.sequence_parallel=$sp \
+            --override self_guided.enabled=false --override training.compile=true ${extra:+--override $extra} \
+            --override training.micro_batch_size=8 --override training.global_batch_size=$global --steps 3 --warmup 3 --profile-steps 1 \
             --profile "$out/profile_1p3b_$name.txt" --out "$out/profile_1p3b_$name.json" > "$out/profile_1p3b_$name.log" 2>&1
         echo "== profile $name (exit $?): $(grep -E '^per step|^t[0-9]' "$out/profile_1p3b_$name.log" | head -2 | tr '\n' ' ')"
       done ;;
