@@ -619,20 +619,10 @@ def validate_fp8(t: "TrainingConfig") -> None:
                  f"bf16, got {t.precision!r}: FP8 products take bf16 activations and give bf16 outputs")
 
 
-# Opt-in for CUDA graphs under tensor parallelism, until measured on several GPUs: "split"
-# replays the pieces between the tensor-parallel collectives and calls the collectives
-# eagerly (model/compile.py: compile_options), "1" captures the collectives inside the
-# graphs (the first 2-GPU run that way hung; kept to diagnose it, or on a fake process
-# group, tools/emulate_rank.py, where the collectives move nothing).
+# Opt-in for CUDA graphs under tensor parallelism: the first 2-GPU run hung, so the config
+# refuses the combination unless this is set to 1 (to diagnose it, or on a fake process group,
+# tools/emulate_rank.py, where the collectives move nothing).
 EXPERIMENTAL_TP_CUDA_GRAPHS_ENV = "MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS"
-TP_GRAPH_COLLECTIVES = {"split": "split", "1": "captured"}
-
-
-def tp_graph_collectives() -> Optional[str]:
-    """Where the tensor-parallel collectives go when blocks replay as CUDA graphs under tensor
-    parallelism: "split" (called eagerly between replayed pieces), "captured" (inside the
-    graphs), or None (not opted in: the config refuses CUDA graphs there)."""
-    return TP_GRAPH_COLLECTIVES.get(os.environ.get(EXPERIMENTAL_TP_CUDA_GRAPHS_ENV, ""))
 
 
 def cuda_graphs_refusal(cfg: Config) -> Optional[str]:
@@ -645,19 +635,10 @@ def cuda_graphs_refusal(cfg: Config) -> Optional[str]:
     key = "config key 'training.cuda_graphs' = true"
     if t.compile is not True:
         return f"{key} needs 'training.compile' = true (--compile): the graphs are the compiled blocks'"
-    if p.tensor > 1 and tp_graph_collectives() is None:
-        return (f"{key} needs 'parallel.tensor' = 1, got {p.tensor}: replayed blocks beside the "
-                "tensor-parallel collectives are not yet measured on several GPUs (with the collectives "
-                "captured inside the graphs the first 2-GPU run hung, docs/performance.md); use --compile "
-                f"alone there, or set {EXPERIMENTAL_TP_CUDA_GRAPHS_ENV}=split to try graphs split at the "
-                "collectives (=1: captured)")
-    if p.tensor > 1 and tp_graph_collectives() == "split" and t.trace_collectives:
-        from .model.compile import graphs_split_at_collectives_supported
-        if not graphs_split_at_collectives_supported():
-            import torch
-            return (f"{key} with {EXPERIMENTAL_TP_CUDA_GRAPHS_ENV}=split needs Inductor's graph partitions at "
-                    f"named ops (custom_should_partition_ops, torch 2.10 on), which torch {torch.__version__} "
-                    "lacks")
+    if not (p.tensor == 1 or os.environ.get(EXPERIMENTAL_TP_CUDA_GRAPHS_ENV) == "1"):
+        return (f"{key} needs 'parallel.tensor' = 1, got {p.tensor}: with the tensor-parallel "
+                "collectives inside the replayed graphs the first 2-GPU run hung (docs/performance.md); "
+                f"use --compile alone there (or set {EXPERIMENTAL_TP_CUDA_GRAPHS_ENV}=1 to try it)")
     if p.pipeline != 1:
         return (f"{key} needs 'parallel.pipeline' = 1, got {p.pipeline}: the pipeline engine runs "
                 "several forwards of a block before their backwards, and a replay would overwrite the saved ones")

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..parallel.collectives import TRACED_OPS, bypass_autograd_of_traced_collectives
+from ..parallel.collectives import bypass_autograd_of_traced_collectives
 from ..parallel.regions import keep_collectives_out_of_compiled_graphs
 from ..structured.linear import keep_draws_out_of_compiled_graphs
 from .block import TransformerBlock
@@ -34,15 +34,14 @@ RECOMPILE_LIMIT = 64
 
 
 def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: Optional[str] = None,
-                   cpp_wrapper: bool = False, blocks_per_region: int = 1, split_at_collectives: bool = False) -> int:
+                   cpp_wrapper: bool = False, blocks_per_region: int = 1) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled.
     mode: torch.compile's (None = default; "reduce-overhead" replays CUDA graphs).
     cpp_wrapper: Inductor's C++ wrapper launches each graph's kernels and GEMMs (its Python
     wrapper spends ~10-25 us of host per launch: an emulated tensor-parallel rank's blocks alone
     take 0.79-0.89x the time through the C++ one, its whole training step the same).
     blocks_per_region: consecutive blocks compiled as one region (compile_block_groups), where
-    grouping_refusal finds nothing against it; otherwise each block's body is its own region.
-    split_at_collectives: replayed graphs end at each tensor-parallel collective (compile_options)."""
+    grouping_refusal finds nothing against it; otherwise each block's body is its own region."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     if not collectives_in_graphs:
         keep_collectives_out_of_compiled_graphs()
@@ -53,7 +52,7 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     if cpp_wrapper:
         compile_backward_with_forward()
-    options = compile_options(mode, cpp_wrapper, split_at_collectives)
+    options = compile_options(mode, cpp_wrapper)
     if blocks_per_region > 1 and grouping_refusal(module, mode) is None:
         compile_block_groups(module, options, blocks_per_region)
         return len(blocks)
@@ -105,30 +104,10 @@ def compile_backward_with_forward() -> None:
         functorch_config.force_non_lazy_backward_lowering = True
 
 
-# the ops at which replayed graphs are split (graphs_split_at_collectives): the traced
-# collectives, Inductor's in-place and out= forms of them, and their waits
-SPLIT_AT_OPS = tuple(f"_c10d_functional::{op}" for op in TRACED_OPS + ("all_reduce_", "all_gather_into_tensor_out"))
-
-
-def graphs_split_at_collectives_supported() -> bool:
-    """Whether this torch's Inductor can end a CUDA-graph piece at named ops (graph partitions
-    with custom_should_partition_ops: torch 2.10 on)."""
-    import torch._inductor.config as inductor_config
-    return hasattr(inductor_config, "graph_partition") and hasattr(inductor_config, "custom_should_partition_ops")
-
-
-def compile_options(mode: Optional[str], cpp_wrapper: bool, split_at_collectives: bool = False) -> dict:
-    """torch.compile takes a mode or options, not both: the mode's options, plus the wrapper.
-    split_at_collectives (with mode "reduce-overhead"): Inductor cuts each graph at the
-    tensor-parallel collectives and their waits, replays the pieces between them as CUDA graphs
-    and calls the collectives eagerly in between: no NCCL call is ever captured, so the
-    replays cannot reorder or stall the group's collectives (the first 2-GPU run with them
-    captured hung), at the cost of one replay per piece."""
+def compile_options(mode: Optional[str], cpp_wrapper: bool) -> dict:
+    """torch.compile takes a mode or options, not both: the mode's options, plus the wrapper."""
     from torch._inductor import list_mode_options
-    options = {**list_mode_options(mode or "default"), **({"cpp_wrapper": True} if cpp_wrapper else {})}
-    if split_at_collectives and mode == "reduce-overhead":
-        options.update(graph_partition=True, custom_should_partition_ops=list(SPLIT_AT_OPS))
-    return options
+    return {**list_mode_options(mode or "default"), **({"cpp_wrapper": True} if cpp_wrapper else {})}
 
 
 def compiled_graph_count() -> int:

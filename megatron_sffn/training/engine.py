@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import Config, ConfigError, resolve_speed_settings, tp_graph_collectives
+from ..config import Config, ConfigError, resolve_speed_settings
 from ..fp8.device import fp8_problem
 from ..fp8.dispatch import assign_from_config
 from ..model.gpt import drop_guides
@@ -129,16 +129,10 @@ class TrainEngine:
             per_region = self.cfg.training.blocks_per_region
             self.compiled_blocks = compile_blocks(module, mode=mode, cpp_wrapper=self.cfg.training.cpp_wrapper,
                                                   blocks_per_region=per_region,
-                                                  collectives_in_graphs=self.cfg.training.trace_collectives,
-                                                  split_at_collectives=self.graphs_split_at_collectives(mode))
+                                                  collectives_in_graphs=self.cfg.training.trace_collectives)
             self.blocks_per_region = getattr(module, "group_size", 1)  # what compile_blocks applied
             self.grouping_refused = grouping_refusal(module, mode) if self.blocks_per_region < per_region else None
         return module
-
-    def graphs_split_at_collectives(self, mode: Optional[str]) -> bool:
-        """Replayed blocks under tensor parallelism end a graph at each collective (opted in
-        with MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=split; model/compile.py)."""
-        return mode == "reduce-overhead" and self.state.tensor_size > 1 and tp_graph_collectives() == "split"
 
     def _initialize(self, module: nn.Module):
         import deepspeed

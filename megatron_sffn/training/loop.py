@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import Config, speed_chosen_because, tp_graph_collectives
+from ..config import Config, speed_chosen_because
 from ..model.accounting import model_stats, train_flops_per_token
 from ..model.compile import compiled_graph_count
 from ..model.paper import describe_ffn
@@ -143,8 +143,6 @@ class Trainer:
             f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
             f"{cfg.optimizer.implementation}" + (" | torch.compile of the blocks" if cfg.training.compile else "")
             + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
-            + (f" ({'split at' if tp_graph_collectives() == 'split' else 'capturing'} the tensor-parallel collectives)"
-               if cfg.training.cuda_graphs and st.tensor_size > 1 and cfg.training.trace_collectives else "")
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled
                and cfg.self_guided.reduce_flop else ""),
             *self.notes,

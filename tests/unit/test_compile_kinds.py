@@ -151,24 +151,3 @@ def test_with_the_cpp_wrapper_a_backward_graph_is_lowered_with_its_forward(devic
     want = torch.nn.functional.gelu(torch.nn.functional.linear(x, linear.weight, linear.bias))
     (gx,) = torch.autograd.grad(want.sum(), x)
     torch.testing.assert_close(x.grad, gx)
-
-
-def test_replayed_graphs_split_at_every_traced_collective_by_registered_names():
-    """compile_options(split_at_collectives): with CUDA graphs, Inductor partitions at each op
-    named in SPLIT_AT_OPS; a misspelt name would silently capture that collective, so every
-    name must be a registered op, and every collective the blocks trace must be among them."""
-    import torch.distributed._functional_collectives  # noqa: F401  (registers the ops)
-    from megatron_sffn.model.compile import SPLIT_AT_OPS, compile_options, graphs_split_at_collectives_supported
-    from megatron_sffn.parallel.collectives import TRACED_OPS
-    for name in SPLIT_AT_OPS:
-        namespace, op = name.split("::")
-        assert hasattr(getattr(torch.ops, namespace), op), name
-    assert {f"_c10d_functional::{op}" for op in TRACED_OPS} <= set(SPLIT_AT_OPS)
-    split = compile_options("reduce-overhead", False, split_at_collectives=True)
-    assert split["triton.cudagraphs"] and split["graph_partition"]
-    assert split["custom_should_partition_ops"] == list(SPLIT_AT_OPS)
-    assert "custom_should_partition_ops" not in compile_options(None, False, split_at_collectives=True)
-    assert graphs_split_at_collectives_supported()  # this torch; the GPU image's in test_tp_cuda_graphs_gpu.py
-    f = torch.compile(lambda x: (x * 2).sin(), dynamic=False, options=split)  # Inductor accepts the options
-    x = torch.randn(4, 8)
-    torch.testing.assert_close(f(x), (x * 2).sin())

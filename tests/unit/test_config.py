@@ -143,12 +143,6 @@ def test_cuda_graphs_name_what_they_need(monkeypatch):
     monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "1")  # the opt-in lifts only that refusal
     assert error(parallel__tensor=2) is None
     assert "'parallel.pipeline' = 1, got 2" in error(parallel__tensor=2, parallel__pipeline=2)
-    monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "split")  # graphs split at the collectives
-    assert error(parallel__tensor=2) is None
-    import megatron_sffn.model.compile as compile_module
-    monkeypatch.setattr(compile_module, "graphs_split_at_collectives_supported", lambda: False)
-    assert "=split needs Inductor's graph partitions at named ops" in error(parallel__tensor=2)
-    assert error(parallel__tensor=2, training__trace_collectives=False) is None  # no collective in the graphs
     monkeypatch.setenv("MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS", "yes")
     assert "'parallel.tensor' = 1, got 2" in error(parallel__tensor=2)
     assert "'training.activation_checkpointing' = false" in error(training__activation_checkpointing=True)
