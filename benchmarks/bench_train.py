@@ -302,7 +302,11 @@ def main(argv=None) -> int:
         rows = []
         for path in args.table_from:
             with open(path) as f:
-                rows += json.load(f)["results"]
+                data = json.load(f)
+            if not isinstance(data, dict) or "results" not in data:  # another script's JSON in the same folder
+                print(f"skipped {path}: not a bench_train.py results file", file=sys.stderr)
+                continue
+            rows += data["results"]
         print_tables(rows)
         write_json(args, rows)
         return 0

@@ -89,8 +89,12 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys
     assert deep["flops_per_step"] > base["flops_per_step"]
     assert "megatron_sffn / plain-PyTorch reference" in proc.stdout
     # --table-from: the tables of saved results (what `gpu/run.sh reference` prints at its end), merged
-    assert bench_train.main(["--table-from", str(out), str(out), "--out", str(tmp_path / "all.json")]) == 0
-    printed = capsys.readouterr().out
+    other = tmp_path / "profile.json"  # another script's JSON in the same folder (a suite's profile set)
+    other.write_text(json.dumps({"steps": 1, "wall_ms_per_step": 2.0}))
+    assert bench_train.main(["--table-from", str(out), str(other), str(out), "--out", str(tmp_path / "all.json")]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert f"skipped {other}: not a bench_train.py results file" in captured.err
     ratio_lines = [line for line in printed.splitlines() if line.startswith("tiny_demo.json") and line.endswith("x")]
     assert len(ratio_lines) == 4 and f"{deep['vs_reference']['tokens_per_s']:.3f}x" in ratio_lines[1]
     with open(tmp_path / "all.json") as f:

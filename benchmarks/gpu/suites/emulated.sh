@@ -24,8 +24,8 @@
 #   last_stages  6.7B lowrank TP2 x PP2 SP compiled (stage 1 = rank 2) at micro-batch 4 and 8, PP4
 #            eager micro-batch 2, stages 0 and 3: peaks against the planner's per-stage ones
 #   regions  1.3B lowrank compiled TP4 SP, TP2 and DP4 (micro-batch 8 x 4), each with one compiled
-#            region per block and with training.blocks_per_region=4 (variant g4) in one run: what a
-#            region call's host cost does to each rank
+#            region per block and with training.blocks_per_region=4 (variant g4) in one run, 10 timed
+#            steps each: what a region call's host cost does to each rank
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -90,7 +90,7 @@ for set in "${sets[@]}"; do
         read -r name overrides <<< "$case"
         # shellcheck disable=SC2086  # the overrides are words without spaces
         VARIANT='g4:training.blocks_per_region=4' emulate "regions_1p3b_$name" configs/1p3b_lowrank.json compile \
-            8 4 6 3 $overrides
+            8 4 13 3 $overrides
       done ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
