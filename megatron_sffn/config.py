@@ -120,6 +120,18 @@ class Fp8Config:
 
 
 @dataclass
+class ProfileConfig:
+    # torch.profiler over training steps start_step .. end_step - 1 (1-based, as the step log
+    # counts; Megatron-LM's --profile-step-start/-end) on the listed global ranks: a trace per
+    # rank in <run_dir>/profile (TensorBoard's profiler plugin, Perfetto, chrome://tracing) and
+    # a table of the top ops with the device's busy share beside it (training/profiling.py)
+    enabled: bool = False
+    start_step: int = 10
+    end_step: int = 12
+    ranks: List[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
 class TrainingConfig:
     train_steps: Optional[int] = None   # stop by steps ...
     train_tokens: Optional[int] = None  # ... or by tokens (one of the two)
@@ -165,6 +177,7 @@ class TrainingConfig:
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
     peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak
     fp8: Fp8Config = field(default_factory=Fp8Config)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
 @dataclass
@@ -585,6 +598,7 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
              "config key 'training.cpp_wrapper' = true needs 'training.compile' = true or \"auto\": "
              "it is how the compiled blocks launch their kernels")
     validate_fp8(t)
+    validate_profile(t.profile, world_size)
     d = cfg.data
     _require(len(d.paths) > 0, "config key 'data.paths' must name at least one dataset prefix")
     if d.weights is not None:
@@ -603,6 +617,18 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
                  f"config key 'layouts.{machine}' must be a list of 'key.path=value' overrides, got {overrides!r}")
     if world_size is not None:
         check_layout(cfg, world_size)
+
+
+def validate_profile(f: ProfileConfig, world_size: Optional[int]) -> None:
+    """training.profile: a non-empty step range from step 1 on, and ranks of this world."""
+    _positive(f.start_step, "training.profile.start_step")
+    _require(f.end_step > f.start_step, f"config key 'training.profile.end_step' = {f.end_step} must be after "
+             f"'training.profile.start_step' = {f.start_step} (steps start_step .. end_step - 1 are profiled)")
+    _require(isinstance(f.ranks, list) and len(f.ranks) > 0 and all(isinstance(r, int) and r >= 0 for r in f.ranks),
+             f"config key 'training.profile.ranks' = {f.ranks!r} must be a non-empty list of global ranks")
+    if world_size is not None:
+        _require(max(f.ranks) < world_size, f"config key 'training.profile.ranks' = {f.ranks} names a rank "
+                 f"outside this world of {world_size} (ranks 0..{world_size - 1})")
 
 
 def validate_fp8(t: "TrainingConfig") -> None:

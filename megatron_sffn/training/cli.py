@@ -30,6 +30,8 @@ SHORTCUTS = {
     "--precision": ("training.precision", str),
     "--optimizer-implementation": ("optimizer.implementation", str),
     "--fp8-scaling": ("training.fp8.scaling", str),
+    "--profile-step-start": ("training.profile.start_step", int),
+    "--profile-step-end": ("training.profile.end_step", int),
 }
 
 
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                    help="run the attention and FFN GEMMs in FP8 where it pays (sets training.fp8.enabled; "
                         "needs an H100/H200-class GPU and bf16)")
+    p.add_argument("--profile", action="store_true", default=None,
+                   help="torch.profiler over steps --profile-step-start .. --profile-step-end - 1 (default "
+                        "10, 12) on --profile-ranks (default 0): traces and a table in RUN_DIR/profile "
+                        "(sets training.profile.enabled)")
+    p.add_argument("--profile-ranks", type=int, nargs="+", default=None, metavar="RANK",
+                   help="global ranks that profile (sets training.profile.ranks)")
     p.add_argument("--layout", choices=["auto"], default=None,
                    help="auto: the layout planner picks tensor, pipeline, ZeRO stage and micro-batch for the "
                         "world size and GPU memory; --tensor-parallel, --pipeline-parallel, --zero-stage, "
@@ -111,6 +119,10 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
         overrides.append(f"training.cuda_graphs={json.dumps(args.cuda_graphs)}")
     if args.fp8 is not None:
         overrides.append(f"training.fp8.enabled={json.dumps(args.fp8)}")
+    if args.profile:
+        overrides.append("training.profile.enabled=true")
+    if args.profile_ranks is not None:
+        overrides.append(f"training.profile.ranks={json.dumps(args.profile_ranks)}")
     if args.no_save:
         overrides.append("output.checkpoints=false")
     if args.sequence_parallel:

@@ -35,6 +35,7 @@ from .faults import NonFiniteGuard, StopRequests
 from .lr_schedule import learning_rate
 from .metrics import RunLogger, StepTimer, detect_peak_tflops, format_train_line, max_allocated_gb, max_reserved_gb, memory_gb
 from .phases import RunPhases
+from .profiling import StepProfiler
 from .resume_point import resume_point
 
 INJECT_ENV = "MEGATRON_SFFN_INJECT_NONFINITE_STEPS"  # testing aid: "3,4" makes steps 3 and 4 non-finite
@@ -123,6 +124,7 @@ class Trainer:
         self._pending: List[Dict] = []  # steps whose device values are not read yet (settle)
         self._window = _new_window()
         self._inject = _inject_steps()  # read once: the environment does not change mid-run
+        self.profiler = StepProfiler(cfg.training.profile, self.state.rank, run_dir)
 
     # -- named steps ---------------------------------------------------------------------
     def banner(self) -> None:
@@ -146,6 +148,7 @@ class Trainer:
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled
                and cfg.self_guided.reduce_flop else ""),
             *self.notes,
+            *([self.profiler.describe()] if self.profiler.describe() else []),
             self.speed_line(),
             *self.fp8_lines(),
             f"data       {', '.join(self.feed.prefixes)} | tokenizer {self.feed.tokenizer_path}",
@@ -337,7 +340,12 @@ class Trainer:
         try:
             while self.loop.step < self.phases.total_steps:
                 self.maybe_drop_guides()
-                out = self.train_step()
+                with self.profiler.step(self.loop.step + 1):
+                    out = self.train_step()
+                if self.profiler.written:
+                    print(f"[step {self.loop.step}] rank {self.state.rank}: profile written: "
+                          f"{', '.join(self.profiler.written)}", flush=True)  # the profiling rank says it
+                    self.profiler.written = []
                 out["max_allocated_gb"] = max_allocated_gb()
                 out["max_reserved_gb"] = max_reserved_gb()
                 out["compiled_graphs"] = compiled_graph_count() if t.compile else None
@@ -385,6 +393,7 @@ class Trainer:
                     self.settle(check_guard=False)
                 except Exception:  # noqa: BLE001 - the error already on its way matters more
                     pass
+            self.profiler.close(self.loop.step)
             stop.uninstall()
             self.logger.close()
         return RunResult(self.loop.step, self.loop.consumed_tokens, final_val, stopped, self.train_losses)

@@ -295,3 +295,18 @@ def test_launcher_flags_force_or_opt_out():
     assert "training.compile=false" in parse(argv + ["--no-compile"])[1]
     assert "training.compile=true" in parse(argv + ["--compile"])[1]
     assert "training.cuda_graphs=false" in parse(argv + ["--no-cuda-graphs"])[1]
+
+
+def test_profile_flags_set_the_profile_section_and_its_errors_name_the_key():
+    from megatron_sffn.training.cli import parse
+    _, overrides = parse(["--config", "c.json", "--profile", "--profile-step-start", "5", "--profile-step-end", "7",
+                          "--profile-ranks", "0", "3"])
+    cfg = config_from_dict(base(), overrides, world_size=4)
+    p = cfg.training.profile
+    assert (p.enabled, p.start_step, p.end_step, p.ranks) == (True, 5, 7, [0, 3])
+    assert config_from_dict(base()).training.profile.enabled is False  # off unless asked for
+    assert "'training.profile.end_step' = 5 must be after 'training.profile.start_step' = 5" in \
+        error_of(base(), ["training.profile.end_step=5", "training.profile.start_step=5"])
+    assert "'training.profile.start_step' = 0" in error_of(base(), ["training.profile.start_step=0"])
+    assert "outside this world of 2" in error_of(base(), ["training.profile.ranks=[0, 2]"], world_size=2)
+    assert "non-empty list" in error_of(base(), ["training.profile.ranks=[]"])
