@@ -12,7 +12,9 @@ import functools
 import itertools
 import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from megatron_sffn.training.profiling import merged  # the union of intervals, as --profile computes it
 
 Interval = Tuple[float, float, str]  # (start_us, end_us, kernel name)
 Attributed = Tuple[float, float, str, str]  # (start_us, end_us, kernel or op name, ledger row)
@@ -38,17 +40,6 @@ def category(name: str) -> str:
         if pattern.search(name):
             return label
     return "other"
-
-
-def merged(intervals: Iterable[Interval]) -> List[Tuple[float, float]]:
-    """The union of the intervals as sorted, disjoint (start, end) pairs."""
-    out: List[Tuple[float, float]] = []
-    for start, end, _ in sorted(intervals):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
 
 
 def busy_us(intervals: Sequence[Interval]) -> float:
