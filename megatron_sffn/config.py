@@ -169,7 +169,8 @@ class TrainingConfig:
     trace_collectives: bool = True
     # under compile, consecutive blocks compiled as one region (model/compile.py,
     # compile_block_groups): one region's host cost per group instead of one per block (4 made
-    # an emulated TP4 SP rank on an H200 0.89x as fast, docs/performance.md, hence 1); not
+    # an emulated TP4 SP rank 1.04x as fast on one H200 and 0.89x on another, docs/performance.md:
+    # 1 until they agree); not
     # with pipelines, CUDA graphs or guides, which keep one region per block; a group never
     # spans two activation-checkpoint chunks
     blocks_per_region: int = 1
