@@ -148,6 +148,7 @@ class Trainer:
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled
                and cfg.self_guided.reduce_flop else ""),
             *self.notes,
+            *self.layout_hints(),
             *([self.profiler.describe()] if self.profiler.describe() else []),
             self.speed_line(),
             *self.fp8_lines(),
@@ -167,6 +168,15 @@ class Trainer:
         self.logger.print("\n".join(lines))
         self.logger.config({**cfg.to_dict(), "resolved_data": {"paths": self.feed.prefixes,
                                                                "tokenizer": self.feed.tokenizer_path}})
+
+    def layout_hints(self) -> List[str]:
+        """What the layout leaves on the table that one flag takes back."""
+        st = self.state
+        if st.tensor_size > 1 and not st.tp.sequence_sharded:
+            return [f"hint       tensor {st.tensor_size} without sequence parallelism: every tensor rank repeats the "
+                    "norms and residual adds on all tokens; --sequence-parallel shards them (docs/performance.md, "
+                    "Tensor parallelism)"]
+        return []
 
     def speed_line(self) -> str:
         """compile: on (auto, CUDA) | CUDA graphs: off (auto: needs ...): what runs, and why."""
