@@ -9,6 +9,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def pytest_collection_finish(session):
+    """Start the server the rank processes are forked from (tests/preloaded.py) as soon as a
+    collected test module uses it: it imports torch and DeepSpeed while the first tests run."""
+    preloaded = sys.modules.get("tests.preloaded")
+    if preloaded is not None and session.items:
+        preloaded.warm_up()
+
+
 # DeepSpeed's CPU shared-memory all-reduce (deepspeed/ops/csrc/cpu/comm/shm.cpp) creates one
 # /dev/shm segment of 66 MB per rank whenever LOCAL_SIZE is set (the deepspeed launcher sets
 # it) and never unlinks it: every launcher test left its ranks' segments behind, ~0.8 GB a

@@ -1,5 +1,6 @@
 """Start N local processes the way torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*),
-run one worker script in each, and collect what rank 0 reports.
+run one worker script in each, and collect what rank 0 reports. The processes are forked from
+an interpreter that has imported torch and DeepSpeed already (tests/preloaded.py).
 
 Each process gets one CPU thread: several ranks share 2 cores in CI, and oversubscribed
 intra-op threads make gloo collectives crawl.
@@ -7,13 +8,12 @@ intra-op threads make gloo collectives crawl.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
 
 from megatron_sffn.parallel.launch import free_port
+from tests import preloaded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,15 +52,14 @@ def run_ranks(world: int, script: str, args: List[str], out_dir: str, timeout: f
     """Run `python script args --out out_dir` on `world` ranks; raise with every rank's log tail on failure."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        logs = [open(os.path.join(tmp, f"rank{r}.log"), "w+") for r in range(world)]
-        procs = [subprocess.Popen([sys.executable, script, *args, "--out", out_dir], cwd=ROOT,
-                                  env=worker_env(r, world, port, extra_env), stdout=logs[r],
-                                  stderr=subprocess.STDOUT)
+        logs = [os.path.join(tmp, f"rank{r}.log") for r in range(world)]
+        procs = [preloaded.start(script, [*args, "--out", out_dir], worker_env(r, world, port, extra_env), ROOT,
+                                 logs[r])
                  for r in range(world)]
         codes = _wait_all(procs, timeout)
         if any(c != 0 for c in codes):
             text = []
             for r, log in enumerate(logs):
-                log.seek(0)
-                text.append(f"---- rank {r} (exit {codes[r]}) ----\n" + log.read()[-6000:])
+                with open(log) as f:
+                    text.append(f"---- rank {r} (exit {codes[r]}) ----\n" + f.read()[-6000:])
             raise AssertionError("distributed worker failed:\n" + "\n".join(text))

@@ -2,6 +2,8 @@
 
 Ranks are started the way torchrun starts them (RANK, WORLD_SIZE, MASTER_*), so a test can
 signal each rank the way a cluster scheduler does; the deepspeed-launcher path has its own test.
+Each rank is `python launchers/pretrain.py ...` forked from an interpreter that has imported
+torch and DeepSpeed already (tests/preloaded.py).
 """
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Dict, List, Optional
 
 from megatron_sffn.parallel.launch import free_port
 from megatron_sffn.training.metrics import read_step_log
+from tests import preloaded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = os.path.join(ROOT, "launchers", "pretrain.py")
@@ -52,9 +54,7 @@ class Ranks:
             env = base_env(extra_env)
             env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            with open(self.logs[r], "w") as log:
-                self.procs.append(subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env,
-                                                   stdout=log, stderr=subprocess.STDOUT))
+            self.procs.append(preloaded.start(script, args, env, ROOT, self.logs[r]))
 
     def signal_all(self, signum=signal.SIGTERM) -> None:
         for p in self.procs:
