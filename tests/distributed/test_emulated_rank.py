@@ -7,11 +7,12 @@ backward as that rank of a real world. Real: 4 gloo ranks; emulated: one process
 checked rank, no peers (those run side by side, one per core).
 """
 import os
-import subprocess
-import sys
+import tempfile
 
 import pytest
 import torch
+
+from tests import preloaded
 
 from .launcher import ROOT, run_ranks, worker_env
 
@@ -35,30 +36,32 @@ WITHOUT_SP = (["--tensor", "2", "--precision", "fp32"], 0)
 
 
 def emulate_command(flags, rank: int, tag: str, out: str) -> list:
-    return [sys.executable, WORKER, *flags, "--emulate-world", "4", "--emulate-rank", str(rank), "--tag", tag,
-            "--out", out]
+    return [WORKER, *flags, "--emulate-world", "4", "--emulate-rank", str(rank), "--tag", tag, "--out", out]
 
 
 def run_side_by_side(commands) -> None:
-    """Run single-rank processes (one thread each), as many at a time as there are cores: they
-    share nothing, so on 2 cores a pair takes the time of one."""
+    """Run single-rank processes (`python script args`, one thread each), as many at a time as
+    there are cores: they share nothing, so on 2 cores a pair takes the time of one."""
     env = worker_env(0, 1, 0)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key)
     pending, width = list(commands), max(1, os.cpu_count() or 1)
-    while pending:
-        batch, pending = pending[:width], pending[width:]
-        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for cmd in batch]
-        try:
-            outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        for cmd, proc, output in zip(batch, procs, outputs):
-            assert proc.returncode == 0, f"{' '.join(cmd)}:\n{output[-6000:]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        while pending:
+            batch, pending = pending[:width], pending[width:]
+            logs = [os.path.join(tmp, f"{len(pending)}-{i}.log") for i in range(len(batch))]
+            procs = [preloaded.start(cmd[0], cmd[1:], env, ROOT, log) for cmd, log in zip(batch, logs)]
+            try:
+                for proc in procs:
+                    proc.wait(timeout=600)
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            for cmd, proc, log in zip(batch, procs, logs):
+                with open(log) as f:
+                    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{f.read()[-6000:]}"
 
 
 @pytest.fixture(scope="module")
