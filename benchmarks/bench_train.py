@@ -70,6 +70,9 @@ def parse_args(argv=None):
     ap.add_argument("--guided", action="store_true",
                     help="keep self-guided training on: report the guided phase (executed FLOPs) and the "
                          "unguided phase after the drop; the main row is the unguided phase")
+    ap.add_argument("--loss-after", type=int, default=0, metavar="STEP",
+                    help="with --variant: each variant's loss against the base run's at every logged step "
+                         "after STEP (largest relative difference; e.g. FP8 against bf16 after step 50)")
     ap.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
                     help="run nothing: print the tables of these results files (and write them together to --out)")
     ap.add_argument("--smoke", action="store_true")
@@ -193,7 +196,7 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
             "max_reserved_gb": max((r["max_reserved_gb"] for r in records.values() if "max_reserved_gb" in r),
                                    default=None),
             "first_loss": records[min(records)]["loss"], "final_loss": records[max(records)]["loss"],
-            "losses": [records[s]["loss"] for s in sorted(records)],
+            "losses": [records[s]["loss"] for s in sorted(records)], "loss_steps": sorted(records),
             "step_times_s": [records[s]["step_time_s"] for s in sorted(records)], **phases}
 
 
@@ -287,8 +290,39 @@ def print_guided_table(rows) -> None:
             print(f"{'':<24} {'':<8} left out, graphs compiled in them: steps {r['compile_steps_excluded']}")
 
 
+def compare_losses(rows, after: int) -> None:
+    """A variant's curve against its base run's (same config and mode), at the logged steps both
+    have after `after`: the largest |variant - base| / |base|, stored in the variant's row."""
+    bases = {(r["config"], r["mode"]): r for r in rows if r.get("variant") == "base" and "error" not in r}
+    for row in rows:
+        base = bases.get((row["config"], row["mode"]))
+        if row.get("variant") == "base" or "error" in row or base is None or "loss_steps" not in row:
+            continue
+        theirs = dict(zip(base["loss_steps"], base["losses"]))
+        diffs = [(abs(loss - theirs[step]) / abs(theirs[step]), step)
+                 for step, loss in zip(row["loss_steps"], row["losses"])
+                 if step > after and step in theirs and theirs[step]]
+        if diffs:
+            worst, at = max(diffs)
+            row["loss_vs_base"] = {"after_step": after, "steps": len(diffs), "max_rel_diff": worst, "at_step": at,
+                                   "mean_rel_diff": sum(d for d, _ in diffs) / len(diffs)}
+
+
+def print_loss_table(rows) -> None:
+    header = f"{'config':<24} {'mode':<8} {'variant':<10} {'steps':>5} {'largest |diff|':>15} {'at step':>8} {'mean':>7}"
+    compared = [r for r in rows if "loss_vs_base" in r]
+    print(f"\nloss against the base run, logged steps after step {compared[0]['loss_vs_base']['after_step']}\n"
+          + header + "\n" + "-" * len(header))
+    for r in compared:
+        c = r["loss_vs_base"]
+        print(f"{r['config']:<24} {r['mode']:<8} {r['variant']:<10} {c['steps']:>5} {100 * c['max_rel_diff']:>14.2f}% "
+              f"{c['at_step']:>8} {100 * c['mean_rel_diff']:>6.2f}%")
+
+
 def print_tables(rows) -> None:
     print_table(rows)
+    if any("loss_vs_base" in r for r in rows):
+        print_loss_table(rows)
     if any("guided_phase" in r for r in rows):
         print_guided_table(rows)
     if any("reference" in r for r in rows):
@@ -322,6 +356,7 @@ def main(argv=None) -> int:
                         import vs_reference
                         vs_reference.attach(rows[-1], reference_for(config, mode, extra, tmp, args, references))
                     write_json(args, rows)  # after every run: a later crash or time limit keeps what was measured
+    compare_losses(rows, args.loss_after)
     print_tables(rows)
     write_json(args, rows)
     return 1 if any("error" in r or "error" in r.get("reference", {}) for r in rows) else 0

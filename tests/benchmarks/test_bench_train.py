@@ -101,6 +101,22 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys
         assert [r["variant"] for r in json.load(f)["results"]] == ["base", "deep", "base", "deep"]
 
 
+def test_loss_after_compares_each_variant_with_its_base_run(tmp_path):
+    """--loss-after: a variant whose numerics match the base (the same model on another optimizer
+    implementation) agrees at every logged step; one that trains differently (10x the learning
+    rate) is reported with its largest difference, both from real runs' logs."""
+    out = tmp_path / "train.json"
+    proc, data = run_script("bench_train.py", [
+        "--smoke", "--modes", "eager", "--steps", "6", "--warmup", "2", "--loss-after", "2",
+        "--variant", "same:training.seed=1234", "--variant", "fast:optimizer.lr=0.01", "--out", out])
+    base, same, fast = data["results"]
+    assert base["loss_steps"] == [1, 2, 3, 4, 5, 6] and "loss_vs_base" not in base
+    assert same["loss_vs_base"]["steps"] == 4 and same["loss_vs_base"]["max_rel_diff"] < 1e-6
+    worst = max(abs(f - b) / b for f, b, step in zip(fast["losses"], base["losses"], base["loss_steps"]) if step > 2)
+    assert fast["loss_vs_base"]["max_rel_diff"] == pytest.approx(worst) and worst > 1e-3
+    assert "loss against the base run, logged steps after step 2" in proc.stdout
+
+
 def test_guided_phase_counts_the_guide_flops_it_executed(tmp_path):
     out = tmp_path / "sgt.json"
     proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--guided", "--steps", "8",
