@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import Future
 
+from tests import background
 from tests.e2e.runs import ROOT, base_env
 
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
@@ -23,6 +25,31 @@ KINDS = {"dense": ["model.ffn.kind=dense", "model.ffn.rank=null"],
          "blockshuffle": ["model.ffn.kind=blockshuffle", "model.ffn.rank=null", "model.ffn.blocks=4"]}
 LLAMA = ["model.norm=rmsnorm", "model.activation=swiglu", "model.bias=false", "model.tie_embeddings=false",
          "model.num_kv_heads=2", "model.ffn.first_layer_dense=false"]
+
+
+def start(cmd, timeout: int, env=None) -> Future:
+    """`subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)` started
+    now in the background, two at a time (tests/background.py)."""
+    return background.start(cmd, timeout, ROOT, env)
+
+
+def script_command(script: str, args) -> list:
+    """`python benchmarks/<script> args`, as run_script runs it."""
+    return [sys.executable, os.path.join("benchmarks", script), *map(str, args)]
+
+
+def start_script(script: str, args, timeout: int = 900) -> Future:
+    """run_script's command started in the background (see `start`); finish_script(future, args) checks it."""
+    return start(script_command(script, args), timeout, env=base_env())
+
+
+def finish_script(future: Future, args):
+    """What run_script returns for a command `start_script` started: asserts exit 0."""
+    out = next(a for a, prev in zip(args, [None] + list(args)) if prev == "--out")
+    proc = future.result()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        return proc, json.load(f)
 
 
 def run_script(script: str, args, timeout: int = 900):

@@ -8,12 +8,29 @@ import pytest
 from megatron_sffn.config import load_config
 from megatron_sffn.model import GPTModel
 from megatron_sffn.model.accounting import model_stats, train_flops_per_token
-from tests.benchmarks.common import TINY, run_script
+from tests import background
+from tests.benchmarks.common import TINY, finish_script, start_script
 
 
-def test_smoke_trains_every_kind_with_the_project_parameter_count(tmp_path):
-    out = tmp_path / "reference.json"
-    proc, data = run_script("bench_reference.py", ["--smoke", "--out", out])
+@pytest.fixture(scope="module")
+def commands(request, tmp_path_factory):
+    """The selected tests' commands, started together (two at a time: tests/background.py):
+    {name: (args, future)}."""
+    wanted = background.selected_names(request)
+    started = {}
+    if "test_smoke_trains_every_kind_with_the_project_parameter_count" in wanted:
+        args = ["--smoke", "--out", tmp_path_factory.mktemp("smoke") / "reference.json"]
+        started["smoke"] = args, start_script("bench_reference.py", args)
+    if "test_compiled_reference_trains_like_eager" in wanted:
+        args = ["--smoke", "--kinds", "blockshuffle", "--modes", "eager", "compile", "--steps", "4", "--warmup", "1",
+                "--out", tmp_path_factory.mktemp("compiled") / "compiled.json"]
+        started["compiled"] = args, start_script("bench_reference.py", args)
+    return started
+
+
+def test_smoke_trains_every_kind_with_the_project_parameter_count(commands):
+    args, started = commands["smoke"]
+    proc, data = finish_script(started, args)
     rows = data["results"]
     assert [r["ffn"] for r in rows] == ["dense", "lowrank", "blockdense", "blockshuffle"]
     for r in rows:
@@ -27,10 +44,9 @@ def test_smoke_trains_every_kind_with_the_project_parameter_count(tmp_path):
         assert r["name"] in proc.stdout
 
 
-def test_compiled_reference_trains_like_eager(tmp_path):
-    out = tmp_path / "compiled.json"
-    _, data = run_script("bench_reference.py", ["--smoke", "--kinds", "blockshuffle", "--modes", "eager", "compile",
-                                                "--steps", "4", "--warmup", "1", "--out", out])
+def test_compiled_reference_trains_like_eager(commands):
+    args, started = commands["compiled"]
+    _, data = finish_script(started, args)
     eager, compiled = data["results"]
     assert (eager["mode"], compiled["mode"]) == ("eager", "compile")
     assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-4)

@@ -10,13 +10,55 @@ from megatron_sffn.model import GPTModel
 from megatron_sffn.model.accounting import model_stats, train_flops_per_token
 from megatron_sffn.structured.guide import GuideState
 from megatron_sffn.training.phases import RunPhases
-from tests.benchmarks.common import LLAMA, ROOT, SHAPE, TINY, run_script
+from tests import background
+from tests.benchmarks.common import LLAMA, ROOT, SHAPE, TINY, finish_script, start_script
 
 import bench_train  # noqa: E402  (benchmarks/ is on sys.path via common)
 from sgt_phase import executed_guide_flops_per_token  # noqa: E402
 
 LOWRANK_1P3B = f"{ROOT}/configs/1p3b_lowrank.json"
 WIDE = ["model.hidden_size=4096", "model.num_heads=32", "model.ffn_hidden_size=16384", "model.ffn.rank=1024"]
+OUT = "{out}"   # the --out file, in a folder of its own per command
+COMMANDS = {
+    "reference": ["--smoke", "--modes", "eager", "--reference", "--variant", "deep:model.num_layers=3",
+                  "--out", OUT],
+    "loss_after": ["--smoke", "--modes", "eager", "--steps", "6", "--warmup", "2", "--loss-after", "2",
+                   "--variant", "same:training.seed=1234", "--variant", "fast:optimizer.lr=0.01", "--out", OUT],
+    "guided": ["--smoke", "--modes", "eager", "--guided", "--steps", "8", "--warmup", "1", "--out", OUT],
+    "emulate": ["--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "4", "--emulate",
+                "--override", "parallel.tensor=2", "--variant", "sp:parallel.sequence_parallel=true", "--out", OUT],
+    "emulate_stage": ["--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "2", "--emulate", "1",
+                      "--override", "parallel.pipeline=2", "--out", OUT],
+}
+
+
+TEST_OF = {"reference": "test_reference_ratio_per_case_with_a_shape_changing_variant",
+           "loss_after": "test_loss_after_compares_each_variant_with_its_base_run",
+           "guided": "test_guided_phase_counts_the_guide_flops_it_executed",
+           "emulate": "test_emulate_runs_rank_zero_of_the_layout_alone",
+           "emulate_stage": "test_emulate_a_later_pipeline_stage"}
+
+
+@pytest.fixture(scope="module")
+def commands(request, tmp_path_factory):
+    """The selected tests' bench_train.py runs, started together (two at a time: tests/background.py):
+    name -> (its args, the future of its run); each test checks its own as before."""
+    started = {}
+    wanted = background.selected_names(request)
+    for name, args in COMMANDS.items():
+        if TEST_OF[name] not in wanted:
+            continue
+        out = tmp_path_factory.mktemp(name) / f"{name}.json"
+        args = [out if a == OUT else a for a in args]
+        started[name] = args, start_script("bench_train.py", args)
+    return started
+
+
+def finished(commands, name):
+    """(completed process, parsed --out JSON, --out path) of one of the module's commands."""
+    args, future = commands[name]
+    proc, data = finish_script(future, args)
+    return proc, data, args[args.index("--out") + 1]
 
 
 def test_tflops_come_from_the_variants_own_shape(tmp_path):
@@ -71,10 +113,8 @@ def test_multi_gpu_runs_take_their_own_port_and_the_gpus_cuda_visible_devices_na
         command("3")                                             # one GPU named for two ranks
 
 
-def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys):
-    out = tmp_path / "train.json"
-    proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--reference",
-                                              "--variant", "deep:model.num_layers=3", "--out", out])
+def test_reference_ratio_per_case_with_a_shape_changing_variant(commands, tmp_path, capsys):
+    proc, data, out = finished(commands, "reference")
     base, deep = data["results"]
     for row, layers in ((base, 2), (deep, 3)):  # SMOKE has 2 layers
         cfg = load_config(TINY, bench_train.SMOKE + [f"model.num_layers={layers}"])
@@ -89,7 +129,7 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys
     assert deep["flops_per_step"] > base["flops_per_step"]
     assert "megatron_sffn / plain-PyTorch reference" in proc.stdout
     # --table-from: the tables of saved results (what `gpu/run.sh reference` prints at its end), merged
-    other = tmp_path / "profile.json"  # another script's JSON in the same folder (a suite's profile set)
+    other = out.parent / "profile.json"  # another script's JSON in the same folder (a suite's profile set)
     other.write_text(json.dumps({"steps": 1, "wall_ms_per_step": 2.0}))
     assert bench_train.main(["--table-from", str(out), str(other), str(out), "--out", str(tmp_path / "all.json")]) == 0
     captured = capsys.readouterr()
@@ -101,14 +141,11 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(tmp_path, capsys
         assert [r["variant"] for r in json.load(f)["results"]] == ["base", "deep", "base", "deep"]
 
 
-def test_loss_after_compares_each_variant_with_its_base_run(tmp_path):
+def test_loss_after_compares_each_variant_with_its_base_run(commands):
     """--loss-after: a variant whose numerics match the base (the same model on another optimizer
     implementation) agrees at every logged step; one that trains differently (10x the learning
     rate) is reported with its largest difference, both from real runs' logs."""
-    out = tmp_path / "train.json"
-    proc, data = run_script("bench_train.py", [
-        "--smoke", "--modes", "eager", "--steps", "6", "--warmup", "2", "--loss-after", "2",
-        "--variant", "same:training.seed=1234", "--variant", "fast:optimizer.lr=0.01", "--out", out])
+    proc, data, _ = finished(commands, "loss_after")
     base, same, fast = data["results"]
     assert base["loss_steps"] == [1, 2, 3, 4, 5, 6] and "loss_vs_base" not in base
     assert same["loss_vs_base"]["steps"] == 4 and same["loss_vs_base"]["max_rel_diff"] < 1e-6
@@ -117,10 +154,8 @@ def test_loss_after_compares_each_variant_with_its_base_run(tmp_path):
     assert "loss against the base run, logged steps after step 2" in proc.stdout
 
 
-def test_guided_phase_counts_the_guide_flops_it_executed(tmp_path):
-    out = tmp_path / "sgt.json"
-    proc, data = run_script("bench_train.py", ["--smoke", "--modes", "eager", "--guided", "--steps", "8",
-                                              "--warmup", "1", "--out", out])
+def test_guided_phase_counts_the_guide_flops_it_executed(commands):
+    proc, data, _ = finished(commands, "guided")
     (row,) = data["results"]
     guided, unguided = row["guided_phase"], row["unguided_phase"]
     assert row["guided_steps_planned"] == 4  # tiny_demo: guided_fraction 0.5 of 8 steps
@@ -175,14 +210,11 @@ def test_steps_that_compiled_graphs_are_left_out_of_both_phases():
     assert compile_steps(plain) == set()
 
 
-def test_emulate_runs_rank_zero_of_the_layout_alone(tmp_path):
+def test_emulate_runs_rank_zero_of_the_layout_alone(commands):
     """--emulate: one process, rank 0 of the --nproc layout on the fake group; the rows say so,
     and SP shrinks what that rank holds (its per-step peak on CPU is the process's RSS, so only
     the run's shape is checked here; tests/distributed/test_emulated_rank.py checks the shards)."""
-    out = tmp_path / "emulated.json"
-    proc, data = run_script("bench_train.py", [
-        "--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "4", "--emulate",
-        "--override", "parallel.tensor=2", "--variant", "sp:parallel.sequence_parallel=true", "--out", out])
+    proc, data, _ = finished(commands, "emulate")
     rows = data["results"]
     assert [r["variant"] for r in rows] == ["base", "sp"]
     assert all(r["emulated"] and r["nproc"] == 4 and "error" not in r for r in rows)
@@ -190,13 +222,10 @@ def test_emulate_runs_rank_zero_of_the_layout_alone(tmp_path):
     assert "emulated rank 0: no communication" in proc.stdout
 
 
-def test_emulate_a_later_pipeline_stage(tmp_path):
+def test_emulate_a_later_pipeline_stage(commands):
     """The last stage alone (rank 1 of PP2): it gets its input's shape from the module and
     writes the run's metrics though it is not global rank 0."""
-    out = tmp_path / "stage1.json"
-    proc, data = run_script("bench_train.py", [
-        "--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "2", "--emulate", "1",
-        "--override", "parallel.pipeline=2", "--out", out])
+    proc, data, _ = finished(commands, "emulate_stage")
     (row,) = data["results"]
     assert row["emulated"] and row["emulated_rank"] == 1 and "error" not in row
     assert len(row["losses"]) == len(row["step_times_s"]) > 0
