@@ -168,12 +168,12 @@ class TrainingConfig:
     # behaviour before, kept as a fallback)
     trace_collectives: bool = True
     # under compile, consecutive blocks compiled as one region (model/compile.py,
-    # compile_block_groups): one region's host cost per group instead of one per block (4 made
-    # an emulated TP4 SP rank 1.04x as fast on one H200 and 0.89x on another, docs/performance.md:
-    # 1 until they agree); not
-    # with pipelines, CUDA graphs or guides, which keep one region per block; a group never
-    # spans two activation-checkpoint chunks
-    blocks_per_region: int = 1
+    # compile_block_groups): one region's host cost per group instead of one per block. "auto":
+    # AUTO_BLOCKS_PER_REGION at tensor > 1, whose small blocks leave the host bound (an emulated
+    # TP4 SP rank: 1.43x on an H100, 1.04x and 0.89x on two H200s, docs/performance.md), 1 at
+    # tensor 1; not with pipelines, CUDA graphs or guides, which keep one region per block; a
+    # group never spans two activation-checkpoint chunks
+    blocks_per_region: Union[int, str] = "auto"
     activation_checkpointing: bool = False
     checkpoint_interval: int = 1        # checkpoint every Nth block when activation_checkpointing
     peak_tflops_per_gpu: Optional[float] = None  # for MFU; None = detect H100/H200/A100 bf16 peak
@@ -351,6 +351,10 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# blocks to a compiled region at tensor > 1 (training.blocks_per_region "auto")
+AUTO_BLOCKS_PER_REGION = 4
+
+
 def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size: Optional[int] = None) -> None:
     """Turn training.compile and training.cuda_graphs "auto" into what runs, and keep why in
     `cfg.training.chosen_because` (outside the dataclass fields: saved configs hold the values)
@@ -360,7 +364,7 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size:
     hung), so there auto leaves them off and --cuda-graphs opts in."""
     t = cfg.training
     why = {}
-    if "auto" in (t.compile, t.cuda_graphs, t.cpp_wrapper):
+    if "auto" in (t.compile, t.cuda_graphs, t.cpp_wrapper):  # blocks_per_region's auto needs no CUDA answer
         cuda = _cuda_available() if cuda is None else cuda
     if t.compile == "auto":
         t.compile = bool(cuda)
@@ -390,6 +394,12 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size:
         refusal = cpp_wrapper_refusal(cfg) if t.cpp_wrapper else None
         _require(refusal is None, refusal or "")
         why["cpp_wrapper"] = f"training.cpp_wrapper = {str(t.cpp_wrapper).lower()}"
+    if t.blocks_per_region == "auto":
+        tensor = cfg.parallel.tensor > 1
+        t.blocks_per_region = AUTO_BLOCKS_PER_REGION if tensor else 1
+        why["blocks_per_region"] = "auto, tensor > 1" if tensor else "auto, tensor 1"
+    else:
+        why["blocks_per_region"] = f"training.blocks_per_region = {t.blocks_per_region}"
     t.chosen_because = why
 
 
@@ -410,7 +420,8 @@ def config_for_another_machine(cfg: Config) -> Dict[str, Any]:
 
 
 def speed_chosen_because(cfg: Config) -> Dict[str, str]:
-    """{"compile": why, "cuda_graphs": why, "cpp_wrapper": why} as resolve_speed_settings chose them."""
+    """{"compile": why, "cuda_graphs": why, "cpp_wrapper": why, "blocks_per_region": why} as
+    resolve_speed_settings chose them."""
     return getattr(cfg.training, "chosen_because", {})
 
 
@@ -563,9 +574,13 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
              "FP8 GEMMs run on top of bf16: --precision bf16 --fp8 (training.fp8.enabled)")
     _choice(t.precision, ("bf16", "fp16", "fp32"), "training.precision")
     for key in ("micro_batch_size", "global_batch_size", "log_interval", "eval_interval",
-                "eval_iters", "save_interval", "keep_last", "max_nonfinite_steps", "checkpoint_interval",
-                "blocks_per_region"):
+                "eval_iters", "save_interval", "keep_last", "max_nonfinite_steps", "checkpoint_interval"):
         _positive(getattr(t, key), f"training.{key}")
+    if t.blocks_per_region != "auto":
+        _require(isinstance(t.blocks_per_region, int) and not isinstance(t.blocks_per_region, bool)
+                 and t.blocks_per_region > 0,
+                 f"config key 'training.blocks_per_region' = {t.blocks_per_region!r} must be \"auto\" or a "
+                 "positive whole number")
     _require((t.train_steps is None) != (t.train_tokens is None),
              "set exactly one of 'training.train_steps' and 'training.train_tokens'"
              f" (got {t.train_steps!r} and {t.train_tokens!r})")

@@ -78,8 +78,8 @@ def compile_block_groups(module: nn.Module, options: dict, size: int) -> None:
     runtime wrappers and an autograd node in forward and backward (~270 us a block forward and
     backward on a CPU, measured with tiny blocks). A tensor-parallel rank, whose blocks are a
     1/t of a data-parallel rank's, waits on that host time: four blocks to a region made an
-    emulated TP4 SP rank 1.04x as fast on one H200 and 0.89x on another (docs/performance.md), so
-    1 stays the default until the measurements agree. Every group of the same blocks'
+    emulated TP4 SP rank 1.43x as fast on an H100 (whose host is slower) and 1.04x and 0.89x on
+    two H200s (docs/performance.md), so "auto" takes 4 at tensor > 1 (config.py). Every group of the same blocks'
     shapes shares the graph (the blocks are its inputs), so compiling costs about `size` blocks'
     worth once. Unguided models only: guided blocks make their reduce_flop draws in Python
     between blocks (model/block.py). (torch's nested_compile_region would trace a block once for

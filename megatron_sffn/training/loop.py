@@ -188,11 +188,13 @@ class Trainer:
                 + (f" | {self.regions_line()}" if t.compile and t.blocks_per_region > 1 else ""))
 
     def regions_line(self) -> str:
-        """blocks per compiled region: 4 | or 1 (training.blocks_per_region = 4: why not)."""
-        e = self.engine
-        return (f"blocks per compiled region: {e.blocks_per_region}" if e.grouping_refused is None else
-                f"blocks per compiled region: 1 (training.blocks_per_region = {self.cfg.training.blocks_per_region}"
-                f": {e.grouping_refused})")
+        """blocks per compiled region: 4 (auto, tensor > 1) | or 1 (auto: why not), or with
+        "training.blocks_per_region = 4" where the config named the number."""
+        e, why = self.engine, speed_chosen_because(self.cfg).get("blocks_per_region", "")
+        chosen = "auto" if why.startswith("auto") else f"training.blocks_per_region = {self.cfg.training.blocks_per_region}"
+        if e.grouping_refused is None:
+            return f"blocks per compiled region: {e.blocks_per_region}" + (f" ({why})" if chosen == "auto" else "")
+        return f"blocks per compiled region: 1 ({chosen}: {e.grouping_refused})"
 
     def fp8_lines(self) -> List[str]:
         """What runs in FP8 and what stays bf16 (and why), when FP8 is on."""

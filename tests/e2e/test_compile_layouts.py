@@ -42,11 +42,16 @@ def test_compiled_layout_trains_like_eager_data_parallel(layout, eager_losses, t
     assert "torch.compile of the blocks" in out and "guides dropped, optimizer rebuilt" in out
     assert ("C++ wrapper: on (training.cpp_wrapper = true)" in out) == ("training.cpp_wrapper=true" in layout)
     assert "recompile_limit" not in out  # a block that hit the limit would run eager from then on
-    # two blocks to a compiled region once the guides (drawn in Python between blocks) are dropped
-    grouped = "training.blocks_per_region=2" in layout
-    assert ("blocks per compiled region: 1 (training.blocks_per_region = 2: guided blocks draw in Python "
-            "between blocks)" in out) == grouped
-    assert ("blocks compiled, 2 per region" in out) == grouped
+    # several blocks to a compiled region once the guides (drawn in Python between blocks) are
+    # dropped: 2 where the config says so, 4 by default at tensor > 1 ("auto"), 1 in the pipelines
+    explicit = "training.blocks_per_region=2" in layout
+    per_region = 2 if explicit else 4 if "--tensor-parallel" in layout else 1
+    if per_region > 1:
+        chosen = "training.blocks_per_region = 2" if explicit else "auto"
+        assert f"blocks per compiled region: 1 ({chosen}: guided blocks draw in Python between blocks)" in out
+        assert f"blocks compiled, {per_region} per region" in out
+    else:
+        assert "per region" not in out
     compiled = losses(run_dir)
     assert sorted(compiled) == sorted(eager_losses) == list(range(1, STEPS + 1))
     for step, loss in eager_losses.items():

@@ -198,11 +198,12 @@ def test_compile_is_on_where_cuda_is_and_cuda_graphs_where_their_check_allows(mo
     cpu = config_from_dict(base(), bf16, cuda=False)
     assert (cpu.training.compile, cpu.training.cuda_graphs) == (False, False)       # today's CPU behaviour
     assert speed_chosen_because(cpu) == {"compile": "auto, no CUDA", "cuda_graphs": "auto: no CUDA",
-                                         "cpp_wrapper": "auto: no compile"}
+                                         "cpp_wrapper": "auto: no compile", "blocks_per_region": "auto, tensor 1"}
     gpu = config_from_dict(base(), bf16, cuda=True)
     assert (gpu.training.compile, gpu.training.cuda_graphs) == (True, True)
     assert speed_chosen_because(gpu) == {"compile": "auto, CUDA", "cuda_graphs": "auto",
-                                         "cpp_wrapper": "auto: CUDA graphs replay the blocks"}
+                                         "cpp_wrapper": "auto: CUDA graphs replay the blocks",
+                                         "blocks_per_region": "auto, tensor 1"}
     assert gpu.to_dict()["training"]["compile"] is True                             # saved: what ran
     # every refusal of an explicit `true` is a reason for "auto" to decline, named in the banner
     for overrides, reason in [(["parallel.pipeline=2"], "needs 'parallel.pipeline' = 1, got 2"),
@@ -227,10 +228,34 @@ def test_compile_is_on_where_cuda_is_and_cuda_graphs_where_their_check_allows(mo
     assert (forced.training.compile, forced.training.cuda_graphs) == (True, False)
     assert speed_chosen_because(forced) == {"compile": "training.compile = true",
                                             "cuda_graphs": "training.cuda_graphs = false",
-                                            "cpp_wrapper": "auto: no CUDA"}
+                                            "cpp_wrapper": "auto: no CUDA", "blocks_per_region": "auto, tensor 1"}
     assert "needs 'training.compile' = true" in error_of(base(training={"train_steps": 10, "cuda_graphs": True}),
                                                          ["training.compile=false"])
     assert "must be true, false or \"auto\"" in error_of(base(), ["training.compile=sometimes"])
+
+
+def test_blocks_per_region_auto_groups_four_blocks_at_tensor_above_one():
+    """A tensor-parallel rank's blocks are small and its host is the bound (docs/performance.md):
+    "auto" compiles AUTO_BLOCKS_PER_REGION blocks to a region there, one elsewhere; a number
+    is kept; a config written for another machine says "auto" again where auto chose."""
+    from megatron_sffn.config import AUTO_BLOCKS_PER_REGION, config_for_another_machine, speed_chosen_because
+    assert AUTO_BLOCKS_PER_REGION == 4
+    one = config_from_dict(base(), [], cuda=True)
+    tp = config_from_dict(base(), ["model.num_heads=4", "parallel.tensor=2"], cuda=True)
+    assert (one.training.blocks_per_region, tp.training.blocks_per_region) == (1, 4)
+    assert speed_chosen_because(tp)["blocks_per_region"] == "auto, tensor > 1"
+    assert config_for_another_machine(tp)["training"]["blocks_per_region"] == "auto"
+    assert tp.to_dict()["training"]["blocks_per_region"] == 4                        # saved: what ran
+    two = config_from_dict(base(), ["model.num_heads=4", "parallel.tensor=2", "training.blocks_per_region=2"])
+    assert two.training.blocks_per_region == 2
+    assert speed_chosen_because(two)["blocks_per_region"] == "training.blocks_per_region = 2"
+    assert config_for_another_machine(two)["training"]["blocks_per_region"] == 2
+    for bad, shown in (("0", "0"), ("-1", "-1"), ('"many"', "'many'")):
+        assert (f"config key 'training.blocks_per_region' = {shown} must be \"auto\" or a positive whole number"
+                in error_of(base(), [f"training.blocks_per_region={bad}"]))
+    for bad in ("true", "2.5"):  # the types' own check
+        assert "config key 'training.blocks_per_region' must be int or str" in error_of(
+            base(), [f"training.blocks_per_region={bad}"])
 
 
 def test_cpp_wrapper_is_on_where_compiled_blocks_run_on_cuda_and_needs_compile():
