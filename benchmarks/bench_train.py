@@ -73,6 +73,9 @@ def parse_args(argv=None):
     ap.add_argument("--loss-after", type=int, default=0, metavar="STEP",
                     help="with --variant: each variant's loss against the base run's at every logged step "
                          "after STEP (largest relative difference; e.g. FP8 against bf16 after step 50)")
+    ap.add_argument("--loss-window", type=int, default=1, metavar="N",
+                    help="with --loss-after: compare means over windows of N steps, as a log line and "
+                         "TensorBoard's train/loss show them at log interval N (default 1: every step)")
     ap.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
                     help="run nothing: print the tables of these results files (and write them together to --out)")
     ap.add_argument("--smoke", action="store_true")
@@ -290,29 +293,38 @@ def print_guided_table(rows) -> None:
             print(f"{'':<24} {'':<8} left out, graphs compiled in them: steps {r['compile_steps_excluded']}")
 
 
-def compare_losses(rows, after: int) -> None:
-    """A variant's curve against its base run's (same config and mode), at the logged steps both
-    have after `after`: the largest |variant - base| / |base|, stored in the variant's row."""
+def compare_losses(rows, after: int, window: int = 1) -> None:
+    """A variant's curve against its base run's (same config and mode): means over windows of
+    `window` steps ending at each multiple of it after `after` (a log interval's logged loss),
+    where both runs have every step; the largest |variant - base| / |base|, stored in the
+    variant's row."""
     bases = {(r["config"], r["mode"]): r for r in rows if r.get("variant") == "base" and "error" not in r}
     for row in rows:
+        row.pop("loss_vs_base", None)  # saved results (--table-from) are compared again, as asked now
         base = bases.get((row["config"], row["mode"]))
         if (row.get("variant") == "base" or "error" in row or base is None or "loss_steps" not in row
                 or row.get("emulated")):  # an emulated rank's losses are not real (collectives move nothing)
             continue
-        theirs = dict(zip(base["loss_steps"], base["losses"]))
-        diffs = [(abs(loss - theirs[step]) / abs(theirs[step]), step)
-                 for step, loss in zip(row["loss_steps"], row["losses"])
-                 if step > after and step in theirs and theirs[step]]
+        theirs, ours = dict(zip(base["loss_steps"], base["losses"])), dict(zip(row["loss_steps"], row["losses"]))
+        diffs = []
+        for end in (s for s in sorted(ours) if s > after and s % window == 0):
+            steps = range(end - window + 1, end + 1)
+            if all(s in ours and s in theirs for s in steps):
+                mine, base_mean = (sum(d[s] for s in steps) / window for d in (ours, theirs))
+                if base_mean:
+                    diffs.append((abs(mine - base_mean) / abs(base_mean), end))
         if diffs:
             worst, at = max(diffs)
-            row["loss_vs_base"] = {"after_step": after, "steps": len(diffs), "max_rel_diff": worst, "at_step": at,
-                                   "mean_rel_diff": sum(d for d, _ in diffs) / len(diffs)}
+            row["loss_vs_base"] = {"after_step": after, "window": window, "steps": len(diffs), "max_rel_diff": worst,
+                                   "at_step": at, "mean_rel_diff": sum(d for d, _ in diffs) / len(diffs)}
 
 
 def print_loss_table(rows) -> None:
     header = f"{'config':<24} {'mode':<8} {'variant':<10} {'steps':>5} {'largest |diff|':>15} {'at step':>8} {'mean':>7}"
     compared = [r for r in rows if "loss_vs_base" in r]
-    print(f"\nloss against the base run, logged steps after step {compared[0]['loss_vs_base']['after_step']}\n"
+    first = compared[0]["loss_vs_base"]
+    print(f"\nloss against the base run, logged steps after step {first['after_step']}"
+          + (f" (means over {first['window']} steps)" if first.get("window", 1) > 1 else "") + "\n"
           + header + "\n" + "-" * len(header))
     for r in compared:
         c = r["loss_vs_base"]
@@ -342,6 +354,8 @@ def main(argv=None) -> int:
                 print(f"skipped {path}: not a bench_train.py results file", file=sys.stderr)
                 continue
             rows += data["results"]
+        if args.loss_after or args.loss_window > 1:
+            compare_losses(rows, args.loss_after, args.loss_window)
         print_tables(rows)
         write_json(args, rows)
         return 0
@@ -357,7 +371,7 @@ def main(argv=None) -> int:
                         import vs_reference
                         vs_reference.attach(rows[-1], reference_for(config, mode, extra, tmp, args, references))
                     write_json(args, rows)  # after every run: a later crash or time limit keeps what was measured
-    compare_losses(rows, args.loss_after)
+    compare_losses(rows, args.loss_after, args.loss_window)
     print_tables(rows)
     write_json(args, rows)
     return 1 if any("error" in r or "error" in r.get("reference", {}) for r in rows) else 0

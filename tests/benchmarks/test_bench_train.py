@@ -141,7 +141,7 @@ def test_reference_ratio_per_case_with_a_shape_changing_variant(commands, tmp_pa
         assert [r["variant"] for r in json.load(f)["results"]] == ["base", "deep", "base", "deep"]
 
 
-def test_loss_after_compares_each_variant_with_its_base_run(commands):
+def test_loss_after_compares_each_variant_with_its_base_run(commands, tmp_path, capsys):
     """--loss-after: a variant whose numerics match the base (the same model on another optimizer
     implementation) agrees at every logged step; one that trains differently (10x the learning
     rate) is reported with its largest difference, both from real runs' logs."""
@@ -152,6 +152,22 @@ def test_loss_after_compares_each_variant_with_its_base_run(commands):
     worst = max(abs(f - b) / b for f, b, step in zip(fast["losses"], base["losses"], base["loss_steps"]) if step > 2)
     assert fast["loss_vs_base"]["max_rel_diff"] == pytest.approx(worst) and worst > 1e-3
     assert "loss against the base run, logged steps after step 2" in proc.stdout
+    # --loss-window 2 on the saved results: means over steps 3-4 and 5-6, as a log interval of 2
+    # shows them; an emulated rank's row (losses not real) is left out
+    emulated = dict(fast, variant="emulated", emulated=True)
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps({"results": [base, same, fast, emulated]}))
+    out = tmp_path / "windows.json"
+    assert bench_train.main(["--table-from", str(saved), "--loss-after", "2", "--loss-window", "2",
+                             "--out", str(out)]) == 0
+    assert "logged steps after step 2 (means over 2 steps)" in capsys.readouterr().out
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    mean = {v: {end: (rows[v]["losses"][end - 2] + rows[v]["losses"][end - 1]) / 2 for end in (4, 6)}
+            for v in ("base", "fast")}
+    want = max(abs(mean["fast"][e] - mean["base"][e]) / mean["base"][e] for e in (4, 6))
+    got = rows["fast"]["loss_vs_base"]
+    assert (got["steps"], got["window"]) == (2, 2) and got["max_rel_diff"] == pytest.approx(want)
+    assert "loss_vs_base" not in rows["emulated"]
 
 
 def test_guided_phase_counts_the_guide_flops_it_executed(commands):
