@@ -78,7 +78,9 @@ class StepProfiler:
     def _start(self) -> None:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        self._prof = profile(activities=activities)
+        # acc_events: the one recording is kept whole for the table after the trace is written
+        # (without it torch 2.11 warns, on CUDA, that a cycle's events are cleared)
+        self._prof = profile(activities=activities, acc_events=True)
         self._prof.__enter__()
         self._started = time.perf_counter()
 

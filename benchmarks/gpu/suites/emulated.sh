@@ -23,9 +23,10 @@
 #   compute_last_stage  that layout's last stage (rank 2) at micro-batch 8, timed alone
 #   last_stages  6.7B lowrank TP2 x PP2 SP compiled (stage 1 = rank 2) at micro-batch 4 and 8, PP4
 #            eager micro-batch 2, stages 0 and 3: peaks against the planner's per-stage ones
-#   regions  1.3B lowrank compiled TP4 SP, TP2 and DP4 (micro-batch 8 x 4), each with one compiled
-#            region per block and with training.blocks_per_region=4 (variant g4) in one run, 10 timed
-#            steps each: what a region call's host cost does to each rank
+#   regions  1.3B lowrank compiled TP4 SP, TP2 and DP4 (micro-batch 8 x 4), each as the default
+#            makes it (4 blocks per region at tensor > 1, 1 at tensor 1) and with the other
+#            (variants g1 / g4) in one run, 10 timed steps each: what a region call's host cost
+#            does to each rank
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -86,11 +87,11 @@ for set in "${sets[@]}"; do
     python_wrapper)
       compute_tensor_parallel _python_wrapper training.cpp_wrapper=false ;;
     regions)
-      for case in "tp4sp parallel.tensor=4 parallel.sequence_parallel=true" "tp2 parallel.tensor=2" "dp4"; do
-        read -r name overrides <<< "$case"
+      for case in "tp4sp g1 parallel.tensor=4 parallel.sequence_parallel=true" "tp2 g1 parallel.tensor=2" "dp4 g4"; do
+        read -r name other overrides <<< "$case"
         # shellcheck disable=SC2086  # the overrides are words without spaces
-        VARIANT='g4:training.blocks_per_region=4' emulate "regions_1p3b_$name" configs/1p3b_lowrank.json compile \
-            8 4 13 3 $overrides
+        VARIANT="$other:training.blocks_per_region=${other#g}" emulate "regions_1p3b_$name" configs/1p3b_lowrank.json \
+            compile 8 4 13 3 $overrides
       done ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
@@ -98,7 +99,7 @@ for set in "${sets[@]}"; do
           parallel.sequence_parallel=true ;;
     profile)  # where an emulated TP rank's step goes: bench_scaling.py --profile (kernel table, busy/idle,
               # the host's Python by own time), the compute set's global batch (16 micro-batches at TP4)
-      for case in "tp4sp 4 128" "tp4sp_g4 4 128 training.blocks_per_region=4" "tp2 2 128"; do
+      for case in "tp4sp 4 128" "tp4sp_g1 4 128 training.blocks_per_region=1" "tp2 2 128"; do
         read -r name tensor global extra <<< "$case"
         sp=$([ "$name" = tp2 ] && echo false || echo true)
         timeout 200 python3 tools/emulate_rank.py --world 4 -- benchmarks/bench_scaling.py \
