@@ -30,12 +30,18 @@ def _env():
     return env
 
 
-def _run(commands, out, timeout=300):
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in commands]
+def _run_side_by_side(name, out, env, timeout):
+    """Start the commands of launch `name` side by side (their ports taken now), wait for each:
+    [(exit code, output)]."""
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd in _commands(name, out)]
     logs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-5000:]
+    return [(p.returncode, log) for p, log in zip(procs, logs)]
+
+
+def _finish(started, out):
+    for code, log in started.result():
+        assert code == 0, log[-5000:]
     return [json.load(open(os.path.join(out, name))) for name in sorted(os.listdir(out))]
 
 
@@ -52,36 +58,70 @@ def _executable(name):
     return found
 
 
-def test_deepspeed_launcher_single_node(tmp_path):
-    cmd = [_executable("deepspeed"), "--num_accelerators", "2", "--master_port", str(free_port()),
-           SCRIPT, "--out", str(tmp_path)]
-    _check(_run([cmd], tmp_path), 2)
+def _commands(name, out):
+    """The launch of one test (commands run side by side), its ranks writing into `out`."""
+    if name == "deepspeed":
+        return [[_executable("deepspeed"), "--num_accelerators", "2", "--master_port", str(free_port()),
+                 SCRIPT, "--out", str(out)]]
+    if name == "deepspeed_multi_node":
+        world_info = base64.urlsafe_b64encode(json.dumps({"node-a": [0], "node-b": [0]}).encode()).decode()
+        port = str(free_port())
+        return [[sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
+                 f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}", SCRIPT,
+                 "--out", str(out)] for node in (0, 1)]
+    if name == "torchrun":
+        return [[_executable("torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), SCRIPT,
+                 "--out", str(out)]]
+    if name == "mpirun":
+        env_port = str(free_port())
+        return [[_executable("mpiexec"), "-n", "2", "-env", "MASTER_PORT", env_port, sys.executable, SCRIPT,
+                 "--out", str(out)]]
+    assert name == "python"
+    return [[sys.executable, SCRIPT, "--out", str(out)]]
 
 
-def test_deepspeed_multi_node_per_node_launch(tmp_path):
-    world_info = base64.urlsafe_b64encode(json.dumps({"node-a": [0], "node-b": [0]}).encode()).decode()
-    port = str(free_port())
-    cmds = [[sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
-             f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}", SCRIPT,
-             "--out", str(tmp_path)] for node in (0, 1)]
-    ranks = _run(cmds, tmp_path)
+LAUNCHES = {"test_deepspeed_launcher_single_node": "deepspeed",
+            "test_deepspeed_multi_node_per_node_launch": "deepspeed_multi_node", "test_torchrun": "torchrun",
+            "test_mpirun_discovers_ranks_through_mpi4py": "mpirun", "test_plain_python_is_a_world_of_one": "python"}
+
+
+@pytest.fixture(scope="module")
+def launches(request, tmp_path_factory):
+    """The selected tests' launches, started at once (two at a time, tests/background.py; a launch's
+    own commands always side by side): {name: (its --out folder, future of [(exit code, output)])}."""
+    from tests import background
+    started = {}
+    wanted = background.selected_names(request)
+    for test, name in LAUNCHES.items():
+        if test in wanted:
+            out = tmp_path_factory.mktemp(name)
+            started[name] = out, background.submit(_run_side_by_side, name, out, _env(), 300)
+    return started
+
+
+def test_deepspeed_launcher_single_node(launches):
+    out, started = launches["deepspeed"]
+    _check(_finish(started, out), 2)
+
+
+def test_deepspeed_multi_node_per_node_launch(launches):
+    out, started = launches["deepspeed_multi_node"]
+    ranks = _finish(started, out)
     _check(ranks, 2)
     assert [r["local_rank"] for r in ranks] == [0, 0]  # one process per "node"
 
 
-def test_torchrun(tmp_path):
-    cmd = [_executable("torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), SCRIPT,
-           "--out", str(tmp_path)]
-    _check(_run([cmd], tmp_path), 2)
+def test_torchrun(launches):
+    out, started = launches["torchrun"]
+    _check(_finish(started, out), 2)
 
 
-def test_mpirun_discovers_ranks_through_mpi4py(tmp_path):
-    env_port = str(free_port())
-    cmd = [_executable("mpiexec"), "-n", "2", "-env", "MASTER_PORT", env_port, sys.executable, SCRIPT,
-           "--out", str(tmp_path)]
-    _check(_run([cmd], tmp_path), 2)
+def test_mpirun_discovers_ranks_through_mpi4py(launches):
+    out, started = launches["mpirun"]
+    _check(_finish(started, out), 2)
 
 
-def test_plain_python_is_a_world_of_one(tmp_path):
-    ranks = _run([[sys.executable, SCRIPT, "--out", str(tmp_path)]], tmp_path)
+def test_plain_python_is_a_world_of_one(launches):
+    out, started = launches["python"]
+    ranks = _finish(started, out)
     assert ranks[0]["world"] == 1 and ranks[0]["engine"] == "DeepSpeedEngine"
