@@ -14,7 +14,9 @@ its GEMMs; the layouts the second use needs are transposed copies of FP8 data (o
 value). Rowwise: every operand is scaled along the contraction dimension of its own GEMM, so
 x, W and dy are each cast twice, once per axis, and forward saves x and W as they came.
 Outputs and gradients come back in the inputs' dtypes. A block-diagonal factor (B, q, p)
-runs each block's three GEMMs the same way.
+runs each block's three GEMMs the same way. A linear's bias can ride in the forward GEMM's
+epilogue (tensorwise, bf16 output: bias_epilogue_applies), as cuBLAS's addmm does in bf16, so
+no separate add writes the output once more; its gradient is dy summed over the tokens.
 """
 from __future__ import annotations
 
@@ -50,11 +52,13 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, a_dtype: torch.dtype, b_dtyp
     return _gemm(aq, a_inv, bq, b_inv, out_dtype, fast_accum)
 
 
-def _gemm(aq, a_inv, bq, b_inv, out_dtype, fast_accum=False) -> torch.Tensor:
-    """Already-cast operands: aq made row-major, bq column-major (copies only where needed)."""
+def _gemm(aq, a_inv, bq, b_inv, out_dtype, fast_accum=False, bias=None) -> torch.Tensor:
+    """Already-cast operands: aq made row-major, bq column-major (copies only where needed);
+    bias (out_dtype, one value per output column), if given, added in the epilogue."""
     aq = aq if aq.is_contiguous() else aq.contiguous()
     bq = bq if bq.t().is_contiguous() else bq.t().contiguous().t()
-    return torch._scaled_mm(aq, bq, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype, use_fast_accum=fast_accum)
+    return torch._scaled_mm(aq, bq, scale_a=a_inv, scale_b=b_inv, bias=bias, out_dtype=out_dtype,
+                            use_fast_accum=fast_accum)
 
 
 def output_dtype(x: torch.Tensor) -> torch.dtype:
@@ -79,11 +83,12 @@ def weight_grad_gemm(g2: torch.Tensor, x2: torch.Tensor, recipe: Fp8Recipe, out_
     return scaled_matmul(g2.t(), x2, recipe.grad_dtype, E4M3, recipe.rowwise, out_dtype)
 
 
-def tensorwise_forward(x2, weight, out_dtype):
-    """(y, saved): y = x2 W^T from one e4m3 cast of each; saved = the casts and their scales."""
+def tensorwise_forward(x2, weight, out_dtype, bias=None):
+    """(y, saved): y = x2 W^T (+ bias) from one e4m3 cast of each; saved = the casts and their scales."""
     xq, x_inv = quantize(x2, E4M3)
     wq, w_inv = quantize(weight, E4M3)
-    y = _gemm(xq, x_inv, wq.t(), w_inv, out_dtype, fast_accum=True)
+    y = _gemm(xq, x_inv, wq.t(), w_inv, out_dtype, fast_accum=True,
+              bias=None if bias is None else bias.to(out_dtype))
     return y, (xq, x_inv, wq, w_inv)
 
 
@@ -103,15 +108,17 @@ def out_dtype_for(dtype: torch.dtype) -> torch.dtype:
 
 class _Fp8Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, recipe: Fp8Recipe, out_dtype):
+    def forward(ctx, x, weight, recipe: Fp8Recipe, out_dtype, bias):
+        """bias: None, or added in the epilogue (tensorwise only: bias_epilogue_applies)."""
         ctx.recipe, ctx.in_dtypes = recipe, (x.dtype, weight.dtype)
+        ctx.bias_dtype = None if bias is None else bias.dtype
         x2 = x.reshape(-1, x.shape[-1])
         with torch.autocast(x.device.type, enabled=False):
             if recipe.rowwise:
                 ctx.save_for_backward(x2, weight)
                 y = forward_gemm(x2, weight, recipe, out_dtype)
             else:
-                y, saved = tensorwise_forward(x2, weight, out_dtype)
+                y, saved = tensorwise_forward(x2, weight, out_dtype, bias)
                 ctx.save_for_backward(*saved)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
@@ -132,7 +139,10 @@ class _Fp8Linear(torch.autograd.Function):
                     grad_w = weight_grad_gemm(g, x2, ctx.recipe, ctx.in_dtypes[1])
         if grad_x is not None:
             grad_x = grad_x.reshape(*grad_out.shape[:-1], grad_x.shape[-1])
-        return grad_x, grad_w, None, None
+        grad_bias = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
+            grad_bias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return grad_x, grad_w, None, None, grad_bias
 
 
 class _Fp8BlockDiagonal(torch.autograd.Function):
@@ -185,7 +195,22 @@ def fp8_product(x: torch.Tensor, weight: torch.Tensor, recipe: Fp8Recipe) -> Opt
     if weight.dim() == 2:
         if not fits(tokens, weight.shape[1], weight.shape[0]):
             return None
-        return _Fp8Linear.apply(x, weight, recipe, output_dtype(x))
+        return _Fp8Linear.apply(x, weight, recipe, output_dtype(x), None)
     if not fits(tokens, weight.shape[2], weight.shape[1]):
         return None
     return _Fp8BlockDiagonal.apply(x, weight, recipe, output_dtype(x))
+
+
+def bias_epilogue_applies(weight: torch.Tensor, tokens: int, out_dtype: torch.dtype) -> bool:
+    """Whether (tokens x in) @ W^T + b can run as one FP8 GEMM with the bias in its epilogue: a
+    tagged 2-D weight, the tensorwise recipe, a bf16 output (what _scaled_mm adds a bias to) and
+    a shape that fits. Asked before the caller computes the GEMM's input (a structured map's
+    bottleneck), which it would otherwise compute twice."""
+    recipe = fp8_recipe_of(weight)
+    return (recipe is not None and not recipe.rowwise and weight.dim() == 2 and out_dtype == torch.bfloat16
+            and fits(tokens, weight.shape[1], weight.shape[0]))
+
+
+def linear_with_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x @ W^T + b in FP8, the bias in the epilogue; only where bias_epilogue_applies."""
+    return _Fp8Linear.apply(x, weight, fp8_recipe_of(weight), output_dtype(x), bias)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fp8 import products as fp8_products
 from ..fp8.products import fp8_recipe_of
 from ..parallel.mappings import TensorParallel
 from ..parallel.regions import column_product, enter_tensor_region, leave_tensor_region
@@ -114,18 +115,25 @@ class LinearMap(nn.Module):
         return self.combine(list(reduced) if isinstance(reduced, tuple) else [reduced])
 
     def forward_with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> Optional[torch.Tensor]:
-        """forward(x) + bias with the bias added by the last GEMM's epilogue (cuBLAS's addmm), or
-        None where that cannot be (tensor-parallel, block-diagonal last factor, FP8 product).
-        A separate add would write the f-wide pre-activation once more and read it back: 2.1 ms
-        of a 1.3B lowrank step on an H100 (docs/performance.md, the ledger)."""
+        """forward(x) + bias with the bias added by the last GEMM's epilogue (cuBLAS's addmm, or
+        _scaled_mm's for a tensorwise FP8 product), or None where that cannot be
+        (tensor-parallel, block-diagonal last factor, rowwise FP8). A separate add would write
+        the f-wide pre-activation once more and read it back: 2.1 ms of a 1.3B lowrank step on
+        an H100 (docs/performance.md, the ledger)."""
         if self.tp.enabled:
             return None
         weight = self.output_weight()  # on one rank, column or row: the last factor, a 2-D one
-        if weight is None or fp8_recipe_of(weight) is not None:
+        if weight is None:
+            return None
+        fp8 = fp8_recipe_of(weight) is not None
+        tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0  # the last GEMM's input has x's tokens
+        if fp8 and not fp8_products.bias_epilogue_applies(weight, tokens, fp8_products.output_dtype(x)):
             return None
         inputs = self.region_inputs(x)
         if len(inputs) != 1:
             return None
+        if fp8:
+            return fp8_products.linear_with_bias(inputs[0], weight, bias)
         return F.linear(inputs[0], weight, bias.to(inputs[0].dtype))
 
     def load_full(self, full: Dict[str, torch.Tensor]) -> None:

@@ -75,3 +75,21 @@ def test_model_loss_and_gradients_in_fp8_follow_bf16(kind, compiled):
     for name, grad in bf16_grads.items():
         if grad.norm() > 0:
             assert _rel(fp8_grads[name], grad) < 0.25, name
+
+
+def test_bias_in_the_scaled_gemm_epilogue_on_the_gpu():
+    """cuBLAS adds the bias inside the tensorwise FP8 GEMM (fast accumulation on): the output
+    within bf16's rounding of the product plus a separate add, the bias gradient dy's column sums."""
+    from megatron_sffn.fp8.products import bias_epilogue_applies, linear_with_bias
+    torch.manual_seed(0)
+    x = torch.randn(2048, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(1024, 512, device="cuda") * 0.02).to(torch.bfloat16)
+    b = (torch.randn(1024, device="cuda") * 0.1).to(torch.bfloat16).requires_grad_()
+    w.fp8_recipe = RECIPES["tensorwise"]
+    assert bias_epilogue_applies(w, 2048, torch.bfloat16)
+    y = linear_with_bias(x, w, b)
+    separate = fp8_product(x.detach(), w, RECIPES["tensorwise"]) + b.detach()
+    assert _rel(y, separate) < 1e-2
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(b.grad.float(), g.float().sum(0), rtol=1e-2, atol=1e-1)
