@@ -20,14 +20,14 @@ def start(cmd, timeout: float, cwd: str, env=None) -> Future:
     background (at most two at once); `.result()` is its CompletedProcess (or raises its TimeoutExpired).
     env=None is this process's environment now, not when the command starts."""
     env = dict(os.environ) if env is None else dict(env)
-    return _POOL.submit(subprocess.run, [str(a) for a in cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+    return _track(_POOL.submit(subprocess.run, [str(a) for a in cmd], cwd=cwd, env=env, capture_output=True,
+                               text=True, timeout=timeout))
 
 
 def submit(fn, *args, **kwargs) -> Future:
     """fn(*args, **kwargs) in the same background pool (a test whose commands must run side by side
     submits one function that starts them all)."""
-    return _POOL.submit(fn, *args, **kwargs)
+    return _track(_POOL.submit(fn, *args, **kwargs))
 
 
 def selected(request) -> list:
@@ -45,3 +45,21 @@ def selected_params(request, name: str) -> set:
 def selected_names(request) -> set:
     """The function names (without parameters) of the module's selected tests."""
     return {item.originalname for item in selected(request)}
+
+
+_submitted: list = []
+
+
+def _track(future: Future) -> Future:
+    _submitted.append(future)
+    return future
+
+
+def wait_idle() -> None:
+    """Wait until every command started here has finished (for a test that times something and
+    must have the cores to itself)."""
+    for future in list(_submitted):
+        try:
+            future.result()
+        except BaseException:  # noqa: B902 - its own test reports it
+            pass

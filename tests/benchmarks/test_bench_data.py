@@ -1,23 +1,14 @@
 """benchmarks/bench_data.py on CPU with a small corpus and the bundled tokenizer (Megatron-LM not
 given, so only our preprocessing is timed): preprocessing, the sample-index build and the loader
 land in the JSON."""
-import gzip
 import json
-import os
-import subprocess
-import sys
-
-from tests.e2e.runs import ROOT, base_env
 
 
-def test_small_corpus_times_preprocessing_index_and_loader(tmp_path):
-    corpus = tmp_path / "small.jsonl"
-    with gzip.open(os.path.join(ROOT, "megatron_sffn", "assets", "corpus.jsonl.gz"), "rt") as f:
-        corpus.write_text("".join(line for _, line in zip(range(200), f)))
-    out = tmp_path / "data.json"
-    proc = subprocess.run([sys.executable, "benchmarks/bench_data.py", "--input", str(corpus), "--workers", "1",
-                           "--seq-length", "64", "--micro-batch", "2", "--num-samples", "200", "--json", str(out)],
-                          cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=600)
+def test_small_corpus_times_preprocessing_index_and_loader(early_commands):
+    # the command (200 documents of the bundled corpus) is started by tests/benchmarks/conftest.py
+    folder, _, started = early_commands["data"]
+    out = folder / "data.json"
+    proc = started.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     (run,) = data["preprocess"]

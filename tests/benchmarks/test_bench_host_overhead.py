@@ -3,7 +3,9 @@ plain-PyTorch reference's, one tiny case each (eager, a few steps)."""
 from tests.benchmarks.common import run_script
 
 
-def test_phases_and_syncs_of_the_launchers_step_and_the_reference(tmp_path):
+def test_phases_and_syncs_of_the_launchers_step_and_the_reference(tmp_path, cores_to_itself):
+    # cores_to_itself (tests/benchmarks/conftest.py): the smoke commands started earlier have finished,
+    # so the phase times below are measured without them
     out = tmp_path / "host.json"
     _, result = run_script("diagnostics/bench_host_overhead.py", [
         "--configs", "configs/1p3b_lowrank.json", "--modes", "eager", "--reference", "--steps", "3",

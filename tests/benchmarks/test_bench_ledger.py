@@ -5,14 +5,14 @@ kernel under "optimizer"). Timing is not asserted. The categorisation itself:
 tests/benchmarks/test_profile_summary.py."""
 import pytest
 
-from tests.benchmarks.common import run_script
+from tests.benchmarks.common import finish_script
 
 from profile_summary import IDLE, LEDGER_ROWS  # noqa: E402  (benchmarks/ is on sys.path via common)
 
 
-def test_smoke_ledger_has_both_sides_and_adds_up(tmp_path):
-    out = tmp_path / "ledger.json"
-    proc, data = run_script("bench_ledger.py", ["--smoke", "--out", out], timeout=300)
+def test_smoke_ledger_has_both_sides_and_adds_up(early_commands):
+    _, args, started = early_commands["ledger"]   # started by tests/benchmarks/conftest.py
+    proc, data = finish_script(started, args)
     (result,) = data["results"]
     assert data["rows"] == list(LEDGER_ROWS) and IDLE in LEDGER_ROWS
     for side in ("ours", "reference"):

@@ -1,17 +1,13 @@
 """benchmarks/bench_optimizer.py runs end to end (--smoke, CPU): every case builds the real
 TrainEngine, trains, and lands in the JSON with the same model. Timing is not asserted."""
 import json
-import subprocess
-import sys
-
-from tests.e2e.runs import ROOT, base_env
 
 
-def test_smoke_run_writes_every_case(tmp_path):
-    out = tmp_path / "opt.json"
-    proc = subprocess.run([sys.executable, "benchmarks/bench_optimizer.py", "--smoke", "--steps", "2", "--warmup", "1",
-                           "--out", str(out)], cwd=ROOT, env=base_env({"MASTER_PORT": "29547"}),
-                          capture_output=True, text=True, timeout=600)
+def test_smoke_run_writes_every_case(early_commands):
+    # `bench_optimizer.py --smoke --steps 2 --warmup 1` (MASTER_PORT 29547), started by tests/benchmarks/conftest.py
+    folder, _, started = early_commands["optimizer"]
+    out = folder / "opt.json"
+    proc = started.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.load(open(out))["rows"]
     assert [r["case"] for r in rows] == ["deepspeed_zero1", "fused_zero0", "fused_zero1"]
