@@ -32,13 +32,17 @@ def test_wire_bytes_follow_the_ring_algorithm():
 
 @pytest.mark.slow
 def test_sequence_parallel_lowrank_moves_less_than_dense(tmp_path):
-    wire = {}
-    for kind in ("dense", "lowrank"):
+    from tests import background
+    wire, started = {}, {}
+    for kind in ("dense", "lowrank"):   # both started at once (tests/background.py), checked in turn
         out = tmp_path / f"{kind}.json"
         extra = ["--override", "model.ffn.rank=null"] if kind == "dense" else []
-        proc = subprocess.run([sys.executable, "benchmarks/bench_scaling.py", "--smoke", "--sweep", "2x1x1,2x1x1sp",
-                               "--override", "self_guided.enabled=false", "--override", f"model.ffn.kind={kind}",
-                               *extra, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        started[kind] = background.start([sys.executable, "benchmarks/bench_scaling.py", "--smoke", "--sweep",
+                                          "2x1x1,2x1x1sp", "--override", "self_guided.enabled=false", "--override",
+                                          f"model.ffn.kind={kind}", *extra, "--out", str(out)], 900, ROOT)
+    for kind in ("dense", "lowrank"):
+        out = tmp_path / f"{kind}.json"
+        proc = started[kind].result()
         assert proc.returncode == 0, proc.stderr[-3000:]
         for record in json.loads(out.read_text()):
             assert record["layout"]["tensor"] == 2
