@@ -27,6 +27,9 @@ CASES = {  # name -> overrides
     "deepspeed_zero1": ['optimizer.implementation="deepspeed"', "parallel.zero_stage=1"],
     "fused_zero0": ['optimizer.implementation="fused"', "parallel.zero_stage=0"],
     "fused_zero1": ['optimizer.implementation="fused"', "parallel.zero_stage=1"],
+    # the update as one Inductor pass with the bf16 write (training/compiled_update.py)
+    "fused_zero1_compiled": ['optimizer.implementation="fused"', "parallel.zero_stage=1",
+                             'optimizer.update="compiled"'],
 }
 SMOKE = ["model.hidden_size=128", "model.num_layers=2", "model.num_heads=4", "model.ffn_hidden_size=512",
          "model.ffn.rank=32", "model.vocab_size=1024"]

@@ -143,7 +143,8 @@ class Trainer:
                if cfg.self_guided.enabled else ""),
             f"layout     world {st.world_size} = tensor {st.tensor_size} x pipeline {st.pipe_size} x data "
             f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
-            f"{cfg.optimizer.implementation}" + (" | torch.compile of the blocks" if cfg.training.compile else "")
+            f"{cfg.optimizer.implementation}" + (", update compiled" if cfg.optimizer.update == "compiled" else "")
+            + (" | torch.compile of the blocks" if cfg.training.compile else "")
             + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled
                and cfg.self_guided.reduce_flop else ""),
@@ -360,7 +361,8 @@ class Trainer:
                     self.profiler.written = []
                 out["max_allocated_gb"] = max_allocated_gb()
                 out["max_reserved_gb"] = max_reserved_gb()
-                out["compiled_graphs"] = compiled_graph_count() if t.compile else None
+                compiles = t.compile or self.cfg.optimizer.update == "compiled"  # blocks, or the optimizer's update
+                out["compiled_graphs"] = compiled_graph_count() if compiles else None
                 self._pending.append(out)
                 step = self.loop.step
                 last = step >= self.phases.total_steps

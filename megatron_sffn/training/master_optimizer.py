@@ -58,6 +58,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+
+from .compiled_update import CompiledAdamW
 import torch.nn as nn
 
 from ..config import OptimizerConfig
@@ -147,6 +149,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._norm_value: object = None  # float, or grad_norm_tensor (read lazily)
         self._write_back_lists: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
         self._adam_cache: Optional[List] = None  # _adam_lists
+        self._lows_cache: Optional[List[List[torch.Tensor]]] = None  # _group_lows
+        # optimizer.update = "compiled": AdamW and the bf16 write in one Inductor pass (compiled_update.py)
+        self._compiled_update = CompiledAdamW() if getattr(cfg, "update", "torch") == "compiled" else None
         self._to_save: Optional[Dict] = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -408,6 +413,19 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         lows, highs = self._write_back_lists
         if lows:
             torch._foreach_copy_(lows, highs)
+        self._share_weights()
+
+    def _share_weights(self) -> None:
+        """After this rank's bf16 weights are written: what other ranks need of them (nothing here)."""
+
+    def _group_lows(self, lists) -> List[List[torch.Tensor]]:
+        """Each AdamW group's bf16 destinations in the group's master order (the compiled update
+        writes them); fixed once built, like the lists."""
+        if self._lows_cache is None:
+            lows, highs = self._write_back_pairs()
+            low_of = {id(high): low.detach() for low, high in zip(lows, highs)}
+            self._lows_cache = [[low_of[id(master)] for master in params] for _, params, *_ in lists]
+        return self._lows_cache
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -434,9 +452,14 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             self.optimizer.grad_scale = torch.where(norm > clip, (norm + 1e-6) / clip,
                                                     torch.ones_like(norm)).to(torch.float32)
         lists = self._adam_lists()
-        if lists is not None:
+        if lists is not None and self._compiled_update is not None:  # the bf16 weights written in the update
+            self._compiled_update.step(lists, self._group_lows(lists), self.optimizer.grad_scale, found_inf)
+            self.optimizer.grad_scale = None
+            self._share_weights()
+        elif lists is not None:
             self._fused_adamw(lists, self.optimizer.grad_scale, found_inf)
             self.optimizer.grad_scale = None
+            self._write_back()
         else:  # state not made yet (the first step): torch's AdamW makes it
             self.optimizer.found_inf = found_inf
             try:
@@ -444,7 +467,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             finally:
                 self.optimizer.grad_scale = None
                 self.optimizer.found_inf = None
-        self._write_back()
+            self._write_back()
         self.grad_norm_tensor, self.found_inf = norm, found_inf
         self._norm_value, self._overflow = norm, found_inf
 
@@ -730,8 +753,8 @@ class ShardedMasterAdamW(MasterWeightAdamW):
                 highs.append(piece)
         return lows, highs
 
-    def _write_back(self) -> None:
-        super()._write_back()
+    def _share_weights(self) -> None:
+        """Every rank updated only its own slices of the bf16 weights: gather them bucket by bucket."""
         if self._pstate.data_size > 1:
             for bucket in self._buckets:
                 own_lo, own_hi = self._owned(bucket)

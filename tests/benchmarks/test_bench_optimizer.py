@@ -10,7 +10,7 @@ def test_smoke_run_writes_every_case(early_commands):
     proc = started.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.load(open(out))["rows"]
-    assert [r["case"] for r in rows] == ["deepspeed_zero1", "fused_zero0", "fused_zero1"]
+    assert [r["case"] for r in rows] == ["deepspeed_zero1", "fused_zero0", "fused_zero1", "fused_zero1_compiled"]
     assert len({r["params"] for r in rows}) == 1 and rows[0]["params"] > 0
     assert all(r["step_ms"] > 0 for r in rows)
     assert "vs deepspeed_zero1" in proc.stdout
