@@ -3,12 +3,13 @@
 one flat bf16 buffer, then the buckets are all-gathered), a self-guided model whose guides drop
 mid-run (the optimizer, and with it the compiled update, is rebuilt). Every step's loss must
 follow torch's fused AdamW's run to bf16 noise: a wrong update, a bf16 weight not written or not
-gathered, would be off from the second step on."""
+gathered, would be off from the second step on. A run stopped and resumed continues the
+uninterrupted run's losses bit for bit (the update reads the restored moments and steps)."""
 import pytest
 
 from megatron_sffn.training.metrics import read_step_log
 
-from .runs import TINY, losses, run
+from .runs import TINY, latest, losses, run
 
 pytestmark = pytest.mark.slow
 
@@ -17,22 +18,39 @@ COMMON = TINY + ["--train-steps", str(STEPS), "--eval-interval", str(STEPS), "--
                  "--precision", "bf16"]
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(zero, update) -> run dir of the uninterrupted run, its banner checked."""
+    out_dirs = {}
+    for zero in (0, 1):
+        for update in ("torch", "compiled"):
+            folder = tmp_path_factory.mktemp(f"z{zero}_{update}")
+            run_dir = str(folder / "run")
+            out = run(2, COMMON + ["--zero-stage", str(zero), "--run-dir", run_dir, "--override",
+                                   f"optimizer.update={update}"], str(folder / "logs"))
+            assert "guides dropped, optimizer rebuilt" in out
+            assert ("update compiled" in out) == (update == "compiled")
+            out_dirs[zero, update] = run_dir
+    return out_dirs
+
+
 @pytest.mark.parametrize("zero", [0, 1])
-def test_the_compiled_update_trains_like_torchs_fused_adamw(zero, tmp_path):
-    runs = {}
-    for update in ("torch", "compiled"):
-        run_dir = str(tmp_path / update)
-        out = run(2, COMMON + ["--zero-stage", str(zero), "--run-dir", run_dir, "--override",
-                               f"optimizer.update={update}"], str(tmp_path / f"logs_{update}"))
-        assert "guides dropped, optimizer rebuilt" in out
-        assert ("update compiled" in out) == (update == "compiled")
-        runs[update] = run_dir
-    want, got = losses(runs["torch"]), losses(runs["compiled"])
+def test_the_compiled_update_trains_like_torchs_fused_adamw(zero, runs):
+    want, got = losses(runs[zero, "torch"]), losses(runs[zero, "compiled"])
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=2e-3), step
     # the update really was compiled (blocks are not on a CPU): one graph per parameter group,
     # made at the second step (the first makes AdamW's state) and again after the guide drop
-    graphs = [r.get("compiled_graphs") for _, r in sorted(read_step_log(runs["compiled"]).items())]
+    graphs = [r.get("compiled_graphs") for _, r in sorted(read_step_log(runs[zero, "compiled"]).items())]
     assert graphs[0] == 0 and graphs[-1] >= 2 and graphs == sorted(graphs), graphs
-    assert all(r.get("compiled_graphs") is None for r in read_step_log(runs["torch"]).values())
+    assert all(r.get("compiled_graphs") is None for r in read_step_log(runs[zero, "torch"]).values())
+
+
+def test_a_resumed_run_continues_the_compiled_update_bit_for_bit(runs, tmp_path):
+    run_dir = str(tmp_path / "run")
+    args = COMMON + ["--zero-stage", "1", "--run-dir", run_dir, "--override", "optimizer.update=compiled"]
+    out = run(2, args + ["--exit-interval", "3"], str(tmp_path / "a"))
+    assert "stopping: reached --exit-interval 3" in out and latest(run_dir) == "step00000003"
+    run(2, args, str(tmp_path / "b"))
+    assert losses(run_dir) == losses(runs[1, "compiled"])
