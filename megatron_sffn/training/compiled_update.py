@@ -49,7 +49,14 @@ def adamw_update(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], 
 class CompiledAdamW:
     """The compiled update of each parameter group, and its device learning rate."""
 
+    # graphs of adamw_update per process: 2 parameter groups x (guided model, after the drop) x
+    # (with, without a clip factor), and more where tests build many optimizers; Dynamo's default
+    # limit (8) would silently run the update eagerly past it
+    RECOMPILE_LIMIT = 64
+
     def __init__(self):
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, self.RECOMPILE_LIMIT)
         self._compiled = torch.compile(adamw_update, fullgraph=True, dynamic=False)
         self._lr: Dict[int, torch.Tensor] = {}
 
