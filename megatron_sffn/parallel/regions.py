@@ -15,6 +15,8 @@ behaviour before, kept for comparison (benchmarks/diagnostics/bench_host_overhea
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -64,14 +66,19 @@ class _ColumnProduct(torch.autograd.Function):
     its backward gathers nothing.
 
     With an FP8 recipe the three GEMMs run through fp8/products.py, the collectives unchanged
-    (they move bf16: the casts happen on each side of them)."""
+    (they move bf16: the casts happen on each side of them).
+
+    bias (bf16 products only): this rank's shard of the layer's bias, added by the GEMM's
+    epilogue (cuBLAS's addmm) instead of a separate pass over the output; its gradient is dy
+    summed over all the tokens this rank's output covers."""
 
     @staticmethod
-    def forward(ctx, x, weight, group, size, sequence, cast_dtype, keep_gathered, recipe=None):
+    def forward(ctx, x, weight, group, size, sequence, cast_dtype, keep_gathered, recipe=None, bias=None):
         ctx.in_dtypes = (x.dtype, weight.dtype)
         ctx.group, ctx.size, ctx.recipe = group, size, recipe
         ctx.regather = sequence and not keep_gathered
         ctx.sequence = sequence
+        ctx.bias_dtype = None if bias is None else bias.dtype
         if cast_dtype is not None:
             x, weight = x.to(cast_dtype), weight.to(cast_dtype)
         full = gather_tokens([x], group, size)[0] if sequence else x
@@ -80,7 +87,7 @@ class _ColumnProduct(torch.autograd.Function):
             if recipe is not None:
                 y = fp8.forward_gemm(full.reshape(-1, full.shape[-1]), weight, recipe, full.dtype)
                 return y.reshape(*full.shape[:-1], y.shape[-1])
-            return F.linear(full, weight)
+            return F.linear(full, weight, None if bias is None else bias.to(full.dtype))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -113,7 +120,10 @@ class _ColumnProduct(torch.autograd.Function):
                 work.wait()
         if grad_x is not None:
             grad_x = grad_x.to(ctx.in_dtypes[0])
-        return grad_x, grad_w, None, None, None, None, None, None
+        grad_bias = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[8]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return grad_x, grad_w, None, None, None, None, None, None, grad_bias
 
 
 def _input_grad(g: torch.Tensor, weight: torch.Tensor, recipe) -> torch.Tensor:
@@ -138,40 +148,54 @@ def _recipe_for(x: torch.Tensor, weight: torch.Tensor, tokens_factor: int):
     return recipe if fp8.fits(tokens, weight.shape[1], weight.shape[0]) else None
 
 
-def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool = False
-                   ) -> torch.Tensor:
+def column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool = False,
+                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """enter_tensor_region(x) @ weight^T for a 2-D (out_local, in) weight, overlapped in backward.
-    keep_gathered: under SP keep all tokens of x for backward instead of gathering them again."""
+    keep_gathered: under SP keep all tokens of x for backward instead of gathering them again.
+    bias: this rank's bias shard, added in the GEMM's epilogue (tensor-parallel bf16 products
+    only: bias_in_column_product says where)."""
     if not tp.enabled:
-        return fp8.linear(x, weight)
-    return _parallel_column_product(tp, x, weight, keep_gathered)
+        return fp8.linear(x, weight) if bias is None else F.linear(x, weight, bias.to(x.dtype))
+    return _parallel_column_product(tp, x, weight, keep_gathered, bias)
 
 
-def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool
-                             ) -> torch.Tensor:
+def bias_in_column_product(tp: TensorParallel, weight: torch.Tensor) -> bool:
+    """Whether column_product can take a bias under tensor parallelism: bf16 products (an FP8
+    weight keeps the separate add there)."""
+    return tp.enabled and fp8.fp8_recipe_of(weight) is None
+
+
+def _parallel_column_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor, keep_gathered: bool,
+                             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     if tp.sequence_sharded and not keep_gathered and tracing():
-        return _regathered_product_in_graph(tp, x, weight)
+        return _regathered_product_in_graph(tp, x, weight, bias)
     recipe = _recipe_for(x, weight, tp.size if tp.sequence_sharded else 1)
+    if bias is not None and recipe is not None:
+        raise ValueError("column_product takes a bias for bf16 products only (bias_in_column_product)")
     return _ColumnProduct.apply(x, weight, tp.group, tp.size, tp.sequence_sharded, _autocast_dtype(x),
-                                keep_gathered, recipe)
+                                keep_gathered, recipe, bias)
 
 
-def _regathered_product_in_graph(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _regathered_product_in_graph(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor,
+                                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """_ColumnProduct's memory under torch.compile with SP. Traced, its backward re-gather is
     a collective the partitioner never recomputes, so the graph would keep the whole gathered
     d-wide input for the weight gradient (what SP is meant to save: +8% of a dense TP2 SP
     block's saved bytes, measured). A selective checkpoint of just this product marks the
     all-gather to be recomputed in backward from the token shard instead, as eager does."""
     from torch.utils.checkpoint import checkpoint
-    return checkpoint(_gathered_product, tp, x, weight, use_reentrant=False, context_fn=_recompute_the_gather)
+    return checkpoint(_gathered_product, tp, x, weight, bias, use_reentrant=False, context_fn=_recompute_the_gather)
 
 
-def _gathered_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _gathered_product(tp: TensorParallel, x: torch.Tensor, weight: torch.Tensor,
+                      bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     cast_dtype = _autocast_dtype(x)
     if cast_dtype is not None:  # gather in the product's dtype, as _ColumnProduct does
         x, weight = x.to(cast_dtype), weight.to(cast_dtype)
     full = gather_from_sequence(tp, x)
     with torch.autocast(x.device.type, enabled=False):
+        if bias is not None:
+            return F.linear(full, weight, bias.to(full.dtype))
         return fp8.linear(full, weight)
 
 

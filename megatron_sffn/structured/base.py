@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..fp8 import products as fp8_products
 from ..fp8.products import fp8_recipe_of
 from ..parallel.mappings import TensorParallel
-from ..parallel.regions import column_product, enter_tensor_region, leave_tensor_region
+from ..parallel.regions import bias_in_column_product, column_product, enter_tensor_region, leave_tensor_region
 
 MODES = ("column", "row")
 
@@ -116,15 +116,17 @@ class LinearMap(nn.Module):
 
     def forward_with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> Optional[torch.Tensor]:
         """forward(x) + bias with the bias added by the last GEMM's epilogue (cuBLAS's addmm, or
-        _scaled_mm's for a tensorwise FP8 product), or None where that cannot be
-        (tensor-parallel, block-diagonal last factor, rowwise FP8). A separate add would write
-        the f-wide pre-activation once more and read it back: 2.1 ms of a 1.3B lowrank step on
-        an H100 (docs/performance.md, the ledger)."""
-        if self.tp.enabled:
-            return None
+        _scaled_mm's for a tensorwise FP8 product; under tensor parallelism, column mode's bias
+        shard in the region's product), or None where that cannot be (row mode under tensor
+        parallelism, whose bias comes after the reduction; block-diagonal last factor; rowwise
+        FP8; FP8 under tensor parallelism). A separate add would write the f-wide
+        pre-activation once more and read it back: 2.1 ms of a 1.3B lowrank step on an H100
+        (docs/performance.md, the ledger)."""
         weight = self.output_weight()  # on one rank, column or row: the last factor, a 2-D one
         if weight is None:
             return None
+        if self.tp.enabled:  # column mode's shard of the bias, in the region's own product
+            return self._column_product_with_bias(x, weight, bias)
         fp8 = fp8_recipe_of(weight) is not None
         tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0  # the last GEMM's input has x's tokens
         if fp8 and not fp8_products.bias_epilogue_applies(weight, tokens, fp8_products.output_dtype(x)):
@@ -135,6 +137,18 @@ class LinearMap(nn.Module):
         if fp8:
             return fp8_products.linear_with_bias(inputs[0], weight, bias)
         return F.linear(inputs[0], weight, bias.to(inputs[0].dtype))
+
+    def _column_product_with_bias(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+                                  ) -> Optional[torch.Tensor]:
+        """Under tensor parallelism: column mode's forward with its bias shard in the product's
+        epilogue (bf16 products), or None (row mode adds the bias after the reduction)."""
+        if self.mode != "column" or not bias_in_column_product(self.tp, weight):
+            return None
+        inputs = self.region_inputs(x)
+        if len(inputs) != 1:
+            return None
+        narrower = inputs[0].shape[-1] < self.in_features  # as forward keeps the bottleneck whole
+        return column_product(self.tp, inputs[0], weight, keep_gathered=narrower, bias=bias)
 
     def load_full(self, full: Dict[str, torch.Tensor]) -> None:
         load_full_tensors(self, full, self.tp)

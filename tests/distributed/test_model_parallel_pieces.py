@@ -49,6 +49,17 @@ def test_ffn_collectives_are_bounded_by_the_bottleneck(checks, kind):
         assert expected * 4 == checks["traffic"]["dense"]["forward"]["bytes"]  # r = d / 4
 
 
+@pytest.mark.parametrize("case", ["dense", "lowrank", "blockdense", "blockshuffle", "dense_sp", "lowrank_sp",
+                                  "blockdense_sp", "blockshuffle_sp"])
+def test_column_parallel_layers_take_their_bias_shard_into_the_product(checks, case):
+    """Under tensor parallelism (and SP) a column-parallel layer whose last factor is dense adds
+    its bias shard in the region's GEMM (no separate pass over the output), with the output and
+    every gradient of the product plus a separate add; a block-diagonal last factor keeps the add."""
+    result = checks["column_bias"][case]
+    assert result["fused"] == (not case.startswith("blockshuffle")), result
+    assert result["max_rel_diff"] < 1e-5 and result["bias_grad_nonzero"], result
+
+
 @pytest.mark.parametrize("case,field", [
     ("world_not_tensor_x_pipe_x_data", "parallel.tensor x parallel.pipeline"),
     ("more_stages_than_blocks", "parallel.pipeline"),

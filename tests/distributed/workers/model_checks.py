@@ -8,6 +8,9 @@ Rank 0 writes <out>/model_checks.pt with
              torch.distributed.all_reduce (every tensor-parallel mapping goes through it)
   errors     the ConfigError message of each bad layout, and how many process groups were
              created before it was raised
+  column_bias per FFN kind, tensor 2 with and without SP: does fc1 (column-parallel) take
+             its bias shard into the region's product (forward_with_bias not None), and how
+             far are its output and gradients from the product followed by a separate add
 """
 import argparse
 import dataclasses
@@ -92,6 +95,31 @@ def ffn_traffic(kind: str, guided: bool) -> dict:
             "rank": m.ffn.rank, "tokens": TOKENS}
 
 
+def column_bias(kind: str, sequence_parallel: bool) -> dict:
+    cfg = tiny_config(kind, tensor=2, pipe=1, sequence_parallel=sequence_parallel)
+    state = build_parallel_state(cfg)
+    ffn = FeedForward(cfg.model, 1, state.tp, False, None)  # layer 1: structured
+    initialize_piece(ffn, "blocks.1.ffn", SEED, 0.02, "paper")
+    with torch.no_grad():
+        ffn.fc1.bias.normal_(0, 0.1)
+    tokens = 16 // 2 if sequence_parallel else 16  # SP: this rank's token shard
+    x0 = torch.randn(2, tokens, cfg.model.hidden_size, generator=torch.Generator().manual_seed(state.rank))
+    layer = ffn.fc1
+    results = []
+    for run in (layer, lambda x: layer.add_bias(layer.forward_unbiased(x))):  # the layer's own path, the add
+        layer.zero_grad()
+        x = x0.clone().requires_grad_()
+        y = run(x)
+        y.square().sum().backward()
+        results.append([y.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()])
+    fused, separate = results
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(fused, separate))
+    with torch.no_grad():
+        fused_here = layer.structure.forward_with_bias(x0, layer.bias) is not None
+    return {"fused": fused_here, "max_rel_diff": worst,
+            "bias_grad_nonzero": bool(fused[-1].abs().sum() > 0) if layer.bias is not None else False}
+
+
 def layout_error(cfg) -> dict:
     created = []
     original = dist.new_group
@@ -117,7 +145,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     init_distributed()
-    results = {"pipeline": {}, "traffic": {}, "errors": {}}
+    results = {"pipeline": {}, "traffic": {}, "errors": {}, "column_bias": {}}
 
     base = tiny_config("lowrank", tensor=1, pipe=1)
     untied = dataclasses.replace(base, model=dataclasses.replace(base.model, tie_embeddings=False, norm="rmsnorm",
@@ -130,6 +158,9 @@ def main():
     for kind in ("dense", "lowrank", "blockdense", "blockshuffle"):
         results["traffic"][kind] = ffn_traffic(kind, guided=False)
     results["traffic"]["lowrank_guided"] = ffn_traffic("lowrank", guided=True)
+    for kind in ("dense", "lowrank", "blockdense", "blockshuffle"):
+        for sp in (False, True):
+            results["column_bias"][f"{kind}{'_sp' if sp else ''}"] = column_bias(kind, sp)
 
     bad = {
         "world_not_tensor_x_pipe_x_data": tiny_config("lowrank", tensor=2, pipe=2),
