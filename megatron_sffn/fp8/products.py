@@ -31,6 +31,11 @@ from .scaling import quantize
 ALIGNMENT = 16
 
 
+def tokens_of(x: torch.Tensor) -> int:
+    """Rows of the GEMM x takes part in: every dimension but the last (0 for an empty last one)."""
+    return x.numel() // x.shape[-1] if x.shape[-1] else 0
+
+
 def fits(tokens: int, in_features: int, out_features: int) -> bool:
     """Whether a (tokens x in) @ (in x out) product and its two gradients can run in FP8."""
     return all(n % ALIGNMENT == 0 and n > 0 for n in (tokens, in_features, out_features))
@@ -191,7 +196,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def fp8_product(x: torch.Tensor, weight: torch.Tensor, recipe: Fp8Recipe) -> Optional[torch.Tensor]:
     """x @ W^T (2-D W) or blockdiag(W) x (3-D W) with FP8 operands; None when this call's
     shape cannot run in FP8 (e.g. a decode step's few tokens), so the caller runs it in bf16."""
-    tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    tokens = tokens_of(x)
     if weight.dim() == 2:
         if not fits(tokens, weight.shape[1], weight.shape[0]):
             return None

@@ -144,7 +144,7 @@ def _recipe_for(x: torch.Tensor, weight: torch.Tensor, tokens_factor: int):
     recipe = fp8.fp8_recipe_of(weight)
     if recipe is None:
         return None
-    tokens = tokens_factor * (x.numel() // x.shape[-1] if x.shape[-1] else 0)
+    tokens = tokens_factor * fp8.tokens_of(x)
     return recipe if fp8.fits(tokens, weight.shape[1], weight.shape[0]) else None
 
 

@@ -106,9 +106,7 @@ class LinearMap(nn.Module):
             inputs = self.region_inputs(x)
             weight = self.output_weight()
             if weight is not None and len(inputs) == 1:
-                # a bottleneck narrower than the input (structured z, T x r) is kept whole for backward
-                narrower = inputs[0].shape[-1] < self.in_features
-                return column_product(self.tp, inputs[0], weight, keep_gathered=narrower)
+                return self._last_column_product(inputs[0], weight)
             inside = enter_tensor_region(self.tp, *inputs)
             return self.region_outputs(list(inside) if isinstance(inside, tuple) else [inside])
         reduced = leave_tensor_region(self.tp, *self.partials(x))
@@ -128,8 +126,8 @@ class LinearMap(nn.Module):
         if self.tp.enabled:  # column mode's shard of the bias, in the region's own product
             return self._column_product_with_bias(x, weight, bias)
         fp8 = fp8_recipe_of(weight) is not None
-        tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0  # the last GEMM's input has x's tokens
-        if fp8 and not fp8_products.bias_epilogue_applies(weight, tokens, fp8_products.output_dtype(x)):
+        # the last GEMM's input has x's tokens
+        if fp8 and not fp8_products.bias_epilogue_applies(weight, fp8_products.tokens_of(x), fp8_products.output_dtype(x)):
             return None
         inputs = self.region_inputs(x)
         if len(inputs) != 1:
@@ -147,8 +145,14 @@ class LinearMap(nn.Module):
         inputs = self.region_inputs(x)
         if len(inputs) != 1:
             return None
-        narrower = inputs[0].shape[-1] < self.in_features  # as forward keeps the bottleneck whole
-        return column_product(self.tp, inputs[0], weight, keep_gathered=narrower, bias=bias)
+        return self._last_column_product(inputs[0], weight, bias)
+
+    def _last_column_product(self, z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+                             ) -> torch.Tensor:
+        """Column mode's one region input times the last factor, fused with the region's edge
+        (column_product); a bottleneck narrower than the input (structured z, T x r) is kept
+        whole for backward."""
+        return column_product(self.tp, z, weight, keep_gathered=z.shape[-1] < self.in_features, bias=bias)
 
     def load_full(self, full: Dict[str, torch.Tensor]) -> None:
         load_full_tensors(self, full, self.tp)

@@ -58,12 +58,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-
-from .compiled_update import CompiledAdamW
 import torch.nn as nn
 
 from ..config import OptimizerConfig
 from ..parallel.collectives import all_gather_single, reduce_scatter_single
+from .compiled_update import CompiledAdamW
 from .optimizer import param_groups
 
 STATE_FORMAT = "megatron_sffn.fused_adamw/1"
@@ -151,7 +150,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._adam_cache: Optional[List] = None  # _adam_lists
         self._lows_cache: Optional[List[List[torch.Tensor]]] = None  # _group_lows
         # optimizer.update = "compiled": AdamW and the bf16 write in one Inductor pass (compiled_update.py)
-        self._compiled_update = CompiledAdamW() if getattr(cfg, "update", "torch") == "compiled" else None
+        self._compiled_update = CompiledAdamW() if cfg.update == "compiled" else None
         self._to_save: Optional[Dict] = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -407,10 +406,14 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         """(bf16 destinations, fp32 sources) of the write-back; fixed once built."""
         return [p for g in self.fp16_groups for p in g], [m for g in self.fp32_groups for m in g]
 
-    def _write_back(self) -> None:
+    def _write_back_targets(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """_write_back_pairs, built once."""
         if self._write_back_lists is None:
             self._write_back_lists = self._write_back_pairs()
-        lows, highs = self._write_back_lists
+        return self._write_back_lists
+
+    def _write_back(self) -> None:
+        lows, highs = self._write_back_targets()
         if lows:
             torch._foreach_copy_(lows, highs)
         self._share_weights()
@@ -422,7 +425,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         """Each AdamW group's bf16 destinations in the group's master order (the compiled update
         writes them); fixed once built, like the lists."""
         if self._lows_cache is None:
-            lows, highs = self._write_back_pairs()
+            lows, highs = self._write_back_targets()
             low_of = {id(high): low.detach() for low, high in zip(lows, highs)}
             self._lows_cache = [[low_of[id(master)] for master in params] for _, params, *_ in lists]
         return self._lows_cache
