@@ -135,8 +135,7 @@ def launcher_argv(config: str, mode: str, run_dir: str, args, tensor: int = 1, d
             "--eval-interval", str(10 ** 9), "--no-save"]
     # explicit, not the config's "auto": eager means eager on a GPU too, and no CUDA graphs
     argv += ["--compile" if mode in COMPILED else "--no-compile", "--no-cuda-graphs"]
-    if sequence_parallel:
-        argv.append("--sequence-parallel")
+    argv.append("--sequence-parallel" if sequence_parallel else "--no-sequence-parallel")  # explicit, not "auto"
     for o in tiny_overrides(config, args):
         argv += ["--override", o]
     return argv

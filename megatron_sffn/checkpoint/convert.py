@@ -136,7 +136,10 @@ def target_config(config: Dict, tensor: int, pipeline: int, data: int, zero_stag
     """The run config with a new layout, validated against the model (one error naming the flags)."""
     from ..parallel.ds_config import check_engine_support
     raw = copy.deepcopy(config)
-    raw.setdefault("parallel", {}).update(tensor=tensor, pipeline=pipeline, zero_stage=zero_stage)
+    parallel = raw.setdefault("parallel", {})
+    if parallel.get("tensor", 1) != tensor:  # sequence parallelism is a speed choice of the source's tensor size:
+        parallel["sequence_parallel"] = "auto"  # the new size decides again (the numbers are the same)
+    parallel.update(tensor=tensor, pipeline=pipeline, zero_stage=zero_stage)
     raw.setdefault("output", {})["run_dir"] = run_dir
     training = raw.setdefault("training", {})
     for key in ("compile", "cuda_graphs"):   # "on" was resolved for the source's machine and layout:

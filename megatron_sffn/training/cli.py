@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--micro-batch-size and --sequence-parallel given beside it win")
     p.add_argument("--gpu-memory-gb", type=float, default=None,
                    help="with --layout auto: memory per GPU in GB = 2^30 bytes (default: the GPU's own)")
-    p.add_argument("--sequence-parallel", action="store_true", default=None,
-                   help="shard norms and residuals along the sequence over the tensor group "
-                        "(sets parallel.sequence_parallel; needs --tensor-parallel > 1 to matter)")
+    p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+                   help="shard norms and residuals along the sequence over the tensor group, or not "
+                        "(sets parallel.sequence_parallel; default auto: on wherever --tensor-parallel > 1 "
+                        "allows it)")
     p.add_argument("--no-save", action="store_true", default=None,
                    help="write no checkpoints (sets output.checkpoints=false), e.g. for benchmarks")
     p.add_argument("--data-path", nargs="+", default=None, metavar="PREFIX",
@@ -125,8 +126,8 @@ def overrides_from_args(args: argparse.Namespace) -> List[str]:
         overrides.append(f"training.profile.ranks={json.dumps(args.profile_ranks)}")
     if args.no_save:
         overrides.append("output.checkpoints=false")
-    if args.sequence_parallel:
-        overrides.append("parallel.sequence_parallel=true")
+    if args.sequence_parallel is not None:
+        overrides.append(f"parallel.sequence_parallel={json.dumps(args.sequence_parallel)}")
     if args.data_path:
         overrides += data_path_overrides(args.data_path)
     return overrides

@@ -142,7 +142,8 @@ class Trainer:
                f"{plan.repeat_steps} repeat steps, reduce_flop={cfg.self_guided.reduce_flop}"
                if cfg.self_guided.enabled else ""),
             f"layout     world {st.world_size} = tensor {st.tensor_size} x pipeline {st.pipe_size} x data "
-            f"{st.data_size} | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
+            f"{st.data_size}" + (f", sequence parallel: {self.sequence_parallel_state()}" if st.tensor_size > 1 else "")
+            + f" | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
             f"{cfg.optimizer.implementation}" + (", update compiled" if cfg.optimizer.update == "compiled" else "")
             + (" | torch.compile of the blocks" if cfg.training.compile else "")
             + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
@@ -170,13 +171,19 @@ class Trainer:
         self.logger.config({**cfg.to_dict(), "resolved_data": {"paths": self.feed.prefixes,
                                                                "tokenizer": self.feed.tokenizer_path}})
 
+    def sequence_parallel_state(self) -> str:
+        """on (auto, tensor > 1) | off (auto: ZeRO 3) | off (parallel.sequence_parallel = false)"""
+        why = getattr(self.cfg.parallel, "chosen_because", "")
+        return ("on" if self.state.tp.sequence_sharded else "off") + (f" ({why})" if why else "")
+
     def layout_hints(self) -> List[str]:
-        """What the layout leaves on the table that one flag takes back."""
+        """What the layout leaves on the table."""
         st = self.state
         if st.tensor_size > 1 and not st.tp.sequence_sharded:
+            how = ("--sequence-parallel shards them" if not getattr(self.cfg.parallel, "chosen_because", "").startswith("auto")
+                   else "a tensor size dividing model.seq_length, and ZeRO below 3, let auto shard them")
             return [f"hint       tensor {st.tensor_size} without sequence parallelism: every tensor rank repeats the "
-                    "norms and residual adds on all tokens; --sequence-parallel shards them (docs/performance.md, "
-                    "Tensor parallelism)"]
+                    f"norms and residual adds on all tokens; {how} (docs/performance.md, Tensor parallelism)"]
         return []
 
     def speed_line(self) -> str:

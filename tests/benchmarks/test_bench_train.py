@@ -26,7 +26,8 @@ COMMANDS = {
                    "--variant", "same:training.seed=1234", "--variant", "fast:optimizer.lr=0.01", "--out", OUT],
     "guided": ["--smoke", "--modes", "eager", "--guided", "--steps", "8", "--warmup", "1", "--out", OUT],
     "emulate": ["--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "4", "--emulate",
-                "--override", "parallel.tensor=2", "--variant", "sp:parallel.sequence_parallel=true", "--out", OUT],
+                "--override", "parallel.tensor=2", "--override", "parallel.sequence_parallel=false",
+                "--variant", "sp:parallel.sequence_parallel=true", "--out", OUT],
     "emulate_stage": ["--smoke", "--configs", TINY, "--modes", "eager", "--nproc", "2", "--emulate", "1",
                       "--override", "parallel.pipeline=2", "--out", OUT],
 }

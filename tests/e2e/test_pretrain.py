@@ -331,8 +331,9 @@ def test_deepspeed_launcher_runs_the_main_job(tmp_path):
                            "--run-dir", run_dir], cwd=ROOT, env=base_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "layout     world 2 = tensor 2 x pipeline 1 x data 1" in proc.stdout
-    assert "hint       tensor 2 without sequence parallelism" in proc.stdout  # the flag that takes it back
+    # sequence parallelism is on by default wherever tensor > 1 allows it, and the banner says why
+    assert "layout     world 2 = tensor 2 x pipeline 1 x data 1, sequence parallel: on (auto, tensor > 1)" in proc.stdout
+    assert "without sequence parallelism" not in proc.stdout
     assert "done: 4 steps" in proc.stdout
     assert latest(run_dir) == "step00000004"
     assert json.load(open(os.path.join(run_dir, "checkpoints", "step00000004", "meta.json")))["layout"]["tensor"] == 2

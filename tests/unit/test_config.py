@@ -335,3 +335,30 @@ def test_profile_flags_set_the_profile_section_and_its_errors_name_the_key():
     assert "'training.profile.start_step' = 0" in error_of(base(), ["training.profile.start_step=0"])
     assert "outside this world of 2" in error_of(base(), ["training.profile.ranks=[0, 2]"], world_size=2)
     assert "non-empty list" in error_of(base(), ["training.profile.ranks=[]"])
+
+
+def test_sequence_parallel_auto_is_on_wherever_tensor_allows_it():
+    """Without sequence parallelism every tensor rank repeats the norms and residual adds on all
+    tokens (docs/performance.md): "auto" turns it on at tensor > 1 unless the tensor size does not
+    divide the sequence or ZeRO 3 partitions the replicated weights; it says why either way; an
+    explicit value is kept; a config written for another machine says "auto" again."""
+    from megatron_sffn.config import config_for_another_machine
+    one = config_from_dict(base())
+    assert one.parallel.sequence_parallel is False and one.parallel.chosen_because == "auto: tensor 1"
+    tp = config_from_dict(base(), ["parallel.tensor=2"])
+    assert tp.parallel.sequence_parallel is True and tp.parallel.chosen_because == "auto, tensor > 1"
+    assert tp.to_dict()["parallel"]["sequence_parallel"] is True                      # saved: what ran
+    assert config_for_another_machine(tp)["parallel"]["sequence_parallel"] == "auto"
+    odd = config_from_dict(base(model={"seq_length": 30}), ["parallel.tensor=4"])
+    assert odd.parallel.sequence_parallel is False
+    assert odd.parallel.chosen_because == "auto: tensor 4 does not divide model.seq_length 30"
+    zero3 = config_from_dict(base(), ["parallel.tensor=2", "parallel.zero_stage=3"])
+    assert (zero3.parallel.sequence_parallel, zero3.parallel.chosen_because) == (False, "auto: ZeRO 3")
+    off = config_from_dict(base(), ["parallel.tensor=2", "parallel.sequence_parallel=false"])
+    assert off.parallel.sequence_parallel is False
+    assert off.parallel.chosen_because == "parallel.sequence_parallel = false"
+    assert config_for_another_machine(off)["parallel"]["sequence_parallel"] is False
+    assert "'parallel.tensor' = 4 must divide 'model.seq_length' = 30" in error_of(
+        base(model={"seq_length": 30}), ["parallel.tensor=4", "parallel.sequence_parallel=true"])
+    assert "config key 'parallel.sequence_parallel' = 'yes' must be true, false or \"auto\"" in error_of(
+        base(), ['parallel.sequence_parallel="yes"'])

@@ -57,6 +57,9 @@ def test_cli_shortcuts_become_overrides():
     cfg = config_from_dict(data, overrides)
     assert cfg.training.train_steps == 7 and cfg.training.train_tokens is None
     assert cfg.data.paths == ["a", "b"] and cfg.data.weights == [0.7, 0.3] and cfg.model.ffn.rank == 4
+    assert "parallel.sequence_parallel=false" in parse(["--config", "c.json", "--no-sequence-parallel"])[1]
+    assert "parallel.sequence_parallel=true" in parse(["--config", "c.json", "--sequence-parallel"])[1]
+    assert not any("sequence_parallel" in o for o in overrides)  # neither flag: the config's ("auto")
 
 
 def test_sigterm_sets_the_stop_flag_instead_of_killing():

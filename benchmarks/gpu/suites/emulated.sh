@@ -46,7 +46,7 @@ compute_tensor_parallel() {  # SUFFIX [OVERRIDE ...]: the compute set's TP2 SP, 
   local suffix=$1; shift
   emulate "compute_1p3b_tp2sp$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 \
       parallel.sequence_parallel=true "$@"
-  emulate "compute_1p3b_tp2$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 "$@"
+  emulate "compute_1p3b_tp2$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=2 parallel.sequence_parallel=false "$@"
   emulate "compute_1p3b_tp4sp$suffix" configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4 \
       parallel.sequence_parallel=true "$@"
 }
@@ -56,24 +56,24 @@ for set in "${sets[@]}"; do
   echo "== set $set $(date +%T)"
   case $set in
     memory)  # side by side in waves that fit 141 GB together
-      emulate mem_6p7b_lowrank_tp4 configs/6p7b_lowrank.json eager 16 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_lowrank_tp4 configs/6p7b_lowrank.json eager 16 1 3 1 "$N" parallel.tensor=4 parallel.sequence_parallel=false &
       emulate mem_6p7b_lowrank_tp4sp configs/6p7b_lowrank.json eager 16 1 3 1 "$N" parallel.tensor=4 \
           parallel.sequence_parallel=true &
       emulate mem_1p3b_lowrank_tp2sp_compiled configs/1p3b_lowrank.json compile 8 4 6 2 parallel.tensor=2 \
           parallel.sequence_parallel=true &
       wait
-      emulate mem_6p7b_dense_tp4 configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_dense_tp4 configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 parallel.sequence_parallel=false &
       emulate mem_6p7b_dense_tp4sp configs/6p7b_dense.json eager 16 1 3 1 "$N" parallel.tensor=4 \
           parallel.sequence_parallel=true &
       wait ;;
     sp_slope)  # the SP saving's micro-batch dependence: 6.7B lowrank TP4 at 8 and 32 (16 is in memory)
-      emulate mem_6p7b_lowrank_tp4_mb32 configs/6p7b_lowrank.json eager 32 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_lowrank_tp4_mb32 configs/6p7b_lowrank.json eager 32 1 3 1 "$N" parallel.tensor=4 parallel.sequence_parallel=false &
       emulate mem_6p7b_lowrank_tp4sp_mb8 configs/6p7b_lowrank.json eager 8 1 3 1 "$N" parallel.tensor=4 \
           parallel.sequence_parallel=true &
       wait
       emulate mem_6p7b_lowrank_tp4sp_mb32 configs/6p7b_lowrank.json eager 32 1 3 1 "$N" parallel.tensor=4 \
           parallel.sequence_parallel=true &
-      emulate mem_6p7b_lowrank_tp4_mb8 configs/6p7b_lowrank.json eager 8 1 3 1 "$N" parallel.tensor=4 &
+      emulate mem_6p7b_lowrank_tp4_mb8 configs/6p7b_lowrank.json eager 8 1 3 1 "$N" parallel.tensor=4 parallel.sequence_parallel=false &
       emulate mem_1p3b_lowrank_tp2sp_compiled configs/1p3b_lowrank.json compile 8 4 6 2 parallel.tensor=2 \
           parallel.sequence_parallel=true &
       wait ;;
@@ -87,7 +87,7 @@ for set in "${sets[@]}"; do
     python_wrapper)
       compute_tensor_parallel _python_wrapper training.cpp_wrapper=false ;;
     regions)
-      for case in "tp4sp g1 parallel.tensor=4 parallel.sequence_parallel=true" "tp2 g1 parallel.tensor=2" "dp4 g4"; do
+      for case in "tp4sp g1 parallel.tensor=4 parallel.sequence_parallel=true" "tp2 g1 parallel.tensor=2 parallel.sequence_parallel=false" "dp4 g4"; do
         read -r name other overrides <<< "$case"
         # shellcheck disable=SC2086  # the overrides are words without spaces
         VARIANT="$other:training.blocks_per_region=${other#g}" emulate "regions_1p3b_$name" configs/1p3b_lowrank.json \

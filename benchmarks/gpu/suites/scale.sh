@@ -24,9 +24,9 @@
 #              128: 16 micro-batches per pipeline); ~8 minutes
 #   sp_memory  6.7B lowrank TP4, micro-batch 16, sequence parallelism off and on (peak memory), eager,
 #              3 steps
-TP2='tp2:parallel.tensor=2' TP2SP='tp2sp:parallel.tensor=2;parallel.sequence_parallel=true'
-TP4='tp4:parallel.tensor=4' TP4SP='tp4sp:parallel.tensor=4;parallel.sequence_parallel=true'
-TP2PP2='tp2pp2:parallel.tensor=2;parallel.pipeline=2'
+TP2='tp2:parallel.tensor=2;parallel.sequence_parallel=false' TP2SP='tp2sp:parallel.tensor=2;parallel.sequence_parallel=true'
+TP4='tp4:parallel.tensor=4;parallel.sequence_parallel=false' TP4SP='tp4sp:parallel.tensor=4;parallel.sequence_parallel=true'
+TP2PP2='tp2pp2:parallel.tensor=2;parallel.pipeline=2;parallel.sequence_parallel=false'
 TP2PP2SP='tp2pp2sp:parallel.tensor=2;parallel.pipeline=2;parallel.sequence_parallel=true'
 PP4='pp4:parallel.pipeline=4'
 
@@ -56,7 +56,7 @@ layouts_2gpu() {
   CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --nproc 1 \
       "${common[@]}" --out "$out/train_1gpu.json" 2>&1 | grep -v "^\[20" | tail -3
   python3 benchmarks/bench_train.py --configs configs/1p3b_lowrank.json --nproc 2 "${common[@]}" \
-      --variant 'tp2:parallel.tensor=2' --variant 'pp2:parallel.pipeline=2' \
+      --variant 'tp2:parallel.tensor=2;parallel.sequence_parallel=false' --variant 'pp2:parallel.pipeline=2' \
       --out "$out/train_2gpu.json" 2>&1 | grep -v "^\[20" | tail -6
   for kind in lowrank dense; do
     python3 benchmarks/bench_scaling.py --config configs/1p3b_$kind.json --sweep 2x1x1 --steps 10 --warmup 5 \
@@ -105,7 +105,7 @@ for set in "$@"; do
             --micro-batch-size 8 --grad-accumulation 4 --steps 6 --warmup 3 "${overrides[@]}" \
             --keep-logs "$out/logs_traced_$name" --out "$out/traced_$name.json" 2>&1 | tail -2
       done ;;
-    sp_memory) x4=1; bench sp_memory configs/6p7b_lowrank.json 16 1 3 1 o:parallel.tensor=4 "$TP4SP" ;;
+    sp_memory) x4=1; bench sp_memory configs/6p7b_lowrank.json 16 1 3 1 o:parallel.tensor=4 o:parallel.sequence_parallel=false "$TP4SP" ;;
     *) echo "error: unknown set '$set' of suite 'scale' (layouts_2gpu fused_dp_1 fused_dp_2 1p3b 1p3b_dense 6p7b" \
             "6p7b_dense compiled traced sp_memory)" >&2; exit 2 ;;
   esac
