@@ -585,6 +585,8 @@ def validate_model(m: ModelConfig, tp: int) -> None:
 def validate(cfg: Config, world_size: Optional[int] = None) -> None:
     """Cheap checks only: everything here runs before any process group or tensor exists."""
     p, t, s = cfg.parallel, cfg.training, cfg.self_guided
+    if p.sequence_parallel == "auto":  # a Config built in code, not through config_from_dict
+        resolve_sequence_parallel(cfg)
     _positive(p.tensor, "parallel.tensor")
     _positive(p.pipeline, "parallel.pipeline")
     _choice(p.zero_stage, (0, 1, 2, 3), "parallel.zero_stage")

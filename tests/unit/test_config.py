@@ -362,3 +362,8 @@ def test_sequence_parallel_auto_is_on_wherever_tensor_allows_it():
         base(model={"seq_length": 30}), ["parallel.tensor=4", "parallel.sequence_parallel=true"])
     assert "config key 'parallel.sequence_parallel' = 'yes' must be true, false or \"auto\"" in error_of(
         base(), ['parallel.sequence_parallel="yes"'])
+    from megatron_sffn.config import validate
+    built = config_from_dict(base(), ["parallel.tensor=2"])
+    built.parallel.sequence_parallel = "auto"   # a Config made in code: validate resolves it too
+    validate(built)
+    assert built.parallel.sequence_parallel is True
