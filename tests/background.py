@@ -13,6 +13,10 @@ import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-command")
+# commands that spend most of their time asleep (a launch that stops on an input error: its silent
+# ranks wait out training/early_errors.py's SILENT_RANK_GRACE_S before they exit) use almost no CPU
+# while they wait, so several share the cores
+_WAITING_POOL = ThreadPoolExecutor(max_workers=6, thread_name_prefix="test-waiting-command")
 
 
 def start(cmd, timeout: float, cwd: str, env=None) -> Future:
@@ -28,6 +32,12 @@ def submit(fn, *args, **kwargs) -> Future:
     """fn(*args, **kwargs) in the same background pool (a test whose commands must run side by side
     submits one function that starts them all)."""
     return _track(_POOL.submit(fn, *args, **kwargs))
+
+
+def submit_waiting(fn, *args, **kwargs) -> Future:
+    """fn(*args, **kwargs) in a wider pool (six at once), for commands that mostly sleep: each does
+    seconds of start-up and then waits out a grace period, so two at a time would leave the cores idle."""
+    return _track(_WAITING_POOL.submit(fn, *args, **kwargs))
 
 
 def selected(request) -> list:

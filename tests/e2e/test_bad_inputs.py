@@ -133,22 +133,41 @@ DEEPSPEED_CASES = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("argv, needle", [c[1:] for c in DEEPSPEED_CASES], ids=[c[0] for c in DEEPSPEED_CASES])
-def test_under_the_deepspeed_launcher_one_rank_prints_before_the_rendezvous(argv, needle, tmp_path):
-    """`deepspeed --num_accelerators 2`, as the README runs the demo: both ranks stop (exit 2),
-    the line appears once (it was printed by every rank), and no rank reached the rendezvous or
-    DeepSpeed's JIT op build."""
+def _deepspeed_launch(argv, run_dir):
+    """The launch of one case (its port taken when it starts): its CompletedProcess."""
     import subprocess
     import sys
 
     from megatron_sffn.parallel.launch import free_port
     from .runs import base_env
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([deepspeed, "--num_accelerators", "2", "--master_port", str(free_port()),
+    return subprocess.run([deepspeed, "--num_accelerators", "2", "--master_port", str(free_port()),
                            "launchers/pretrain.py", *argv, "--run-dir", str(run_dir)], cwd=ROOT, env=base_env(),
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def deepspeed_launches(request, tmp_path_factory):
+    """The selected cases' launches, started together (two at a time: tests/background.py), each with
+    its own run folder: {case id: (run folder, future of its CompletedProcess)}."""
+    from tests import background
+    started = {}
+    selected = background.selected_params(request, "name")
+    for name, argv, _ in DEEPSPEED_CASES:
+        if name in selected:
+            run_dir = tmp_path_factory.mktemp(name) / "run"
+            started[name] = run_dir, background.submit(_deepspeed_launch, argv, run_dir)
+    return started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, needle", [(c[0], c[2]) for c in DEEPSPEED_CASES], ids=[c[0] for c in DEEPSPEED_CASES])
+def test_under_the_deepspeed_launcher_one_rank_prints_before_the_rendezvous(name, needle, deepspeed_launches):
+    """`deepspeed --num_accelerators 2`, as the README runs the demo: both ranks stop (exit 2),
+    the line appears once (it was printed by every rank), and no rank reached the rendezvous or
+    DeepSpeed's JIT op build."""
+    run_dir, launched = deepspeed_launches[name]
+    proc = launched.result()
     output = proc.stdout + proc.stderr
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2, output[-3000:]

@@ -32,14 +32,77 @@ LAYOUT_TOLERANCE = 2e-3
 FP8_TOLERANCE = 1e-2
 
 
-@pytest.fixture(scope="module")
-def baselines(tmp_path_factory):
-    """Data-parallel (2 ranks) runs: FP8, with a checkpoint at the end, and bf16."""
-    fp8_dir = str(tmp_path_factory.mktemp("fp8"))
-    out = run(2, COMMON + FP8 + ["--run-dir", fp8_dir, "--save-interval", str(STEPS)],
-              os.path.join(fp8_dir, "logs"), extra_env=ON_CPU)
-    bf16_dir = str(tmp_path_factory.mktemp("bf16"))
+LAYOUTS = [
+    ["--tensor-parallel", "2", "--sequence-parallel"],
+    ["--pipeline-parallel", "2"],
+    ["--tensor-parallel", "2", "--sequence-parallel", "--compile"],
+    ["--tensor-parallel", "2", "--fp8-scaling", "rowwise"],
+    ["--override", "training.activation_checkpointing=true"],
+    ["--pipeline-parallel", "2", "--compile", "--override", "training.cpp_wrapper=true", "--override",
+     "training.activation_checkpointing=true"],   # the FP8 products called from Inductor's C++ wrapper
+]
+LAYOUT_IDS = ["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise", "dp2-activation-checkpointing",
+              "pp2-compiled-cpp-wrapper-checkpointed"]
+
+
+def _run_fp8_baseline(fp8_dir):
+    return run(2, COMMON + FP8 + ["--run-dir", fp8_dir, "--save-interval", str(STEPS)],
+               os.path.join(fp8_dir, "logs"), extra_env=ON_CPU)
+
+
+def _run_bf16_baseline(bf16_dir):
     run(2, COMMON + ["--run-dir", bf16_dir, "--no-save"], os.path.join(bf16_dir, "logs"))
+
+
+def _run_layout(layout, folder):
+    return run(2, COMMON + FP8 + layout + ["--run-dir", str(folder / "run"), "--no-save"], str(folder / "logs"),
+               extra_env=ON_CPU)
+
+
+def _run_stopped_and_resumed(folder):
+    run_dir = str(folder / "run")
+    run(2, COMMON + FP8 + ["--run-dir", run_dir, "--exit-interval", "2"], str(folder / "a"), extra_env=ON_CPU)
+    return run(2, COMMON + FP8 + ["--run-dir", run_dir, "--no-save"], str(folder / "b"), extra_env=ON_CPU)
+
+
+def _run_without_fp8_on_cpu(folder):
+    return run(2, COMMON + FP8 + ["--run-dir", str(folder / "run")], str(folder / "logs"), expect=2)
+
+
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory):
+    """The selected tests' runs, all independent of each other, started together (two at a time,
+    tests/background.py; the refused run, which mostly waits, in the pool for such commands); each
+    test checks its own: {key: (folder, future of rank 0's output)}."""
+    from tests import background
+    wanted = background.selected_names(request)
+    layouts = {item.callspec.id for item in background.selected(request)
+               if item.originalname == "test_fp8_layout_trains_like_data_parallel_fp8"}
+    started = {}
+    if wanted - {"test_fp8_without_fp8_tensor_cores_is_one_error_before_any_work"}:
+        for name, fn in (("fp8", _run_fp8_baseline), ("bf16", _run_bf16_baseline)):
+            folder = tmp_path_factory.mktemp(name)
+            started[name] = folder, background.submit(fn, str(folder))
+    for layout, layout_id in zip(LAYOUTS, LAYOUT_IDS):
+        if layout_id in layouts:
+            folder = tmp_path_factory.mktemp(layout_id)
+            started[layout_id] = folder, background.submit(_run_layout, layout, folder)
+    if "test_fp8_resumes_exactly" in wanted:
+        folder = tmp_path_factory.mktemp("resumed")
+        started["resumed"] = folder, background.submit(_run_stopped_and_resumed, folder)
+    if "test_fp8_without_fp8_tensor_cores_is_one_error_before_any_work" in wanted:
+        folder = tmp_path_factory.mktemp("no_fp8")
+        started["no_fp8"] = folder, background.submit_waiting(_run_without_fp8_on_cpu, folder)
+    return started
+
+
+@pytest.fixture(scope="module")
+def baselines(launched):
+    """Data-parallel (2 ranks) runs: FP8, with a checkpoint at the end, and bf16."""
+    (fp8_folder, fp8_run), (bf16_folder, bf16_run) = launched["fp8"], launched["bf16"]
+    fp8_dir, bf16_dir = str(fp8_folder), str(bf16_folder)
+    out = fp8_run.result()
+    bf16_run.result()
     return fp8_dir, out, losses(fp8_dir), losses(bf16_dir)
 
 
@@ -53,21 +116,12 @@ def test_fp8_trains_close_to_bf16_and_says_what_runs_in_fp8(baselines):
         assert fp8[step] == pytest.approx(bf16[step], rel=FP8_TOLERANCE), step
 
 
-@pytest.mark.parametrize("layout", [
-    ["--tensor-parallel", "2", "--sequence-parallel"],
-    ["--pipeline-parallel", "2"],
-    ["--tensor-parallel", "2", "--sequence-parallel", "--compile"],
-    ["--tensor-parallel", "2", "--fp8-scaling", "rowwise"],
-    ["--override", "training.activation_checkpointing=true"],
-    ["--pipeline-parallel", "2", "--compile", "--override", "training.cpp_wrapper=true", "--override",
-     "training.activation_checkpointing=true"],   # the FP8 products called from Inductor's C++ wrapper
-], ids=["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise", "dp2-activation-checkpointing",
-        "pp2-compiled-cpp-wrapper-checkpointed"])
-def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, launched):
     _, _, fp8, bf16 = baselines
-    run_dir = str(tmp_path / "run")
-    out = run(2, COMMON + FP8 + layout + ["--run-dir", run_dir, "--no-save"], str(tmp_path / "logs"),
-              extra_env=ON_CPU)
+    folder, started = launched[LAYOUT_IDS[LAYOUTS.index(layout)]]
+    run_dir = str(folder / "run")
+    out = started.result()
     assert "GEMM weights in FP8" in out and "bf16: " not in out
     if "--compile" in layout:
         assert "torch.compile of the blocks" in out and "recompile_limit" not in out
@@ -80,12 +134,12 @@ def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, tmp_path):
         assert got[step] == pytest.approx(loss, rel=tolerance), step
 
 
-def test_fp8_resumes_exactly(baselines, tmp_path):
+def test_fp8_resumes_exactly(baselines, launched):
     """Dynamic scaling keeps no state: a run stopped and resumed matches the uninterrupted one."""
     _, _, fp8, _ = baselines
-    run_dir = str(tmp_path / "run")
-    run(2, COMMON + FP8 + ["--run-dir", run_dir, "--exit-interval", "2"], str(tmp_path / "a"), extra_env=ON_CPU)
-    out = run(2, COMMON + FP8 + ["--run-dir", run_dir, "--no-save"], str(tmp_path / "b"), extra_env=ON_CPU)
+    folder, started = launched["resumed"]
+    run_dir = str(folder / "run")
+    out = started.result()
     assert "resume     from step00000002" in out
     assert losses(run_dir) == fp8
 
@@ -109,8 +163,9 @@ def test_fp8_checkpoint_converts_on_a_machine_without_fp8(baselines, tmp_path):
     assert all(v.dtype in (torch.float32, torch.bfloat16) for v in tensors.values())
 
 
-def test_fp8_without_fp8_tensor_cores_is_one_error_before_any_work(tmp_path):
-    run_dir = str(tmp_path / "run")
-    out = run(2, COMMON + FP8 + ["--run-dir", run_dir], str(tmp_path / "logs"), expect=2)
+def test_fp8_without_fp8_tensor_cores_is_one_error_before_any_work(launched):
+    folder, started = launched["no_fp8"]
+    run_dir = str(folder / "run")
+    out = started.result()
     assert out.count("training.fp8.enabled") == 1 and "FP8 tensor cores" in out
     assert "Traceback" not in out and not os.path.exists(run_dir)
