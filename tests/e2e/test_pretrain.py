@@ -24,12 +24,51 @@ CRASH_IN_SAVE = os.path.join(ROOT, "tests", "e2e", "workers", "crash_in_save.py"
 COMMON = TINY + ["--train-steps", str(STEPS), "--eval-interval", "100", "--save-interval", "100"]
 
 
+# The runs of the module do not depend on each other: each test's (or fixture's) own commands, and
+# the checks among them that need no other run, are a function of a fresh folder (BACKGROUND, in
+# the order they start); a module fixture starts the selected tests' ones together, two at a time
+# (tests/background.py: a 1-rank run, or a 2-rank run waiting in a refused start or at a
+# save, leaves a core idle), and each test compares its own result with the reference runs.
+BACKGROUND = {}
+
+
+def in_background(key):
+    def register(fn):
+        BACKGROUND[key] = fn
+        return fn
+    return register
+
+
+def _needed(request) -> set:
+    """Keys of BACKGROUND the selected tests need: their own names and the fixtures they use."""
+    from tests import background
+    needed = set()
+    for item in background.selected(request):
+        needed.add(item.originalname)
+        needed.update(item.fixturenames)
+    return needed
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run: run dir and rank 0's output."""
-    run_dir = str(tmp_path_factory.mktemp("reference"))
+def launched(request, tmp_path_factory):
+    """{key: future of its function's result}, for the keys the selected tests need."""
+    from tests import background
+    needed = _needed(request)
+    return {key: background.submit(fn, tmp_path_factory.mktemp(key[:30])) for key, fn in BACKGROUND.items()
+            if key in needed}
+
+
+@in_background("reference")
+def _reference(folder):
+    run_dir = str(folder)
     out = run(2, COMMON + ["--run-dir", run_dir], os.path.join(run_dir, "logs"))
     return run_dir, out
+
+
+@pytest.fixture(scope="module")
+def reference(launched):
+    """The uninterrupted run: run dir and rank 0's output."""
+    return launched["reference"].result()
 
 
 def test_uninterrupted_run_trains_and_drops_guides(reference):
@@ -44,19 +83,25 @@ def test_uninterrupted_run_trains_and_drops_guides(reference):
     assert latest(run_dir) == "step00000010"
 
 
-def test_exact_resume_after_exit_interval(reference, tmp_path):
-    ref_dir, _ = reference
+@in_background("test_exact_resume_after_exit_interval")
+def _exact_resume_after_exit_interval(tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "4"], str(tmp_path / "a"))
     assert "stopping: reached --exit-interval 4" in out and latest(run_dir) == "step00000004"
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
     out = run(2, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"))
     assert "resume     from step00000004 at step 4" in out
+    return run_dir
+
+
+def test_exact_resume_after_exit_interval(reference, launched):
+    ref_dir, _ = reference
+    run_dir = launched["test_exact_resume_after_exit_interval"].result()
     assert losses(run_dir) == losses(ref_dir)  # bit for bit, every step before and after the stop
 
 
-def test_sigterm_saves_then_resume_continues_the_same_curve(reference, tmp_path):
-    ref_dir, _ = reference
+@in_background("test_sigterm_saves_then_resume_continues_the_same_curve")
+def _sigterm_saves_then_resume(tmp_path):
     run_dir = str(tmp_path / "run")
     ranks = Ranks(2, COMMON + ["--run-dir", run_dir], str(tmp_path / "a"))
     wait_for_steps(run_dir, 3, ranks)
@@ -67,38 +112,62 @@ def test_sigterm_saves_then_resume_continues_the_same_curve(reference, tmp_path)
     stopped_at = read_meta(run_dir, latest(run_dir))["step"]
     assert 3 <= stopped_at < STEPS
     run(2, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"))
+    return run_dir
+
+
+def test_sigterm_saves_then_resume_continues_the_same_curve(reference, launched):
+    ref_dir, _ = reference
+    run_dir = launched["test_sigterm_saves_then_resume_continues_the_same_curve"].result()
     assert losses(run_dir) == losses(ref_dir)
 
 
-def test_resume_on_a_different_data_parallel_size_continues_the_stream(reference, tmp_path):
+@in_background("test_resume_on_a_different_data_parallel_size_continues_the_stream")
+def _resume_on_one_rank(tmp_path):
+    zero0 = COMMON + ["--zero-stage", "0"]
+    run_dir = str(tmp_path / "run")
+    run(2, zero0 + ["--run-dir", run_dir, "--exit-interval", "6"], str(tmp_path / "a"))
+    run(1, zero0 + ["--run-dir", run_dir], str(tmp_path / "b"))
+    return run_dir
+
+
+def test_resume_on_a_different_data_parallel_size_continues_the_stream(reference, launched):
     """ZeRO 0 keeps the optimizer state whole, so DeepSpeed reloads it on any data-parallel
     size; the data feed is a pure function of (step, rank, size), so resuming on 1 rank
     instead of 2 sees the same global batches: the same losses up to summation order. The
     uninterrupted run is the module's reference (ZeRO 1, 2 ranks: in fp32 it trains like
     ZeRO 0, bit for bit on CPU)."""
     ref_dir, _ = reference
-    zero0 = COMMON + ["--zero-stage", "0"]
-    run_dir = str(tmp_path / "run")
-    run(2, zero0 + ["--run-dir", run_dir, "--exit-interval", "6"], str(tmp_path / "a"))
-    run(1, zero0 + ["--run-dir", run_dir], str(tmp_path / "b"))
+    run_dir = launched["test_resume_on_a_different_data_parallel_size_continues_the_stream"].result()
     ref, resumed = losses(ref_dir), losses(run_dir)
     assert sorted(resumed) == sorted(ref)
     for step in range(7, STEPS + 1):
         assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
 
 
+@in_background("stopped_at_step2")
+def _stopped_at_step2(folder):
+    """The stopped run, then the refused resume of it (the test that makes it runs it right after)."""
+    run_dir = str(folder / "run")
+    run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "2"], run_dir + "-logs")
+    try:
+        refused = run(1, COMMON + ["--run-dir", run_dir], str(folder / "b"), expect=2)
+    except AssertionError as error:  # its own test reports it; the stopped run is still the fixture's
+        refused = error
+    return run_dir, refused
+
+
 @pytest.fixture(scope="module")
-def stopped_at_step2(tmp_path_factory):
+def stopped_at_step2(launched):
     """The reference command stopped by --exit-interval 2 (guides still in): its run dir. The
     tests that use it only read it, or assert that a refused resume left it as it was."""
-    run_dir = str(tmp_path_factory.mktemp("stopped_at_step2") / "run")
-    run(2, COMMON + ["--run-dir", run_dir, "--exit-interval", "2"], run_dir + "-logs")
-    return run_dir
+    return launched["stopped_at_step2"].result()[0]
 
 
-def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(stopped_at_step2, tmp_path):
+def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(stopped_at_step2, launched):
     run_dir = stopped_at_step2
-    out = run(1, COMMON + ["--run-dir", run_dir], str(tmp_path / "b"), expect=2)
+    out = launched["stopped_at_step2"].result()[1]
+    if isinstance(out, AssertionError):
+        raise out
     assert "was written by tensor 1 x pipeline 1 x data 2, ZeRO 1" in out
     assert "tools/convert_checkpoint.py" in out and "--data-parallel 1" in out
     assert latest(run_dir) == "step00000002"
@@ -107,23 +176,22 @@ def test_resume_refuses_a_zero_partitioned_checkpoint_of_another_layout(stopped_
 FUSED = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--override", 'optimizer.implementation="fused"']
 
 
-@pytest.fixture(scope="module")
-def fused_reference(tmp_path_factory):
-    """An uninterrupted 2-rank run with optimizer.implementation = fused, ZeRO 0."""
-    ref_dir = str(tmp_path_factory.mktemp("fused_reference"))
+@in_background("fused_reference")
+def _fused_reference(folder):
+    ref_dir = str(folder)
     out = run(2, FUSED + ["--run-dir", ref_dir], os.path.join(ref_dir, "logs"))
     return ref_dir, out
 
 
-def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation(fused_reference, tmp_path):
-    """optimizer.implementation = fused through the launcher: guides dropped (the optimizer
-    rebuilt with its fp32 state), bit-exact resume, and a checkpoint it wrote is refused by a
-    run using DeepSpeed's optimizer, with the conversion command, before anything is touched."""
-    ref_dir, out = fused_reference
+@pytest.fixture(scope="module")
+def fused_reference(launched):
+    """An uninterrupted 2-rank run with optimizer.implementation = fused, ZeRO 0."""
+    return launched["fused_reference"].result()
+
+
+@in_background("test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation")
+def _fused_stopped_refused_resumed(tmp_path):
     run_dir = str(tmp_path / "run")
-    assert "guides dropped, optimizer rebuilt" in out and "done: 10 steps" in out
-    ref = losses(ref_dir)
-    assert ref[STEPS] < ref[1]
     run(2, FUSED + ["--run-dir", run_dir, "--exit-interval", "4"], str(tmp_path / "a"))
     other = COMMON + ["--zero-stage", "0", "--precision", "bf16", "--run-dir", run_dir,
                       "--optimizer-implementation", "deepspeed"]
@@ -131,10 +199,23 @@ def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementa
     assert "optimizer.implementation fused" in out and "--optimizer-implementation deepspeed" in out
     assert latest(run_dir) == "step00000004"
     run(2, FUSED + ["--run-dir", run_dir], str(tmp_path / "c"))
+    return run_dir
+
+
+def test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation(fused_reference, launched):
+    """optimizer.implementation = fused through the launcher: guides dropped (the optimizer
+    rebuilt with its fp32 state), bit-exact resume, and a checkpoint it wrote is refused by a
+    run using DeepSpeed's optimizer, with the conversion command, before anything is touched."""
+    ref_dir, out = fused_reference
+    assert "guides dropped, optimizer rebuilt" in out and "done: 10 steps" in out
+    ref = losses(ref_dir)
+    assert ref[STEPS] < ref[1]
+    run_dir = launched["test_fused_optimizer_trains_resumes_exactly_and_refuses_the_other_implementation"].result()
     assert losses(run_dir) == ref  # bit for bit: fp32 masters, main gradients, Adam state
 
 
-def test_auto_implementation_resumes_a_deepspeed_checkpoint_with_deepspeed(tmp_path):
+@in_background("test_auto_implementation_resumes_a_deepspeed_checkpoint_with_deepspeed")
+def _auto_implementation_resumes(tmp_path):
     """optimizer.implementation 'auto' (the default) picks fused for bf16 with ZeRO 0/1, but a
     run whose checkpoint DeepSpeed's optimizer wrote resumes with DeepSpeed's optimizer (and
     says so) instead of being refused."""
@@ -151,18 +232,32 @@ def test_auto_implementation_resumes_a_deepspeed_checkpoint_with_deepspeed(tmp_p
     assert "| optimizer fused" in fresh
 
 
-def test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero(fused_reference, tmp_path):
-    """The sharded fused optimizer (ZeRO 1 over 2 ranks) trains like the replicated one and
-    saves whole tensors, so its checkpoint resumes on 1 rank with ZeRO 0, no conversion."""
-    ref = losses(fused_reference[0])
+def test_auto_implementation_resumes_a_deepspeed_checkpoint_with_deepspeed(launched):
+    """optimizer.implementation 'auto' (the default) picks fused for bf16 with ZeRO 0/1, but a
+    run whose checkpoint DeepSpeed's optimizer wrote resumes with DeepSpeed's optimizer (and
+    says so) instead of being refused."""
+    launched["test_auto_implementation_resumes_a_deepspeed_checkpoint_with_deepspeed"].result()
+
+
+@in_background("test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero")
+def _fused_zero1_resumed_on_one_rank(tmp_path):
+    """(the losses when it stopped at step 6, run dir, output of the resume on 1 rank)"""
     run_dir = str(tmp_path / "run")
     zero1 = FUSED + ["--zero-stage", "1", "--run-dir", run_dir]
     run(2, zero1 + ["--exit-interval", "6"], str(tmp_path / "a"))
     first = losses(run_dir)
+    out = run(1, FUSED + ["--run-dir", run_dir], str(tmp_path / "b"))
+    return first, run_dir, out
+
+
+def test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero(fused_reference, launched):
+    """The sharded fused optimizer (ZeRO 1 over 2 ranks) trains like the replicated one and
+    saves whole tensors, so its checkpoint resumes on 1 rank with ZeRO 0, no conversion."""
+    ref = losses(fused_reference[0])
+    first, run_dir, out = launched["test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero"].result()
     assert sorted(first) == list(range(1, 7))
     for step in first:
         assert first[step] == pytest.approx(ref[step], rel=1e-4), step
-    out = run(1, FUSED + ["--run-dir", run_dir], str(tmp_path / "b"))
     assert "resume     from step00000006 at step 6" in out
     resumed = losses(run_dir)
     assert sorted(resumed) == list(range(1, STEPS + 1))
@@ -170,13 +265,18 @@ def test_fused_zero1_checkpoint_resumes_on_one_rank_without_zero(fused_reference
         assert resumed[step] == pytest.approx(ref[step], rel=1e-3), step
 
 
-def test_compile_through_the_guided_phase_and_the_drop_trains_like_eager(reference, tmp_path):
+@in_background("test_compile_through_the_guided_phase_and_the_drop_trains_like_eager")
+def _compiled(tmp_path):
+    run_dir = str(tmp_path / "run")
+    return run_dir, run(2, COMMON + ["--run-dir", run_dir, "--compile"], str(tmp_path / "a"))
+
+
+def test_compile_through_the_guided_phase_and_the_drop_trains_like_eager(reference, launched):
     """--compile: guided blocks are compiled (a and the reduce_flop draws do not recompile
     them), compiled again when the engine is rebuilt without guides, and compute what the
     eager blocks compute at every step before and after the drop (fp32, 1e-5)."""
     ref_dir, _ = reference
-    run_dir = str(tmp_path / "run")
-    out = run(2, COMMON + ["--run-dir", run_dir, "--compile"], str(tmp_path / "a"))
+    run_dir, out = launched["test_compile_through_the_guided_phase_and_the_drop_trains_like_eager"].result()
     assert "torch.compile of the blocks" in out and "recompile_limit" not in out
     assert "guides dropped, optimizer rebuilt" in out and "| 3 blocks compiled" in out
     ref, compiled = losses(ref_dir), losses(run_dir)
@@ -185,7 +285,8 @@ def test_compile_through_the_guided_phase_and_the_drop_trains_like_eager(referen
         assert compiled[step] == pytest.approx(ref[step], rel=1e-5), step
 
 
-def test_bf16_pipeline_without_zero_resumes(tmp_path):
+@in_background("test_bf16_pipeline_without_zero_resumes")
+def _bf16_pipeline_without_zero_resumes(tmp_path):
     """bf16 + pipeline + ZeRO 0 is DeepSpeed's BF16_Optimizer outside ZeRO, whose own load
     path fails on its own files (engine.load_checkpoint works around it)."""
     run_dir = str(tmp_path / "run")
@@ -195,6 +296,12 @@ def test_bf16_pipeline_without_zero_resumes(tmp_path):
     out = run(2, args, str(tmp_path / "b"))
     assert "resume     from step00000002 at step 2" in out and "done: 4 steps" in out
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
+
+
+def test_bf16_pipeline_without_zero_resumes(launched):
+    """bf16 + pipeline + ZeRO 0 is DeepSpeed's BF16_Optimizer outside ZeRO, whose own load
+    path fails on its own files (engine.load_checkpoint works around it)."""
+    launched["test_bf16_pipeline_without_zero_resumes"].result()
 
 
 def test_tensorboard_scalars_read_back(reference):
@@ -258,14 +365,19 @@ def test_guides_leave_parameters_and_optimizer_state(reference, stopped_at_step2
     assert masters_before - masters_after == pytest.approx(guide_elements, abs=64 * len(guides))
 
 
-@pytest.fixture(scope="module")
-def one_rank_no_save(tmp_path_factory):
-    """One rank, 4 steps, a non-finite step injected at step 3, a save due every step but
-    --no-save: (run dir, output). Neither feature touches what the other's test reads."""
-    run_dir = str(tmp_path_factory.mktemp("one_rank_no_save") / "run")
+@in_background("one_rank_no_save")
+def _one_rank_no_save(folder):
+    run_dir = str(folder / "run")
     out = run(1, COMMON + ["--run-dir", run_dir, "--train-steps", "4", "--save-interval", "1", "--no-save"],
               run_dir + "-logs", extra_env={"MEGATRON_SFFN_INJECT_NONFINITE_STEPS": "2"})
     return run_dir, out
+
+
+@pytest.fixture(scope="module")
+def one_rank_no_save(launched):
+    """One rank, 4 steps, a non-finite step injected at step 3, a save due every step but
+    --no-save: (run dir, output). Neither feature touches what the other's test reads."""
+    return launched["one_rank_no_save"].result()
 
 
 def test_nonfinite_step_is_skipped_counted_and_logged(one_rank_no_save):
@@ -276,18 +388,28 @@ def test_nonfinite_step_is_skipped_counted_and_logged(one_rank_no_save):
     assert "skipped 1" in out  # the log line of the interval counts it
 
 
-def test_too_many_nonfinite_steps_stop_the_run(tmp_path):
+@in_background("test_too_many_nonfinite_steps_stop_the_run")
+def _too_many_nonfinite_steps(tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(1, COMMON + ["--run-dir", run_dir, "--override", "training.max_nonfinite_steps=2"],
               str(tmp_path / "a"), extra_env={"MEGATRON_SFFN_INJECT_NONFINITE_STEPS": "1,2,3"}, expect=3)
     assert "2 non-finite steps in a row (limit training.max_nonfinite_steps = 2)" in out
 
 
-def test_wall_clock_limit_saves_and_exits(tmp_path):
+def test_too_many_nonfinite_steps_stop_the_run(launched):
+    launched["test_too_many_nonfinite_steps_stop_the_run"].result()
+
+
+@in_background("test_wall_clock_limit_saves_and_exits")
+def _wall_clock_limit(tmp_path):
     run_dir = str(tmp_path / "run")
     out = run(1, COMMON + ["--run-dir", run_dir, "--exit-duration-minutes", "0.0001"], str(tmp_path / "a"))
     assert "stopping: reached --exit-duration-minutes" in out
     assert read_meta(run_dir, latest(run_dir))["step"] == 1
+
+
+def test_wall_clock_limit_saves_and_exits(launched):
+    launched["test_wall_clock_limit_saves_and_exits"].result()
 
 
 def test_no_save_writes_no_checkpoint(one_rank_no_save):
@@ -297,8 +419,8 @@ def test_no_save_writes_no_checkpoint(one_rank_no_save):
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
 
 
-def test_crash_during_save_keeps_the_previous_checkpoint_latest(reference, tmp_path):
-    ref_dir, _ = reference
+@in_background("test_crash_during_save_keeps_the_previous_checkpoint_latest")
+def _crash_during_save(tmp_path):
     run_dir = str(tmp_path / "run")
     args = COMMON + ["--run-dir", run_dir, "--save-interval", "3"]
     out = run(2, args, str(tmp_path / "a"), extra_env={"CRASH_IN_SAVE_OF": "step00000006"}, expect=17,
@@ -309,10 +431,17 @@ def test_crash_during_save_keeps_the_previous_checkpoint_latest(reference, tmp_p
     assert os.path.isdir(partial) and not os.path.exists(os.path.join(partial, "meta.json"))
     out = run(2, args, str(tmp_path / "b"))
     assert "resume     from step00000003 at step 3" in out
+    return run_dir
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint_latest(reference, launched):
+    ref_dir, _ = reference
+    run_dir = launched["test_crash_during_save_keeps_the_previous_checkpoint_latest"].result()
     assert losses(run_dir) == losses(ref_dir)
 
 
-def test_bad_config_stops_before_any_work(tmp_path):
+@in_background("test_bad_config_stops_before_any_work")
+def _bad_config(tmp_path):
     env = base_env()
     proc = subprocess.run([sys.executable, "launchers/pretrain.py", *COMMON, "--run-dir", str(tmp_path / "r"),
                            "--override", "model.ffn.rank=-3"], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -321,7 +450,12 @@ def test_bad_config_stops_before_any_work(tmp_path):
     assert not os.path.exists(tmp_path / "r")
 
 
-def test_deepspeed_launcher_runs_the_main_job(tmp_path):
+def test_bad_config_stops_before_any_work(launched):
+    launched["test_bad_config_stops_before_any_work"].result()
+
+
+@in_background("test_deepspeed_launcher_runs_the_main_job")
+def _deepspeed_launcher(tmp_path):
     """The README's command shape: `deepspeed launchers/pretrain.py --config ...`, 2 ranks."""
     from megatron_sffn.parallel.launch import free_port
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
@@ -337,3 +471,8 @@ def test_deepspeed_launcher_runs_the_main_job(tmp_path):
     assert "done: 4 steps" in proc.stdout
     assert latest(run_dir) == "step00000004"
     assert json.load(open(os.path.join(run_dir, "checkpoints", "step00000004", "meta.json")))["layout"]["tensor"] == 2
+
+
+def test_deepspeed_launcher_runs_the_main_job(launched):
+    """The README's command shape: `deepspeed launchers/pretrain.py --config ...`, 2 ranks."""
+    launched["test_deepspeed_launcher_runs_the_main_job"].result()
