@@ -455,9 +455,14 @@ def config_for_another_machine(cfg: Config) -> Dict[str, Any]:
     for key, why in speed_chosen_because(cfg).items():
         if why.startswith("auto"):
             data["training"][key] = "auto"
-    if getattr(cfg.parallel, "chosen_because", "").startswith("auto"):
+    if sequence_parallel_chosen_because(cfg).startswith("auto"):
         data["parallel"]["sequence_parallel"] = "auto"
     return data
+
+
+def sequence_parallel_chosen_because(cfg: Config) -> str:
+    """Why parallel.sequence_parallel is what it is, as resolve_sequence_parallel chose it."""
+    return getattr(cfg.parallel, "chosen_because", "")
 
 
 def speed_chosen_because(cfg: Config) -> Dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import Config, speed_chosen_because
+from ..config import Config, sequence_parallel_chosen_because, speed_chosen_because
 from ..model.accounting import model_stats, train_flops_per_token
 from ..model.compile import compiled_graph_count
 from ..model.paper import describe_ffn
@@ -173,14 +173,14 @@ class Trainer:
 
     def sequence_parallel_state(self) -> str:
         """on (auto, tensor > 1) | off (auto: ZeRO 3) | off (parallel.sequence_parallel = false)"""
-        why = getattr(self.cfg.parallel, "chosen_because", "")
+        why = sequence_parallel_chosen_because(self.cfg)
         return ("on" if self.state.tp.sequence_sharded else "off") + (f" ({why})" if why else "")
 
     def layout_hints(self) -> List[str]:
         """What the layout leaves on the table."""
         st = self.state
         if st.tensor_size > 1 and not st.tp.sequence_sharded:
-            how = ("--sequence-parallel shards them" if not getattr(self.cfg.parallel, "chosen_because", "").startswith("auto")
+            how = ("--sequence-parallel shards them" if not sequence_parallel_chosen_because(self.cfg).startswith("auto")
                    else "a tensor size dividing model.seq_length, and ZeRO below 3, let auto shard them")
             return [f"hint       tensor {st.tensor_size} without sequence parallelism: every tensor rank repeats the "
                     f"norms and residual adds on all tokens; {how} (docs/performance.md, Tensor parallelism)"]
