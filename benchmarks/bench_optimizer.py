@@ -25,8 +25,8 @@ sys.path.insert(0, ROOT)
 
 CASES = {  # name -> overrides
     "deepspeed_zero1": ['optimizer.implementation="deepspeed"', "parallel.zero_stage=1"],
-    "fused_zero0": ['optimizer.implementation="fused"', "parallel.zero_stage=0"],
-    "fused_zero1": ['optimizer.implementation="fused"', "parallel.zero_stage=1"],
+    "fused_zero0": ['optimizer.implementation="fused"', "parallel.zero_stage=0", 'optimizer.update="torch"'],
+    "fused_zero1": ['optimizer.implementation="fused"', "parallel.zero_stage=1", 'optimizer.update="torch"'],
     # the update as one Inductor pass with the bf16 write (training/compiled_update.py)
     "fused_zero1_compiled": ['optimizer.implementation="fused"', "parallel.zero_stage=1",
                              'optimizer.update="compiled"'],

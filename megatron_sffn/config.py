@@ -102,10 +102,12 @@ class OptimizerConfig:
     # the implementation its checkpoint was written with. Resolved when the config is built.
     implementation: str = "auto"
     # the fused implementation's update: "torch" (torch's fused AdamW, then a copy into the bf16
-    # weights) or "compiled" (training/compiled_update.py: one Inductor pass that also writes the
-    # bf16 weights and stores nothing into the gradients, 8 bytes a parameter less; not yet
-    # measured on a GPU, docs/performance.md)
-    update: str = "torch"
+    # weights), "compiled" (training/compiled_update.py: one Inductor pass that also writes the
+    # bf16 weights and stores nothing into the gradients, 8 bytes a parameter less; 1.027x a
+    # 1.3B lowrank step on an H100, docs/performance.md) or "auto": compiled where the fused
+    # optimizer runs and the blocks are compiled (a GPU run already pays Inductor), else torch.
+    # Resolved with the speed settings.
+    update: str = "auto"
 
 
 FP8_SCALINGS = ("tensorwise", "rowwise")
@@ -349,7 +351,7 @@ def resolve_optimizer_implementation(cfg: Config) -> None:
     if o.implementation == "auto":
         o.implementation = "fused" if fused_optimizer_applies(cfg) else "deepspeed"
         o.chosen_automatically = True
-    _require(o.update == "torch" or o.implementation == "fused",
+    _require(o.update in ("torch", "auto") or o.implementation == "fused",
              f"config key 'optimizer.update' = '{o.update}' is the fused optimizer's (bf16, ZeRO 0 or 1); "
              f"'optimizer.implementation' is '{o.implementation}' here")
 
@@ -413,6 +415,29 @@ def resolve_speed_settings(cfg: Config, cuda: Optional[bool] = None, world_size:
     else:
         why["blocks_per_region"] = f"training.blocks_per_region = {t.blocks_per_region}"
     t.chosen_because = why
+    resolve_optimizer_update(cfg, cuda)
+
+
+def resolve_optimizer_update(cfg: Config, cuda: Optional[bool] = None) -> None:
+    """optimizer.update "auto": the compiled update where the fused optimizer runs and the blocks
+    are compiled on a GPU (Inductor is paid for already; measured there), else torch's kernel;
+    why in optimizer_update_chosen_because."""
+    o = cfg.optimizer
+    if o.update != "auto":
+        o.chosen_because = f"optimizer.update = {o.update}"
+        return
+    fused = o.implementation == "fused" or (o.implementation == "auto" and fused_optimizer_applies(cfg))
+    compiled = cfg.training.compile is True
+    if fused and compiled and cuda is None:
+        cuda = _cuda_available()
+    o.update = "compiled" if fused and compiled and cuda else "torch"
+    o.chosen_because = ("auto, compiled blocks" if o.update == "compiled" else "auto: optimizer deepspeed"
+                        if not fused else "auto: no compile" if not compiled else "auto: no CUDA")
+
+
+def optimizer_update_chosen_because(cfg: Config) -> str:
+    """Why optimizer.update is what it is, as resolve_optimizer_update chose it."""
+    return getattr(cfg.optimizer, "chosen_because", "")
 
 
 def sequence_parallel_refusal(cfg: Config) -> Optional[str]:
@@ -457,6 +482,8 @@ def config_for_another_machine(cfg: Config) -> Dict[str, Any]:
             data["training"][key] = "auto"
     if sequence_parallel_chosen_because(cfg).startswith("auto"):
         data["parallel"]["sequence_parallel"] = "auto"
+    if optimizer_update_chosen_because(cfg).startswith("auto"):
+        data["optimizer"]["update"] = "auto"
     return data
 
 
@@ -647,7 +674,7 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> None:
     _require(0.0 <= o.warmup_fraction < 1.0, f"config key 'optimizer.warmup_fraction' = {o.warmup_fraction} must be in [0, 1)")
     _require(o.grad_clip >= 0.0, f"config key 'optimizer.grad_clip' = {o.grad_clip} must be >= 0")
     _choice(o.implementation, ("auto", "deepspeed", "fused"), "optimizer.implementation")
-    _choice(o.update, ("torch", "compiled"), "optimizer.update")
+    _choice(o.update, ("auto", "torch", "compiled"), "optimizer.update")
     if o.implementation == "fused":
         _require(t.precision == "bf16", "config key 'optimizer.implementation' = 'fused' needs 'training.precision' "
                  f"= bf16, got {t.precision!r} (fp16 needs DeepSpeed's loss scaling, fp32 has no master weights)")

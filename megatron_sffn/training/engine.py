@@ -105,7 +105,7 @@ class TrainEngine:
         initialisation, before DeepSpeed copies it into its fp32 masters / ZeRO partitions
         (checkpoint tools load consolidated weights this way, in any layout)."""
         t = cfg.training
-        if "auto" in (t.compile, t.cuda_graphs, t.cpp_wrapper, t.blocks_per_region):  # made in code
+        if "auto" in (t.compile, t.cuda_graphs, t.cpp_wrapper, t.blocks_per_region, cfg.optimizer.update):  # made in code
             resolve_speed_settings(cfg, world_size=state.world_size)
         check_engine_support(cfg)
         problem = fp8_problem() if cfg.training.fp8.enabled and set_values is None else None

@@ -24,7 +24,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import Config, sequence_parallel_chosen_because, speed_chosen_because
+from ..config import (Config, optimizer_update_chosen_because, sequence_parallel_chosen_because,
+                      speed_chosen_because)
 from ..model.accounting import model_stats, train_flops_per_token
 from ..model.compile import compiled_graph_count
 from ..model.paper import describe_ffn
@@ -144,7 +145,8 @@ class Trainer:
             f"layout     world {st.world_size} = tensor {st.tensor_size} x pipeline {st.pipe_size} x data "
             f"{st.data_size}" + (f", sequence parallel: {self.sequence_parallel_state()}" if st.tensor_size > 1 else "")
             + f" | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
-            f"{cfg.optimizer.implementation}" + (", update compiled" if cfg.optimizer.update == "compiled" else "")
+            f"{cfg.optimizer.implementation}" + (f", update compiled ({optimizer_update_chosen_because(cfg)})"
+                                                 if cfg.optimizer.update == "compiled" else "")
             + (" | torch.compile of the blocks" if cfg.training.compile else "")
             + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled

@@ -40,10 +40,11 @@ def test_the_compiled_update_trains_like_torchs_fused_adamw(zero, runs):
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=2e-3), step
-    # the update really was compiled (blocks are not on a CPU): one graph per parameter group,
-    # made at the second step (the first makes AdamW's state) and again after the guide drop
+    # the update really was compiled (blocks are not on a CPU): graphs made from the second step
+    # on (the first makes AdamW's state); how many depends on the shapes (one per run of same-shaped
+    # tensors, one of symbolic sizes for the rest, which under ZeRO 1's cut pieces may be all)
     graphs = [r.get("compiled_graphs") for _, r in sorted(read_step_log(runs[zero, "compiled"]).items())]
-    assert graphs[0] == 0 and graphs[-1] >= 2 and graphs == sorted(graphs), graphs
+    assert graphs[0] == 0 and graphs[-1] >= 1 and graphs == sorted(graphs), graphs
     assert all(r.get("compiled_graphs") is None for r in read_step_log(runs[zero, "torch"]).values())
 
 

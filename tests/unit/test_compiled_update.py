@@ -4,10 +4,14 @@ nothing stored into the gradients, nothing changed on a non-finite step."""
 import pytest
 import torch
 
-from megatron_sffn.config import ConfigError, config_from_dict
+from megatron_sffn.config import (ConfigError, config_for_another_machine, config_from_dict,
+                                  optimizer_update_chosen_because)
 from megatron_sffn.training.compiled_update import CompiledAdamW
 
-SHAPES = [(64, 32), (32,), (16, 8), (100,)]
+# ten (16, 8) tensors: more than one chunk of CompiledAdamW.CHUNK, the last one shorter
+SHAPES = [(64, 32), (32,), (16, 8), (100,)] + [(16, 8)] * 9
+BASE = {"model": {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "seq_length": 32},
+        "training": {"train_steps": 10, "micro_batch_size": 2, "global_batch_size": 8, "precision": "bf16"}}
 HYPER = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
@@ -58,6 +62,17 @@ def test_the_compiled_update_is_torchs_fused_adamw_and_writes_the_bf16_weights(c
     assert all(torch.equal(a, b) for a, b in zip(got[1], grads_before))
 
 
+def test_same_shaped_parameters_share_chunks_and_the_shapes_of_their_own_one_call_of_symbolic_sizes():
+    params = [torch.zeros(*s) for s in SHAPES] + [torch.zeros(32, dtype=torch.bfloat16)]
+    calls = CompiledAdamW.calls(params)
+    assert sorted(i for _, ids in calls for i in ids) == list(range(len(params)))
+    static = [ids for any_size, ids in calls if not any_size]
+    assert all(len({(params[i].shape, params[i].dtype) for i in ids}) == 1 for ids in static)
+    assert sorted(map(len, static)) == [2, 8]  # (16, 8) x 10 in runs of CompiledAdamW.CHUNK
+    # (64, 32), (32,), (100,) and the bf16 (32,): no other tensor has their shape and dtype
+    assert [sorted(ids) for any_size, ids in calls if any_size] == [[0, 1, 3, len(params) - 1]]
+
+
 def test_a_non_finite_step_changes_nothing_and_puts_the_step_count_back():
     update = CompiledAdamW()
     state = _state(1)
@@ -69,12 +84,30 @@ def test_a_non_finite_step_changes_nothing_and_puts_the_step_count_back():
     assert all(torch.equal(low, p.to(torch.bfloat16)) for low, p in zip(lows, state[0]))
 
 
+def test_a_named_update_is_kept():
+    assert config_from_dict(BASE, ["optimizer.update=compiled"], cuda=False).optimizer.update == "compiled"
+    assert config_from_dict(BASE, ["optimizer.update=torch"], cuda=True).optimizer.update == "torch"
+
+
+@pytest.mark.parametrize("overrides, cuda, update, why", [
+    ([], True, "compiled", "auto, compiled blocks"),
+    ([], False, "torch", "auto: no compile"),  # compile auto is off without CUDA
+    (["training.compile=true"], False, "torch", "auto: no CUDA"),
+    (["training.compile=false"], True, "torch", "auto: no compile"),
+    (["parallel.zero_stage=2"], True, "torch", "auto: optimizer deepspeed"),
+    (["optimizer.update=torch"], True, "torch", "optimizer.update = torch"),
+], ids=["gpu-compiled", "cpu", "cpu-compiled", "gpu-eager", "zero2", "explicit"])
+def test_auto_compiles_the_update_where_the_fused_optimizer_runs_beside_compiled_blocks_on_a_gpu(
+        overrides, cuda, update, why):
+    cfg = config_from_dict(BASE, overrides, cuda=cuda)
+    assert (cfg.optimizer.update, optimizer_update_chosen_because(cfg)) == (update, why)
+    # a config written for another machine decides again there; a named choice stays
+    assert config_for_another_machine(cfg)["optimizer"]["update"] == ("torch" if overrides[-1:] == ["optimizer.update=torch"]
+                                                                      else "auto")
+
+
 def test_the_update_is_the_fused_optimizers_and_one_error_elsewhere():
-    base = {"model": {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "seq_length": 32},
-            "training": {"train_steps": 10, "micro_batch_size": 2, "global_batch_size": 8, "precision": "bf16"}}
-    assert config_from_dict(base, ["optimizer.update=compiled"], cuda=False).optimizer.update == "compiled"
-    assert config_from_dict(base, [], cuda=False).optimizer.update == "torch"
     with pytest.raises(ConfigError, match="'optimizer.update' = 'compiled' is the fused optimizer's.*'deepspeed'"):
-        config_from_dict(base, ["optimizer.update=compiled", "training.precision=fp32"], cuda=False)
+        config_from_dict(BASE, ["optimizer.update=compiled", "training.precision=fp32"], cuda=False)
     with pytest.raises(ConfigError, match="optimizer.update"):
-        config_from_dict(base, ["optimizer.update=triton"], cuda=False)
+        config_from_dict(BASE, ["optimizer.update=triton"], cuda=False)
