@@ -27,8 +27,9 @@
 #            makes it (4 blocks per region at tensor > 1, 1 at tensor 1) and with the other
 #            (variants g1 / g4) in one run, 10 timed steps each: what a region call's host cost
 #            does to each rank
-#   sp       1.3B lowrank compiled, micro-batch 8 x 4: DP4, then TP2 and TP4 as the launcher's default
-#            makes them (sequence parallelism on) with it off as a variant in the same run (nosp)
+#   sp_tp4, sp_tp2  1.3B lowrank compiled, micro-batch 8 x 4: DP4, then TP4 (or TP2) as the launcher's
+#            default makes it (sequence parallelism on) with it off as a variant in the same process
+#            (nosp); one set per call (cold compiles: DP4 ~2 min, a TP rank and its variant over 4.5)
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -95,12 +96,11 @@ for set in "${sets[@]}"; do
         VARIANT="$other:training.blocks_per_region=${other#g}" emulate "regions_1p3b_$name" configs/1p3b_lowrank.json \
             compile 8 4 13 3 $overrides
       done ;;
-    sp)
-      emulate sp_1p3b_dp4 configs/1p3b_lowrank.json compile 8 4 8 4
-      for tensor in 2 4; do
-        VARIANT=nosp:parallel.sequence_parallel=false emulate "sp_1p3b_tp$tensor" configs/1p3b_lowrank.json \
-            compile 8 4 8 4 parallel.tensor=$tensor
-      done ;;
+    sp_tp4|sp_tp2)
+      tensor=${set#sp_tp}
+      emulate "sp_tp${tensor}_1p3b_dp4" configs/1p3b_lowrank.json compile 8 4 8 4
+      VARIANT=nosp:parallel.sequence_parallel=false emulate "sp_1p3b_tp$tensor" configs/1p3b_lowrank.json \
+          compile 8 4 8 4 parallel.tensor=$tensor ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
