@@ -11,7 +11,8 @@ import dataclasses
 import os
 from typing import Dict, Optional
 
-from ..config import Config, fused_optimizer_applies, optimizer_chosen_automatically
+from ..config import (Config, fused_optimizer_applies, optimizer_chosen_automatically, optimizer_update_chosen_because,
+                      resolve_optimizer_update)
 from .checkpointing import CheckpointError, CheckpointManager
 
 
@@ -66,6 +67,9 @@ def _follow_checkpoint_optimizer(cfg: Config, meta: Dict) -> Optional[str]:
     if saved == "fused" and not fused_optimizer_applies(cfg):
         return None  # this config cannot run it; the layout check explains
     cfg.optimizer.implementation = saved
+    if optimizer_update_chosen_because(cfg).startswith("auto"):  # the update follows the implementation
+        cfg.optimizer.update = "auto"
+        resolve_optimizer_update(cfg)
     return (f"optimizer.implementation 'auto' follows the checkpoint: {saved} (a new run would choose {now}; "
             f"tools/convert_checkpoint.py --optimizer-implementation {now} switches it)")
 

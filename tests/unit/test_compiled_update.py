@@ -111,3 +111,15 @@ def test_the_update_is_the_fused_optimizers_and_one_error_elsewhere():
         config_from_dict(BASE, ["optimizer.update=compiled", "training.precision=fp32"], cuda=False)
     with pytest.raises(ConfigError, match="optimizer.update"):
         config_from_dict(BASE, ["optimizer.update=triton"], cuda=False)
+
+
+def test_a_resume_that_follows_a_deepspeed_checkpoint_takes_torchs_update_with_it():
+    from megatron_sffn.training.resume_point import _follow_checkpoint_optimizer
+    cfg = config_from_dict(BASE, [], cuda=True)
+    assert (cfg.optimizer.implementation, cfg.optimizer.update) == ("fused", "compiled")
+    assert "follows the checkpoint: deepspeed" in _follow_checkpoint_optimizer(cfg, {"layout": {"optimizer": "deepspeed"}})
+    assert (cfg.optimizer.implementation, cfg.optimizer.update) == ("deepspeed", "torch")
+    assert optimizer_update_chosen_because(cfg) == "auto: optimizer deepspeed"
+    named = config_from_dict(BASE, ["optimizer.update=torch"], cuda=True)
+    _follow_checkpoint_optimizer(named, {"layout": {"optimizer": "deepspeed"}})
+    assert optimizer_update_chosen_because(named) == "optimizer.update = torch"
