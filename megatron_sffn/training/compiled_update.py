@@ -21,8 +21,10 @@ parameters are grouped by shape and dtype and called in chunks of at most CHUNK,
 identical tensors share one small graph, and a step makes a few dozen calls, not one per
 parameter (a per-parameter graph with dynamic shapes was launch-bound on an H100 at ~160 us a
 call: 48 ms a step against 11 ms for torch's kernel). The tensors whose shape no other tensor
-has (the embedding, and under ZeRO 1 the pieces cut at a bucket's edge) go in one call of a
-graph with symbolic sizes, so odd sizes do not each compile a graph of their own.
+has (the embedding, the dense first layer) each get a static graph of their own where there are
+at most CHUNK of them (one GPU: what was measured); where there are more (ZeRO 1's pieces cut at
+a bucket's edge), they go in one call of a graph with symbolic sizes, so odd sizes do not each
+compile a graph.
 """
 from __future__ import annotations
 
@@ -80,14 +82,17 @@ class CompiledAdamW:
     @classmethod
     def calls(cls, params: Sequence[torch.Tensor]) -> List[Tuple[bool, List[int]]]:
         """(symbolic sizes?, indices of params) per compiled call: the same shape and dtype together
-        in runs of at most CHUNK, then every tensor of a shape of its own in one call."""
+        in runs of at most CHUNK, then the tensors of a shape of their own: a static call each
+        where there are at most CHUNK of them, else one call of symbolic sizes."""
         by_kind: Dict[Tuple, List[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_kind[(tuple(p.shape), p.dtype)].append(i)
         shared = [(False, ids[lo:lo + cls.CHUNK]) for ids in by_kind.values() if len(ids) > 1
                   for lo in range(0, len(ids), cls.CHUNK)]
         alone = [ids[0] for ids in by_kind.values() if len(ids) == 1]
-        return shared + ([(True, alone)] if alone else [])
+        if len(alone) <= cls.CHUNK:
+            return shared + [(False, [i]) for i in alone]
+        return shared + [(True, alone)]
 
     def step(self, lists, lows: List[List[torch.Tensor]], grad_scale: Optional[torch.Tensor],
              found_inf: torch.Tensor) -> None:

@@ -62,15 +62,42 @@ def test_the_compiled_update_is_torchs_fused_adamw_and_writes_the_bf16_weights(c
     assert all(torch.equal(a, b) for a, b in zip(got[1], grads_before))
 
 
-def test_same_shaped_parameters_share_chunks_and_the_shapes_of_their_own_one_call_of_symbolic_sizes():
+def test_same_shaped_parameters_share_chunks_and_a_few_shapes_of_their_own_get_a_static_call_each():
     params = [torch.zeros(*s) for s in SHAPES] + [torch.zeros(32, dtype=torch.bfloat16)]
     calls = CompiledAdamW.calls(params)
     assert sorted(i for _, ids in calls for i in ids) == list(range(len(params)))
-    static = [ids for any_size, ids in calls if not any_size]
-    assert all(len({(params[i].shape, params[i].dtype) for i in ids}) == 1 for ids in static)
-    assert sorted(map(len, static)) == [2, 8]  # (16, 8) x 10 in runs of CompiledAdamW.CHUNK
-    # (64, 32), (32,), (100,) and the bf16 (32,): no other tensor has their shape and dtype
-    assert [sorted(ids) for any_size, ids in calls if any_size] == [[0, 1, 3, len(params) - 1]]
+    assert not any(any_size for any_size, _ in calls)
+    assert all(len({(params[i].shape, params[i].dtype) for i in ids}) == 1 for _, ids in calls)
+    # (16, 8) x 10 in runs of CompiledAdamW.CHUNK; (64, 32), (32,), (100,) and the bf16 (32,) alone
+    assert sorted(len(ids) for _, ids in calls) == [1, 1, 1, 1, 2, 8]
+
+
+def test_many_shapes_of_their_own_go_in_one_call_of_symbolic_sizes():
+    """ZeRO 1's pieces cut at bucket edges: more odd sizes than CompiledAdamW.CHUNK."""
+    sizes = [7 + i for i in range(CompiledAdamW.CHUNK + 1)]
+    params = [torch.zeros(n) for n in sizes] + [torch.zeros(4, 4), torch.zeros(4, 4)]
+    calls = CompiledAdamW.calls(params)
+    assert calls == [(False, [len(sizes), len(sizes) + 1]), (True, list(range(len(sizes))))]
+
+
+def test_the_call_of_symbolic_sizes_is_torchs_fused_adamw_too():
+    update = CompiledAdamW()
+    shapes = [(3 + i, 2) for i in range(CompiledAdamW.CHUNK + 1)]
+    g = torch.Generator().manual_seed(2)
+    want = ([torch.randn(*s, generator=g) for s in shapes], [torch.randn(*s, generator=g) for s in shapes],
+            [torch.zeros(*s) for s in shapes], [torch.zeros(*s) for s in shapes], [torch.tensor(0.0) for _ in shapes])
+    got = tuple([t.clone() for t in part] for part in want)
+    grads = [t.clone() for t in want[1]]
+    lows = [torch.zeros(*s, dtype=torch.bfloat16) for s in shapes]
+    found_inf, scale = torch.zeros(()), torch.tensor(2.0)
+    for _ in range(2):
+        torch._foreach_copy_(want[1], grads)  # torch's kernel divided them in place: each step's own
+        _torch_step(want, scale, found_inf)
+        _compiled_step(update, got, lows, scale, found_inf)
+    assert CompiledAdamW.calls(got[0]) == [(True, list(range(len(shapes))))]
+    for a, b in zip(got[0] + got[2] + got[3], want[0] + want[2] + want[3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert all(torch.equal(low, p.to(torch.bfloat16)) for low, p in zip(lows, got[0]))
 
 
 def test_a_non_finite_step_changes_nothing_and_puts_the_step_count_back():
