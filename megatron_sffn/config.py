@@ -343,6 +343,12 @@ def fused_optimizer_applies(cfg: Config) -> bool:
     return cfg.training.precision == "bf16" and cfg.parallel.zero_stage in (0, 1)
 
 
+def fused_optimizer_runs(cfg: Config) -> bool:
+    """optimizer.implementation is fused, or "auto" (a config not yet resolved) where it applies."""
+    o = cfg.optimizer
+    return o.implementation == "fused" or (o.implementation == "auto" and fused_optimizer_applies(cfg))
+
+
 def resolve_optimizer_implementation(cfg: Config) -> None:
     """Turn optimizer.implementation 'auto' into the one that runs; remember that it was chosen
     automatically (an attribute outside the dataclass fields, so saved configs hold the
@@ -426,7 +432,7 @@ def resolve_optimizer_update(cfg: Config, cuda: Optional[bool] = None) -> None:
     if o.update != "auto":
         o.chosen_because = f"optimizer.update = {o.update}"
         return
-    fused = o.implementation == "fused" or (o.implementation == "auto" and fused_optimizer_applies(cfg))
+    fused = fused_optimizer_runs(cfg)
     compiled = cfg.training.compile is True
     if fused and compiled and cuda is None:
         cuda = _cuda_available()
@@ -763,7 +769,7 @@ def cuda_graphs_refusal(cfg: Config) -> Optional[str]:
     if t.activation_checkpointing:
         return (f"{key} needs 'training.activation_checkpointing' = false: "
                 "recomputing a block in backward replays its forward while its outputs are still in use")
-    fused = o.implementation == "fused" or (o.implementation == "auto" and fused_optimizer_applies(cfg))
+    fused = fused_optimizer_runs(cfg)
     if not fused:
         return (f"{key} needs the fused optimizer ('optimizer.implementation' = fused or auto, with "
                 f"'training.precision' = bf16 and 'parallel.zero_stage' 0 or 1), got implementation "

@@ -112,7 +112,7 @@ class CompiledAdamW:
             for any_size, ids in known[1]:
                 update = self._compiled_any_size if any_size else self._compiled
                 update([params[i] for i in ids], [grads[i] for i in ids], [exp_avgs[i] for i in ids],
-                               [exp_avg_sqs[i] for i in ids], [steps[i] for i in ids], [group_lows[i] for i in ids],
-                               lr, grad_scale, found_inf, beta1=beta1, beta2=beta2,
-                               weight_decay=group["weight_decay"], eps=group["eps"])
+                       [exp_avg_sqs[i] for i in ids], [steps[i] for i in ids], [group_lows[i] for i in ids],
+                       lr, grad_scale, found_inf, beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"])
             torch._foreach_sub_(steps, [found_inf] * len(steps))
