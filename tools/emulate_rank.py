@@ -19,6 +19,12 @@ even the shape DeepSpeed sends first: the pipeline module's boundary_shape gives
 
     python tools/emulate_rank.py --world 4 [--rank 0] -- launchers/pretrain.py --config C ...
     python benchmarks/bench_train.py --nproc 4 --emulate ...      # the same, per benchmark case
+
+--collectives one-kernel makes each all-gather and reduce-scatter traced into the compiled blocks
+(torch's functional collectives: the compiled tensor-parallel path) one kernel, as an NCCL call
+is, in place of the fake group's (one copy per slot for an all-gather, none for a
+reduce-scatter): so the rank's host time per collective is close to a real rank's (see
+collectives_as_one_kernel). Eager calls keep the fake group's behaviour.
 """
 from __future__ import annotations
 
@@ -29,12 +35,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+COLLECTIVES = ("torch", "one-kernel")  # --collectives: the fake group's own, or collectives_as_one_kernel
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  usage="%(prog)s --world N [--rank R] -- SCRIPT [ARGS ...]")
     ap.add_argument("--world", type=int, required=True, help="world size of the emulated layout")
     ap.add_argument("--rank", type=int, default=0, help="which global rank this process is (default 0)")
+    ap.add_argument("--collectives", choices=COLLECTIVES, default="torch",
+                    help="torch: the fake group's collectives as torch makes them; one-kernel: each traced "
+                         "all-gather and reduce-scatter one kernel, as a real NCCL call (default torch)")
     ap.add_argument("script", help="the Python script to run as that rank (e.g. launchers/pretrain.py)")
     ap.add_argument("script_args", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
@@ -47,6 +58,51 @@ def parse_args(argv=None):
     if args.script_args[:1] == ["--"]:
         args.script_args = args.script_args[1:]
     return args
+
+
+_one_kernel_library = []  # the torch.library registration; its kernels last as long as this reference
+
+
+def collectives_as_one_kernel() -> None:
+    """The traced all-gathers and reduce-scatters on this process's devices, one kernel each.
+
+    Why: a real rank's NCCL call costs one launch and ~25-40 us of host (one H200, performance.md).
+    torch's fake group makes an N-rank all-gather N copies, each dispatched and launched
+    (~3x that host time on an H100, and 8,000 device copies a TP4 SP step), and a reduce-scatter
+    nothing. Here an all-gather is one broadcast copy into its output and a reduce-scatter one
+    copy of the first chunk (the values mean nothing either way; the bytes written are the
+    output's). Process-wide, for the process's lifetime; idempotent.
+    """
+    if _one_kernel_library:
+        return
+    import warnings
+
+    import torch
+    import torch.distributed._functional_collectives  # noqa: F401  (registers the ops)
+
+    def all_gather_out(inp, group_size, group_name, *, out):
+        out.view(group_size, *inp.shape).copy_(inp.unsqueeze(0).expand(group_size, *inp.shape))
+        return out
+
+    def all_gather(inp, group_size, group_name):
+        out = inp.new_empty((group_size * inp.shape[0], *inp.shape[1:]))
+        return all_gather_out(inp, group_size, group_name, out=out)
+
+    def reduce_scatter_out(inp, reduce_op, group_size, group_name, *, out):
+        return out.copy_(inp.narrow(0, 0, inp.shape[0] // group_size))
+
+    def reduce_scatter(inp, reduce_op, group_size, group_name):
+        return inp.narrow(0, 0, inp.shape[0] // group_size).clone()
+
+    library = torch.library.Library("_c10d_functional", "IMPL")
+    kernels = {"all_gather_into_tensor": all_gather, "all_gather_into_tensor_out": all_gather_out,
+               "reduce_scatter_tensor": reduce_scatter, "reduce_scatter_tensor_out": reduce_scatter_out}
+    with warnings.catch_warnings():  # "Overriding a previously registered kernel": that is the point
+        warnings.simplefilter("ignore")
+        for op, kernel in kernels.items():
+            for device in ("CPU", "CUDA"):
+                library.impl(op, kernel, device)
+    _one_kernel_library.append(library)
 
 
 def replicate_local_object(object_list, obj, group=None):
@@ -128,9 +184,12 @@ def this_rank_does_rank_zeros_part() -> None:
     data_feed.open_training_data = lambda cfg, rank, *args, **kwargs: open_data(cfg, 0, *args, **kwargs)
 
 
-def join_fake_world(world: int, rank: int) -> None:
+def join_fake_world(world: int, rank: int, collectives: str = "torch") -> None:
     """The default process group for `rank` of `world`, faked; the launcher's init then finds
-    it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's one device)."""
+    it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's one device).
+    collectives: "torch" (the fake group's own) or "one-kernel" (collectives_as_one_kernel)."""
+    if collectives not in COLLECTIVES:
+        raise ValueError(f"collectives must be one of {COLLECTIVES}, got {collectives!r}")
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
@@ -146,13 +205,16 @@ def join_fake_world(world: int, rank: int) -> None:
     partition_layout_from_own_output()
     stage_inputs_from_the_model()
     this_rank_does_rank_zeros_part()
+    if collectives == "one-kernel":
+        collectives_as_one_kernel()
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    join_fake_world(args.world, args.rank)
+    join_fake_world(args.world, args.rank, args.collectives)
     print(f"[emulate_rank] rank {args.rank} of {args.world} on torch's fake process group: memory and "
-          "this rank's compute are real; losses and communication are not", flush=True)
+          "this rank's compute are real; losses and communication are not"
+          + ("; traced collectives one kernel each" if args.collectives == "one-kernel" else ""), flush=True)
     sys.argv = [args.script] + args.script_args
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
     runpy.run_path(args.script, run_name="__main__")

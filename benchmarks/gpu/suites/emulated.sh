@@ -30,6 +30,10 @@
 #   sp_tp4, sp_tp2  1.3B lowrank compiled, micro-batch 8 x 4: DP4, then TP4 (or TP2) as the launcher's
 #            default makes it (sequence parallelism on) with it off as a variant in the same process
 #            (nosp); one set per call (cold compiles: DP4 ~2 min, a TP rank and its variant over 4.5)
+#   collectives  what the fake group's collectives add to a TP4 SP rank: bench_emulated_collectives.py
+#            (host us per traced all-gather / reduce-scatter: NCCL on one rank, the fake group as torch
+#            makes it, emulate_rank --collectives one-kernel), then 1.3B lowrank compiled TP4 SP with
+#            torch's fake collectives and with one kernel each (COLLECTIVES=one-kernel), then DP4
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -39,6 +43,7 @@ emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r 
   local name=$1 config=$2 mode=$3 micro=$4 accum=$5 steps=$6 warmup=$7; shift 7
   local overrides=(); for o in "$@"; do overrides+=(--override "$o"); done
   local variants=(); [ -n "${VARIANT:-}" ] && variants=(--variant "$VARIANT")
+  overrides+=(--emulate-collectives "${COLLECTIVES:-torch}")  # COLLECTIVES=one-kernel: emulate_rank --collectives
   timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate "${RANK:-0}" --modes "$mode" \
       --micro-batch-size "$micro" --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" \
       "${overrides[@]}" "${variants[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
@@ -101,6 +106,13 @@ for set in "${sets[@]}"; do
       emulate "sp_tp${tensor}_1p3b_dp4" configs/1p3b_lowrank.json compile 8 4 8 4
       VARIANT=nosp:parallel.sequence_parallel=false emulate "sp_1p3b_tp$tensor" configs/1p3b_lowrank.json \
           compile 8 4 8 4 parallel.tensor=$tensor ;;
+    collectives)
+      python3 benchmarks/diagnostics/bench_emulated_collectives.py --out "$out/collectives_host.json" \
+          > "$out/collectives_host.txt" 2>&1; echo "== collectives_host (exit $?)"; cat "$out/collectives_host.txt"
+      emulate collectives_1p3b_tp4sp_torch configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4
+      COLLECTIVES=one-kernel emulate collectives_1p3b_tp4sp_one_kernel configs/1p3b_lowrank.json compile 8 4 8 4 \
+          parallel.tensor=4
+      emulate collectives_1p3b_dp4 configs/1p3b_lowrank.json compile 8 4 8 4 ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
@@ -149,8 +161,9 @@ for set in "${sets[@]}"; do
             --keep-logs "$out/logs_graphs_$name" --out "$out/graphs_$name.json" > "$out/graphs_$name.txt" 2>&1
         echo "== graphs $name (exit $?)"; grep -E "emulated rank|FAILED|Error" "$out/graphs_$name.txt" | tail -3
       done ;;
-    *) echo "error: unknown set '$set' of suite 'emulated' (memory sp_slope memory_compiled compute python_wrapper regions profile" \
-            "compute_6p7b compute_6p7b_compiled compute_last_stage last_stages graphs)" >&2; exit 2 ;;
+    *) echo "error: unknown set '$set' of suite 'emulated' (memory sp_slope memory_compiled compute python_wrapper" \
+            "regions sp_tp4 sp_tp2 collectives compute_eager profile compute_6p7b compute_6p7b_compiled" \
+            "compute_last_stage last_stages graphs)" >&2; exit 2 ;;
   esac
 done
 python3 benchmarks/bench_train.py --table-from "$out"/*.json --out "$out/emulated_all.json" 2>&1 | tail -20
