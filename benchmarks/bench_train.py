@@ -58,10 +58,10 @@ def parse_args(argv=None):
                     help="run only this rank (default 0) of the --nproc layout, alone on one device "
                          "(tools/emulate_rank.py: torch's fake process group): its real peak memory and its "
                          "compute-only step time; losses and communication are not real")
-    ap.add_argument("--emulate-collectives", choices=["torch", "one-kernel"], default="torch",
-                    help="with --emulate: the fake group's collectives as torch makes them (default), or each "
-                         "traced all-gather and reduce-scatter one kernel as an NCCL call is "
-                         "(tools/emulate_rank.py --collectives)")
+    ap.add_argument("--emulate-collectives", choices=["one-kernel", "torch"], default=None,
+                    help="with --emulate: each traced all-gather and reduce-scatter one kernel, as an NCCL call "
+                         "is (default), or the fake group's collectives as torch makes them (one copy per slot "
+                         "for an all-gather); tools/emulate_rank.py --collectives")
     ap.add_argument("--data-path", default="embedded")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V;K=V",
@@ -88,8 +88,9 @@ def parse_args(argv=None):
         ap.error("--reference compares against a one-GPU reference: use --nproc 1")
     if args.emulate is not None and (args.nproc < 2 or args.reference or args.guided):
         ap.error("--emulate runs one rank of an --nproc >= 2 layout alone; not with --reference or --guided")
-    if args.emulate is None and args.emulate_collectives != "torch":
+    if args.emulate is None and args.emulate_collectives is not None:
         ap.error("--emulate-collectives applies to an emulated rank: add --emulate")
+    args.emulate_collectives = args.emulate_collectives or "one-kernel"
     if args.emulate is not None and not 0 <= args.emulate < args.nproc:
         ap.error(f"--emulate RANK must be in [0, --nproc {args.nproc}), got {args.emulate}")
     devices = visible_devices()
@@ -195,7 +196,7 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
     tflops = flops / step_time / args.nproc / 1e12
     return {"config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind, "nproc": args.nproc,
             "emulated": getattr(args, "emulate", None) is not None, "emulated_rank": getattr(args, "emulate", None),
-            "emulated_collectives": (getattr(args, "emulate_collectives", "torch")
+            "emulated_collectives": (getattr(args, "emulate_collectives", "one-kernel")
                                      if getattr(args, "emulate", None) is not None else None),
             "micro_batch": args.micro_batch_size, "tokens_per_step": tokens_per_step, "flops_per_step": flops,
             "timed_steps": len(timed_steps), "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
@@ -277,7 +278,7 @@ def print_table(rows) -> None:
               f"{r['tokens_per_s_per_gpu']:>10,.0f} {r['tflops_per_gpu']:>12.1f} {mfu:>6} "
               f"{1000 * r['step_time_s']:>8.1f} {r['max_allocated_gb']:>7.1f}"
               + (f"  emulated rank {r.get('emulated_rank') or 0}: no communication" if r.get("emulated") else "")
-              + (" (collectives one kernel)" if r.get("emulated_collectives") == "one-kernel" else ""))
+              + (" (torch's fake collectives)" if r.get("emulated_collectives") == "torch" else ""))
 
 
 def print_guided_table(rows) -> None:

@@ -20,11 +20,11 @@ even the shape DeepSpeed sends first: the pipeline module's boundary_shape gives
     python tools/emulate_rank.py --world 4 [--rank 0] -- launchers/pretrain.py --config C ...
     python benchmarks/bench_train.py --nproc 4 --emulate ...      # the same, per benchmark case
 
---collectives one-kernel makes each all-gather and reduce-scatter traced into the compiled blocks
-(torch's functional collectives: the compiled tensor-parallel path) one kernel, as an NCCL call
-is, in place of the fake group's (one copy per slot for an all-gather, none for a
-reduce-scatter): so the rank's host time per collective is close to a real rank's (see
-collectives_as_one_kernel). Eager calls keep the fake group's behaviour.
+Each all-gather and reduce-scatter traced into the compiled blocks (torch's functional
+collectives: the compiled tensor-parallel path) is one kernel, as an NCCL call is, in place of
+the fake group's (one copy per slot for an all-gather, none for a reduce-scatter): see
+collectives_as_one_kernel; --collectives torch keeps torch's. Eager calls keep the fake
+group's behaviour.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-COLLECTIVES = ("torch", "one-kernel")  # --collectives: the fake group's own, or collectives_as_one_kernel
+COLLECTIVES = ("one-kernel", "torch")  # --collectives: collectives_as_one_kernel, or the fake group's own
 
 
 def parse_args(argv=None):
@@ -43,9 +43,9 @@ def parse_args(argv=None):
                                  usage="%(prog)s --world N [--rank R] -- SCRIPT [ARGS ...]")
     ap.add_argument("--world", type=int, required=True, help="world size of the emulated layout")
     ap.add_argument("--rank", type=int, default=0, help="which global rank this process is (default 0)")
-    ap.add_argument("--collectives", choices=COLLECTIVES, default="torch",
-                    help="torch: the fake group's collectives as torch makes them; one-kernel: each traced "
-                         "all-gather and reduce-scatter one kernel, as a real NCCL call (default torch)")
+    ap.add_argument("--collectives", choices=COLLECTIVES, default="one-kernel",
+                    help="one-kernel (default): each traced all-gather and reduce-scatter one kernel, as a real "
+                         "NCCL call; torch: the fake group's collectives as torch makes them")
     ap.add_argument("script", help="the Python script to run as that rank (e.g. launchers/pretrain.py)")
     ap.add_argument("script_args", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
@@ -66,12 +66,13 @@ _one_kernel_library = []  # the torch.library registration; its kernels last as 
 def collectives_as_one_kernel() -> None:
     """The traced all-gathers and reduce-scatters on this process's devices, one kernel each.
 
-    Why: a real rank's NCCL call costs one launch and ~25-40 us of host (one H200, performance.md).
-    torch's fake group makes an N-rank all-gather N copies, each dispatched and launched
-    (~3x that host time on an H100, and 8,000 device copies a TP4 SP step), and a reduce-scatter
-    nothing. Here an all-gather is one broadcast copy into its output and a reduce-scatter one
-    copy of the first chunk (the values mean nothing either way; the bytes written are the
-    output's). Process-wide, for the process's lifetime; idempotent.
+    Why: a real rank's NCCL call is one launch (~36-40 us of host a call on an H100,
+    bench_emulated_collectives.py). torch's fake group makes an N-rank all-gather N device
+    copies, each dispatched and launched (8,000 a TP4 SP step), and a reduce-scatter nothing;
+    with them a 1.3B TP4 SP rank ran at 0.89x of its speed with these (performance.md). Here an
+    all-gather is one broadcast copy into its output and a reduce-scatter one copy of the first
+    chunk: one launch each, ~31-41 us of host, the output's bytes written (the values mean
+    nothing either way). Process-wide, for the process's lifetime; idempotent.
     """
     if _one_kernel_library:
         return
@@ -184,10 +185,10 @@ def this_rank_does_rank_zeros_part() -> None:
     data_feed.open_training_data = lambda cfg, rank, *args, **kwargs: open_data(cfg, 0, *args, **kwargs)
 
 
-def join_fake_world(world: int, rank: int, collectives: str = "torch") -> None:
+def join_fake_world(world: int, rank: int, collectives: str = "one-kernel") -> None:
     """The default process group for `rank` of `world`, faked; the launcher's init then finds
     it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's one device).
-    collectives: "torch" (the fake group's own) or "one-kernel" (collectives_as_one_kernel)."""
+    collectives: "one-kernel" (collectives_as_one_kernel) or "torch" (the fake group's own)."""
     if collectives not in COLLECTIVES:
         raise ValueError(f"collectives must be one of {COLLECTIVES}, got {collectives!r}")
     import torch.distributed as dist
@@ -214,7 +215,7 @@ def main(argv=None) -> None:
     join_fake_world(args.world, args.rank, args.collectives)
     print(f"[emulate_rank] rank {args.rank} of {args.world} on torch's fake process group: memory and "
           "this rank's compute are real; losses and communication are not"
-          + ("; traced collectives one kernel each" if args.collectives == "one-kernel" else ""), flush=True)
+          + ("; torch's fake collectives" if args.collectives == "torch" else ""), flush=True)
     sys.argv = [args.script] + args.script_args
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
     runpy.run_path(args.script, run_name="__main__")

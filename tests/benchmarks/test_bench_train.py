@@ -235,6 +235,7 @@ def test_emulate_runs_rank_zero_of_the_layout_alone(commands):
     rows = data["results"]
     assert [r["variant"] for r in rows] == ["base", "sp"]
     assert all(r["emulated"] and r["nproc"] == 4 and "error" not in r for r in rows)
+    assert all(r["emulated_collectives"] == "one-kernel" for r in rows)  # the default: one kernel a collective
     assert all(len(r["max_allocated_gb_per_step"]) == len(r["losses"]) for r in rows)
     assert "emulated rank 0: no communication" in proc.stdout
 
@@ -252,7 +253,8 @@ def test_emulate_a_later_pipeline_stage(commands):
 @pytest.mark.parametrize("argv, message", [
     (["--emulate"], "--emulate runs one rank of an --nproc >= 2 layout"),
     (["--emulate", "--nproc", "4", "--guided"], "--emulate runs one rank of an --nproc >= 2 layout"),
-    (["--emulate", "4", "--nproc", "4"], "--emulate RANK must be in [0, --nproc 4), got 4")])
+    (["--emulate", "4", "--nproc", "4"], "--emulate RANK must be in [0, --nproc 4), got 4"),
+    (["--nproc", "4", "--emulate-collectives", "torch"], "--emulate-collectives applies to an emulated rank")])
 def test_emulate_refuses_what_it_cannot_mean(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         bench_train.parse_args(argv)

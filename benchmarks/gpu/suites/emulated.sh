@@ -33,7 +33,8 @@
 #   collectives  what the fake group's collectives add to a TP4 SP rank: bench_emulated_collectives.py
 #            (host us per traced all-gather / reduce-scatter: NCCL on one rank, the fake group as torch
 #            makes it, emulate_rank --collectives one-kernel), then 1.3B lowrank compiled TP4 SP with
-#            torch's fake collectives and with one kernel each (COLLECTIVES=one-kernel), then DP4
+#            torch's fake collectives (COLLECTIVES=torch) and with one kernel each (the default), then DP4;
+#            12 timed steps each (a 4-step window moves by +-10% on these hosts)
 #   graphs   1.3B lowrank TP4 SP and TP2 SP compiled, with and without training.cuda_graphs
 #            (MEGATRON_SFFN_EXPERIMENTAL_TP_CUDA_GRAPHS=1): what replaying does to a TP rank
 sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(memory memory_compiled compute)
@@ -43,7 +44,7 @@ emulate() {  # NAME CONFIG MODE MICRO ACCUM STEPS WARMUP [OVERRIDE ...]; RANK=r 
   local name=$1 config=$2 mode=$3 micro=$4 accum=$5 steps=$6 warmup=$7; shift 7
   local overrides=(); for o in "$@"; do overrides+=(--override "$o"); done
   local variants=(); [ -n "${VARIANT:-}" ] && variants=(--variant "$VARIANT")
-  overrides+=(--emulate-collectives "${COLLECTIVES:-torch}")  # COLLECTIVES=one-kernel: emulate_rank --collectives
+  overrides+=(--emulate-collectives "${COLLECTIVES:-one-kernel}")  # COLLECTIVES=torch: the fake group's own
   timeout 560 python3 benchmarks/bench_train.py --configs "$config" --nproc 4 --emulate "${RANK:-0}" --modes "$mode" \
       --micro-batch-size "$micro" --grad-accumulation "$accum" --steps "$steps" --warmup "$warmup" \
       "${overrides[@]}" "${variants[@]}" --keep-logs "$out/logs" --out "$out/$name.json" > "$out/$name.txt" 2>&1
@@ -109,10 +110,9 @@ for set in "${sets[@]}"; do
     collectives)
       python3 benchmarks/diagnostics/bench_emulated_collectives.py --out "$out/collectives_host.json" \
           > "$out/collectives_host.txt" 2>&1; echo "== collectives_host (exit $?)"; cat "$out/collectives_host.txt"
-      emulate collectives_1p3b_tp4sp_torch configs/1p3b_lowrank.json compile 8 4 8 4 parallel.tensor=4
-      COLLECTIVES=one-kernel emulate collectives_1p3b_tp4sp_one_kernel configs/1p3b_lowrank.json compile 8 4 8 4 \
-          parallel.tensor=4
-      emulate collectives_1p3b_dp4 configs/1p3b_lowrank.json compile 8 4 8 4 ;;
+      COLLECTIVES=torch emulate collectives_1p3b_tp4sp_torch configs/1p3b_lowrank.json compile 8 4 16 4 parallel.tensor=4
+      emulate collectives_1p3b_tp4sp_one_kernel configs/1p3b_lowrank.json compile 8 4 16 4 parallel.tensor=4
+      emulate collectives_1p3b_dp4 configs/1p3b_lowrank.json compile 8 4 16 4 ;;
     compute_eager)
       emulate compute_1p3b_dp4_eager configs/1p3b_lowrank.json eager 8 4 8 4
       emulate compute_1p3b_tp2sp_eager configs/1p3b_lowrank.json eager 8 4 8 4 parallel.tensor=2 \
