@@ -39,19 +39,17 @@ per micro-batch.
     python benchmarks/diagnostics/bench_host_overhead.py --configs configs/1p3b_lowrank.json --modes eager \
         --tensor-parallel 2 --sequence-parallel --profile --out benchmarks/results/host_overhead_tp2_cpu.json
 
---modes compile-split compiles the blocks with the tensor-parallel collectives kept outside the
-graphs (parallel/regions.py keep_collectives_out_of_compiled_graphs, called in the case's
-processes before the engine compiles: a graph break at every collective, the behaviour before),
-beside compile, where they are traced into the graphs as functional collectives. Traced
-collectives run inside the compiled graphs, where the torch.distributed wrapper above does not
-see them: their time stays in host/blk. So the column comparable across eager / compile-split /
-compile is f+b/blk (ms_per_block in the JSON): (forward + backward) / layers, collectives
-included, the same collectives in every mode. Each row also gives torch._dynamo's graph breaks
-and unique graphs over the run (graph_breaks, unique_graphs) and the collective calls per block
-the wrapper saw (wrapper_collective_calls_per_block: ~0 from the blocks when traced).
+Under --modes compile the tensor-parallel collectives are traced into the compiled graphs,
+where the torch.distributed wrapper above does not see them: their time stays in host/blk. So
+the column comparable across eager and compile is f+b/blk (ms_per_block in the JSON): (forward +
+backward) / layers, collectives included. Each row also gives torch._dynamo's graph breaks and
+unique graphs over the run (graph_breaks, unique_graphs) and the collective calls per block the
+wrapper saw (wrapper_collective_calls_per_block: ~0 from the blocks when traced).
+`--override training.trace_collectives=false` keeps them outside the graphs (a graph break at
+each), the launcher's fallback.
 
     python benchmarks/diagnostics/bench_host_overhead.py --configs configs/1p3b_lowrank.json \
-        --modes eager compile-split compile --tensor-parallel 2 --sequence-parallel
+        --modes eager compile --tensor-parallel 2 --sequence-parallel
 """
 from __future__ import annotations
 
@@ -72,16 +70,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, BENCHMARKS)  # the benchmarks' shared helpers (local_ranks, bench_reference, ...)
 
 PHASES = ("forward", "backward", "optimizer_step", "loop")
-MODES = ("eager", "compile", "compile-split")
-COMPILED = ("compile", "compile-split")
+MODES = ("eager", "compile")
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["configs/1p3b_dense.json", "configs/1p3b_lowrank.json"])
     ap.add_argument("--modes", nargs="+", default=["compile"], choices=list(MODES),
-                    help="compile: collectives traced into the compiled graphs; compile-split: compiled, "
-                         "collectives outside the graphs (a graph break at each, the behaviour before)")
+                    help="compile: the blocks compiled, tensor-parallel collectives traced into the graphs")
     ap.add_argument("--steps", type=int, default=40, help="timed steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--count-steps", type=int, default=20, help="steps counted for syncs (after the timed ones)")
@@ -134,7 +130,7 @@ def launcher_argv(config: str, mode: str, run_dir: str, args, tensor: int = 1, d
             "--train-steps", str(total), "--log-interval", str(args.log_interval),
             "--eval-interval", str(10 ** 9), "--no-save"]
     # explicit, not the config's "auto": eager means eager on a GPU too, and no CUDA graphs
-    argv += ["--compile" if mode in COMPILED else "--no-compile", "--no-cuda-graphs"]
+    argv += ["--compile" if mode == "compile" else "--no-compile", "--no-cuda-graphs"]
     argv.append("--sequence-parallel" if sequence_parallel else "--no-sequence-parallel")  # explicit, not "auto"
     for o in tiny_overrides(config, args):
         argv += ["--override", o]
@@ -262,9 +258,6 @@ def run_megatron_case(config: str, mode: str, args, layout: dict = None) -> dict
                                                    data=world // tensor,
                                                    sequence_parallel=layout.get("sequence_parallel", False)))
     cfg = load_config(launcher_args.config, overrides, world_size=world)
-    if mode == "compile-split":  # before the engine compiles its blocks: every later compile_blocks keeps them out
-        from megatron_sffn.parallel.regions import keep_collectives_out_of_compiled_graphs
-        keep_collectives_out_of_compiled_graphs()
     trainer = loop_module.Trainer(cfg)
     clock.wrap(type(trainer.engine.module), "__call__", "forward")
     profiler = None
@@ -329,12 +322,12 @@ def run_megatron_case(config: str, mode: str, args, layout: dict = None) -> dict
     row["host_ms_per_block"] = row["fwd_bwd_host_ms"] / layers  # one micro-batch per step
     # collectives included: the same collectives run in every mode, but traced ones (compile) run
     # inside the compiled graphs where the torch.distributed wrapper does not see them, so this,
-    # not host_ms_per_block, is the column comparable across eager / compile-split / compile
+    # not host_ms_per_block, is the column comparable across eager / compile
     row["fwd_bwd_ms"] = 1000 * statistics.median(s.get("forward", 0.0) + s.get("backward", 0.0) for s in plain)
     row["ms_per_block"] = row["fwd_bwd_ms"] / layers
     row["wrapper_collective_calls_per_block"] = sum(
         v for k, v in row["collective_calls_per_step"].items() if k.startswith(("forward:", "backward:"))) / layers
-    row["collectives_in_graphs"] = mode == "compile"
+    row["collectives_in_graphs"] = mode == "compile" and cfg.training.trace_collectives
     row.update(dynamo_counts())
     if profiler is not None:
         row["profile"] = profile_rows(profiler, args.steps, layers, args.profile_top)
@@ -584,7 +577,7 @@ def print_tensor_parallel_table(rows) -> None:
               f"{'graphs':>6}")
     print("\nper step (one micro-batch), ms; host/blk = (fwd + bwd - the collectives the torch.distributed wrapper "
           "saw) / layers;\nf+b/blk = (fwd + bwd) / layers, collectives included: the column comparable across "
-          "eager / compile-split / compile\n(traced collectives run inside the compiled graphs, unseen by the "
+          "eager / compile\n(traced collectives run inside the compiled graphs, unseen by the "
           "wrapper: calls/blk = the wrapper's fwd + bwd calls per block;\nbreaks, graphs = torch._dynamo's "
           "graph breaks and unique graphs over the run)\n" + header)
     print("-" * len(header))
@@ -624,8 +617,7 @@ def main(argv=None) -> int:
         cases = tensor_parallel_cases(args)
     else:
         cases = [{"side": side, "config": c, "mode": m} for c in args.configs for m in args.modes
-                 for side in (["megatron_sffn", "reference"] if args.reference and m != "compile-split"
-                              else ["megatron_sffn"])]  # the reference has no collectives to split
+                 for side in (["megatron_sffn", "reference"] if args.reference else ["megatron_sffn"])]
     rows = []
     for case in cases:
         if case.get("profile"):  # one run: its times are the profiler's, not the timed ones

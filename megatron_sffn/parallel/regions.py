@@ -10,8 +10,8 @@
 Layers call these and never ask which mode is on. With tensor size 1 all are local.
 
 Under torch.compile the collectives are traced into the block's graphs (parallel/collectives.py).
-`keep_collectives_out_of_compiled_graphs` puts them back outside (a graph break at each), the
-behaviour before, kept for comparison (benchmarks/diagnostics/bench_host_overhead.py).
+`keep_collectives_out_of_compiled_graphs` puts them back outside (a graph break at each):
+`training.trace_collectives = false`, the fallback should a torch version fail to trace them.
 """
 from __future__ import annotations
 
