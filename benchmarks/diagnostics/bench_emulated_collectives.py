@@ -10,8 +10,8 @@ its wait_tensor):
 
   nccl        a real process group of one rank (gloo on a CPU): what a real rank's call costs
               on the host, its kernel moving no bytes across a link
-  torch       the fake group of --world ranks as torch makes it (tools/emulate_rank.py's default)
-  one-kernel  the same with emulate_rank --collectives one-kernel
+  torch       the fake group of --world ranks as torch makes it (emulate_rank --collectives torch)
+  one-kernel  the same with each call one kernel (emulate_rank's default, --collectives one-kernel)
 
 Host us per call: the time to issue --calls calls of a small input (--small-rows rows; the
 device keeps up), then the wall time per call at the TP4 SP block's shape (--rows x --hidden in,

@@ -22,9 +22,9 @@ parameters on a GPU, fp32 on a CPU; no optimizer):
 N with the real shards and collectives, the plain- modes as N independent copies of the plain
 model (each device's own full model: the per-GPU baseline).
 --emulate N: one process, the tp- modes as rank 0 of a tensor group of N on torch's fake
-process group (that rank's real shards and activations, collectives that move nothing: the
-rank's own host and device work), the plain- modes as the full model a data-parallel rank
-runs. --keep-collective-autograd leaves torch's Python autograd kernels on the functional
+process group (that rank's real shards and activations, collectives that move nothing, each
+traced collective one kernel as in tools/emulate_rank.py: the rank's own host and device
+work), the plain- modes as the full model a data-parallel rank runs. --keep-collective-autograd leaves torch's Python autograd kernels on the functional
 collectives the compiled blocks call (what compile_blocks bypasses: parallel/collectives.py). Each mode runs under
 --case-timeout seconds; a mode that hangs is reported as such, with every rank's Python stacks
 dumped shortly before the timeout (where each waits), and the others still run.
@@ -171,6 +171,8 @@ def run_case(mode: str, args) -> dict:
     if args.emulate:
         from torch.testing._internal.distributed.fake_pg import FakeStore
         dist.init_process_group("fake", rank=0, world_size=args.emulate, store=FakeStore())
+        from tools.emulate_rank import collectives_as_one_kernel
+        collectives_as_one_kernel()  # each traced collective one kernel, as bench_train --emulate has them
     else:
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 **({"device_id": device} if cuda else {}))
