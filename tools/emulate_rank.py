@@ -66,13 +66,12 @@ _one_kernel_library = []  # the torch.library registration; its kernels last as 
 def collectives_as_one_kernel() -> None:
     """The traced all-gathers and reduce-scatters on this process's devices, one kernel each.
 
-    Why: a real rank's NCCL call is one launch (~36-40 us of host a call on an H100,
+    Why: a real rank's NCCL call is one kernel (~36-40 us of host a call on an H100,
     bench_emulated_collectives.py). torch's fake group makes an N-rank all-gather N device
-    copies, each dispatched and launched (8,000 a TP4 SP step), and a reduce-scatter nothing;
-    with them a 1.3B TP4 SP rank ran at 0.89x of its speed with these (performance.md). Here an
-    all-gather is one broadcast copy into its output and a reduce-scatter one copy of the first
-    chunk: one launch each, ~31-41 us of host, the output's bytes written (the values mean
-    nothing either way). Process-wide, for the process's lifetime; idempotent.
+    copies, each dispatched and launched (8,000 a TP4 SP step), and a reduce-scatter nothing.
+    Here an all-gather is one broadcast copy into its output and a reduce-scatter one copy of
+    the first chunk: one launch each, ~31-41 us of host, the output's bytes written (the values
+    mean nothing either way). Process-wide, for the process's lifetime; idempotent.
     """
     if _one_kernel_library:
         return
