@@ -40,6 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from tools import emulate_rank  # noqa: E402  (its --collectives choices; it imports no torch at load)
+
 SMOKE = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.ffn_hidden_size=256",
          "model.seq_length=32", "model.ffn.rank=16", "training.precision=fp32"]
 
@@ -58,7 +60,7 @@ def parse_args(argv=None):
                     help="run only this rank (default 0) of the --nproc layout, alone on one device "
                          "(tools/emulate_rank.py: torch's fake process group): its real peak memory and its "
                          "compute-only step time; losses and communication are not real")
-    ap.add_argument("--emulate-collectives", choices=["one-kernel", "torch"], default=None,
+    ap.add_argument("--emulate-collectives", choices=emulate_rank.COLLECTIVES, default=None,
                     help="with --emulate: each traced all-gather and reduce-scatter one kernel, as an NCCL call "
                          "is (default), or the fake group's collectives as torch makes them (one copy per slot "
                          "for an all-gather); tools/emulate_rank.py --collectives")
@@ -90,7 +92,7 @@ def parse_args(argv=None):
         ap.error("--emulate runs one rank of an --nproc >= 2 layout alone; not with --reference or --guided")
     if args.emulate is None and args.emulate_collectives is not None:
         ap.error("--emulate-collectives applies to an emulated rank: add --emulate")
-    args.emulate_collectives = args.emulate_collectives or "one-kernel"
+    args.emulate_collectives = args.emulate_collectives or "one-kernel"  # emulate_rank's default
     if args.emulate is not None and not 0 <= args.emulate < args.nproc:
         ap.error(f"--emulate RANK must be in [0, --nproc {args.nproc}), got {args.emulate}")
     devices = visible_devices()

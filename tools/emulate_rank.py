@@ -184,18 +184,28 @@ def this_rank_does_rank_zeros_part() -> None:
     data_feed.open_training_data = lambda cfg, rank, *args, **kwargs: open_data(cfg, 0, *args, **kwargs)
 
 
-def join_fake_world(world: int, rank: int, collectives: str = "one-kernel") -> None:
-    """The default process group for `rank` of `world`, faked; the launcher's init then finds
-    it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's one device).
-    collectives: "one-kernel" (collectives_as_one_kernel) or "torch" (the fake group's own)."""
+def init_fake_group(world: int, rank: int = 0, collectives: str = "one-kernel") -> None:
+    """This process's default process group: `rank` of `world` on torch's fake group, its
+    traced collectives "one-kernel" (collectives_as_one_kernel) or "torch" (the fake group's own)."""
     if collectives not in COLLECTIVES:
         raise ValueError(f"collectives must be one of {COLLECTIVES}, got {collectives!r}")
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
+    if collectives == "one-kernel":
+        collectives_as_one_kernel()
+
+
+def join_fake_world(world: int, rank: int, collectives: str = "one-kernel") -> None:
+    """The default process group for `rank` of `world`, faked (init_fake_group); the launcher's
+    init then finds it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's
+    one device)."""
+    import torch.distributed as dist
+
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_SIZE="1",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
-    dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
+    init_fake_group(world, rank, collectives)
     dist.all_gather_object = replicate_local_object
     dist.new_group = fake_backend_groups(dist.new_group)
     from megatron_sffn.parallel.jit_cache import use_installation_extensions_dir
@@ -205,8 +215,6 @@ def join_fake_world(world: int, rank: int, collectives: str = "one-kernel") -> N
     partition_layout_from_own_output()
     stage_inputs_from_the_model()
     this_rank_does_rank_zeros_part()
-    if collectives == "one-kernel":
-        collectives_as_one_kernel()
 
 
 def main(argv=None) -> None:

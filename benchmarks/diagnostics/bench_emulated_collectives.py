@@ -67,11 +67,8 @@ def join(case: str, world: int):
         dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
         size = 1
     else:
-        from tools.emulate_rank import collectives_as_one_kernel
-        from torch.testing._internal.distributed.fake_pg import FakeStore
-        dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
-        if case == "one-kernel":
-            collectives_as_one_kernel()
+        from tools.emulate_rank import init_fake_group
+        init_fake_group(world, collectives=case)
         size = world
     return dist.group.WORLD.group_name, size, device
 

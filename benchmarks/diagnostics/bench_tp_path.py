@@ -169,10 +169,8 @@ def run_case(mode: str, args) -> dict:
     else:
         torch.set_num_threads(1)  # a shared CPU's cores oversubscribed make every op crawl
     if args.emulate:
-        from torch.testing._internal.distributed.fake_pg import FakeStore
-        dist.init_process_group("fake", rank=0, world_size=args.emulate, store=FakeStore())
-        from tools.emulate_rank import collectives_as_one_kernel
-        collectives_as_one_kernel()  # each traced collective one kernel, as bench_train --emulate has them
+        from tools.emulate_rank import init_fake_group
+        init_fake_group(args.emulate)  # its traced collectives one kernel each, as bench_train --emulate has them
     else:
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 **({"device_id": device} if cuda else {}))
