@@ -258,6 +258,14 @@ class TrainEngine:
         return self.ds.module
 
     @property
+    def gradients_skip_buffer(self) -> bool:
+        """Whether the fused optimizer's update reads each step's bf16 gradients as they are (one
+        micro-batch a step, one data rank: master_optimizer._holds_bf16_gradients)."""
+        optimizer = self.ds.optimizer if self.ds is not None else None
+        return (self._fused_direct and self.micro_batches == 1
+                and bool(getattr(optimizer, "can_hold_bf16_gradients", lambda: False)()))
+
+    @property
     def micro_batches(self) -> int:
         return self.ds.gradient_accumulation_steps()
 
@@ -299,6 +307,7 @@ class TrainEngine:
         if not ds.module.training:
             ds.train()
         optimizer.buckets_overlapped = 0
+        optimizer.single_micro_batch = count == 1  # its bf16 gradients may skip the fp32 buffer
         losses = []
         for i in range(count):
             ids, labels = self._to_device(next(data_iter))

@@ -147,6 +147,7 @@ class Trainer:
             + f" | ZeRO {cfg.parallel.zero_stage} | {cfg.training.precision} | optimizer "
             f"{cfg.optimizer.implementation}" + (f", update compiled ({optimizer_update_chosen_because(cfg)})"
                                                  if cfg.optimizer.update == "compiled" else "")
+            + (", reading the bf16 gradients (no fp32 buffer)" if self.engine.gradients_skip_buffer else "")
             + (" | torch.compile of the blocks" if cfg.training.compile else "")
             + (", replayed as CUDA graphs" if cfg.training.cuda_graphs else "")
             + (" once the guides drop" if cfg.training.cuda_graphs and cfg.self_guided.enabled

@@ -30,6 +30,7 @@ def runs(tmp_path_factory):
                                    f"optimizer.update={update}"], str(folder / "logs"))
             assert "guides dropped, optimizer rebuilt" in out
             assert ("update compiled" in out) == (update == "compiled")
+            assert "reading the bf16 gradients" not in out  # two data ranks reduce in the fp32 buffer
             out_dirs[zero, update] = run_dir
     return out_dirs
 
@@ -55,3 +56,26 @@ def test_a_resumed_run_continues_the_compiled_update_bit_for_bit(runs, tmp_path)
     assert "stopping: reached --exit-interval 3" in out and latest(run_dir) == "step00000003"
     run(2, args, str(tmp_path / "b"))
     assert losses(run_dir) == losses(runs[1, "compiled"])
+
+
+def test_one_rank_and_one_micro_batch_a_step_the_update_reads_the_bf16_gradients(tmp_path):
+    """One data rank, a step of one micro-batch: the update reads each bf16 gradient as it is
+    (the banner says so; the multi-rank runs above keep the fp32 buffer), and the run follows
+    torch's fused AdamW on the buffer, and resumes bit for bit."""
+    one = COMMON + ["--global-batch-size", "4", "--zero-stage", "1"]
+    dirs = {}
+    for update in ("torch", "compiled"):
+        dirs[update] = str(tmp_path / update / "run")
+        out = run(1, one + ["--run-dir", dirs[update], "--override", f"optimizer.update={update}"],
+                  str(tmp_path / update / "logs"))
+        assert ("reading the bf16 gradients" in out) == (update == "compiled"), out
+    want, got = losses(dirs["torch"]), losses(dirs["compiled"])
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=2e-3), step
+    resumed = str(tmp_path / "resumed" / "run")
+    args = one + ["--run-dir", resumed, "--override", "optimizer.update=compiled"]
+    run(1, args + ["--exit-interval", "3"], str(tmp_path / "resumed" / "a"))
+    run(1, args, str(tmp_path / "resumed" / "b"))
+    assert losses(resumed) == got
+

@@ -15,11 +15,11 @@ from megatron_sffn.training.master_optimizer import MasterWeightAdamW, ShardedMa
 ONE_RANK = SimpleNamespace(data_size=1, data_rank=0, tensor_size=1, pipe_size=1, data_group=None)
 
 
-def build(clip: float = 1.0, seed: int = 0, cls=MasterWeightAdamW):
+def build(clip: float = 1.0, seed: int = 0, cls=MasterWeightAdamW, update: str = "auto"):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
     reference = [p.detach().clone() for p in model.parameters()]
-    cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1, grad_clip=clip)
+    cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1, grad_clip=clip, update=update)
     opt = cls(model, cfg, ONE_RANK, counted_in_norm=lambda p: True)
     for p in model.parameters():
         p.data = p.data.to(torch.bfloat16)
@@ -126,32 +126,70 @@ def test_one_step_equals_torch_adamw_on_fp32_with_clip_grad_norm(clip):
             assert torch.equal(dict(model.named_parameters())[name], masters[name].to(torch.bfloat16))
 
 
-def test_zero1_on_one_data_rank_keeps_no_second_gradient_buffer_and_steps_like_zero0(monkeypatch):
-    """ZeRO 1 with one data rank (a 1-GPU run of a ZeRO-1 config) owns every element: its shard
-    gradients are the main buffer itself (no 4 bytes/parameter more, no copy per step), and it
-    steps exactly like the replicated optimizer, clipping included."""
+@pytest.fixture
+def one_rank_world(monkeypatch):
+    """A one-rank gloo group: ZeRO 1's norm all-reduces over the data-parallel group."""
     import torch.distributed as dist
     started_here = not dist.is_initialized()
-    if started_here:  # the norm's data-parallel all-reduce needs a (one-rank) group
+    if started_here:
         monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
         monkeypatch.setenv("MASTER_PORT", "29583")
         dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        model0, opt0, _, _ = build(clip=1e-2)
-        model1, opt1, _, _ = build(clip=1e-2, cls=ShardedMasterAdamW)
-        assert opt1._shard_grad is None and opt1._total == opt0._total  # no shard buffer of its own
-        for seed in (1, 2, 3):
-            backward(model0, seed), backward(model1, seed)
-            mains = {bucket.main.untyped_storage().data_ptr() for bucket in opt1._buckets}
-            assert all(piece.grad.untyped_storage().data_ptr() in mains for piece, _, _ in opt1._pieces.values())
-            opt0.step(), opt1.step()
-            assert opt1._global_grad_norm == opt0._global_grad_norm
+    yield
+    if started_here:
+        dist.destroy_process_group()
+
+
+def test_zero1_on_one_data_rank_keeps_no_second_gradient_buffer_and_steps_like_zero0(one_rank_world):
+    """ZeRO 1 with one data rank (a 1-GPU run of a ZeRO-1 config) owns every element: its shard
+    gradients are the main buffer itself (no 4 bytes/parameter more, no copy per step), and it
+    steps exactly like the replicated optimizer, clipping included."""
+    model0, opt0, _, _ = build(clip=1e-2)
+    model1, opt1, _, _ = build(clip=1e-2, cls=ShardedMasterAdamW)
+    assert opt1._shard_grad is None and opt1._total == opt0._total  # no shard buffer of its own
+    for seed in (1, 2, 3):
+        backward(model0, seed), backward(model1, seed)
+        mains = {bucket.main.untyped_storage().data_ptr() for bucket in opt1._buckets}
+        assert all(piece.grad.untyped_storage().data_ptr() in mains for piece, _, _ in opt1._pieces.values())
+        opt0.step(), opt1.step()
+        assert opt1._global_grad_norm == opt0._global_grad_norm
+    for p0, p1 in zip(model0.parameters(), model1.parameters()):
+        assert torch.equal(p0, p1)
+        assert torch.equal(opt0.full_master_of(p0), opt1.full_master_of(p1))
+
+
+@pytest.mark.parametrize("cls", [MasterWeightAdamW, ShardedMasterAdamW], ids=["zero0", "zero1"])
+def test_a_step_of_one_backward_hands_its_bf16_gradients_to_the_compiled_update_unbuffered(cls, one_rank_world):
+    """With the compiled update, a step of one backward on one data rank (the engine says so:
+    single_micro_batch) keeps its bf16 gradients and the update reads them: no fp32 buffer gets
+    memory, and gradients, norm, masters, moments and weights are bit for bit the buffered
+    optimizer's (the buffer held the same values, cast exactly), clipping and a parameter
+    without gradient included. The first step makes AdamW's state through the buffer."""
+    model0, buffered, _, _ = build(clip=1e-2, cls=cls, update="compiled")
+    model1, held, _, _ = build(clip=1e-2, cls=cls, update="compiled")
+    held.single_micro_batch = True
+    for seed in (1, 2, 3, 4):
+        frozen = model0[2].parameters() if seed == 3 else []  # no gradient this step: steps with zeros
+        for p in list(frozen) + (list(model1[2].parameters()) if seed == 3 else []):
+            p.requires_grad_(False)
+        backward(model0, seed), backward(model1, seed)
+        for p in list(model0.parameters()) + list(model1.parameters()):
+            p.requires_grad_(True)
+        assert [b.allocated for b in held._buckets] == [seed == 1] * len(held._buckets), seed
+        assert (held._bf16_grads is None) == (seed == 1), seed
+        held.reduce_gradients(), buffered.reduce_gradients()
         for p0, p1 in zip(model0.parameters(), model1.parameters()):
-            assert torch.equal(p0, p1)
-            assert torch.equal(opt0.full_master_of(p0), opt1.full_master_of(p1))
-    finally:
-        if started_here:
-            dist.destroy_process_group()
+            assert torch.equal(buffered.full_grad_of(p0), held.full_grad_of(p1)), seed
+        buffered.step(), held.step()
+        assert held._global_grad_norm == buffered._global_grad_norm, seed
+        for p0, p1 in zip(model0.parameters(), model1.parameters()):
+            assert torch.equal(p0, p1), seed
+            assert torch.equal(buffered.full_master_of(p0), held.full_master_of(p1)), seed
+            assert torch.equal(buffered.full_moment_of(p0, "exp_avg_sq"), held.full_moment_of(p1, "exp_avg_sq"))
+    assert held._bf16_grads is None  # released with the step
+    held.single_micro_batch = False  # two backwards in a step: the buffer again
+    backward(model1, 5), backward(model1, 6)
+    assert held._bf16_grads is None and all(b.allocated for b in held._buckets)
 
 
 def opt_masters_in_module_order(opt, model):
