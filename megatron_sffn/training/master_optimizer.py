@@ -28,6 +28,11 @@ norms and clip multiplies, a zeroing pass, a copy back). Here (Megatron's "main 
              (`grad_norm_tensor`, `found_inf`) until someone reads `_global_grad_norm` or
              `overflow`, which the training loop does only at its log steps
 
+One backward a step on one data rank (no accumulation, nothing to reduce) with the compiled
+update: the buffer would hold each bf16 gradient cast to fp32, exactly, so the bf16 gradients
+are kept as they come and the update reads them (_holds_bf16_gradients): no cast pass, and
+2 bytes a parameter held until the update instead of 4.
+
 Memory: the main gradients exist only while a step is under way. Each bucket has its own
 fp32 buffer whose storage is allocated when the bucket's first gradient of the step arrives
 (backward reaches the buckets one after another, freeing activations as it goes) and
