@@ -147,7 +147,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._bf16_grads: Optional[Dict[int, torch.Tensor]] = None
         self._decided_generation = -1  # the step whose gradient route is decided
         self._counted_index = [i for i, p in enumerate(params) if counted_in_norm(p)]
-        self._bf16_lists_index: Optional[List[List[int]]] = None  # _lists_with_bf16_gradients
+        self._bf16_lists_index: Optional[List] = None  # _lists_with_bf16_gradients: (masters, indices) a group
         self.buckets_overlapped = 0  # buckets launched during the last step's backward
         self._average_op = _average_op(state)
         self.tied_groups: List = []  # (parameter, process group): copies whose gradients are summed
@@ -509,9 +509,10 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                                                     torch.ones_like(norm)).to(torch.float32)
         lists = self._adam_lists()
         if lists is not None and self._compiled_update is not None:  # the bf16 weights written in the update
+            lows = self._group_lows(lists)
             if self._bf16_grads is not None:
                 lists = self._lists_with_bf16_gradients(lists)
-            self._compiled_update.step(lists, self._group_lows(lists), self.optimizer.grad_scale, found_inf)
+            self._compiled_update.step(lists, lows, self.optimizer.grad_scale, found_inf)
             self.optimizer.grad_scale = None
             self._share_weights()
         elif lists is not None:
@@ -556,13 +557,16 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 for low, high in zip(lows, highs)}
 
     def _lists_with_bf16_gradients(self, lists):
-        """_adam_lists with this step's bf16 gradients in place of the fp32 buffer's views."""
+        """_adam_lists with this step's bf16 gradients in place of the fp32 buffer's views, and the
+        masters detached: a master's .grad (a view of the buffer, without memory this step) is
+        then not traced with it (torch 2.11's Dynamo fails on a view's .grad of another view base)."""
         if self._bf16_lists_index is None:
             index_of = self._masters_param_index()
-            self._bf16_lists_index = [[index_of[id(master)] for master in params] for _, params, *_ in lists]
-        return [(group, params, [self._bf16_grads[i].reshape(master.shape) for i, master in zip(indices, params)],
+            self._bf16_lists_index = [([master.detach() for master in params],
+                                       [index_of[id(master)] for master in params]) for _, params, *_ in lists]
+        return [(group, masters, [self._bf16_grads[i].reshape(master.shape) for i, master in zip(indices, masters)],
                  exp_avgs, exp_avg_sqs, steps)
-                for (group, params, _, exp_avgs, exp_avg_sqs, steps), indices in zip(lists, self._bf16_lists_index)]
+                for (group, _, _, exp_avgs, exp_avg_sqs, steps), (masters, indices) in zip(lists, self._bf16_lists_index)]
 
     @staticmethod
     def _fused_adamw(lists, grad_scale: Optional[torch.Tensor], found_inf: torch.Tensor) -> None:

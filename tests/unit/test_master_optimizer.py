@@ -158,13 +158,19 @@ def test_zero1_on_one_data_rank_keeps_no_second_gradient_buffer_and_steps_like_z
         assert torch.equal(opt0.full_master_of(p0), opt1.full_master_of(p1))
 
 
+@pytest.mark.parametrize("chunk", [8, 2], ids=["static-graphs", "symbolic-sizes"])
 @pytest.mark.parametrize("cls", [MasterWeightAdamW, ShardedMasterAdamW], ids=["zero0", "zero1"])
-def test_a_step_of_one_backward_hands_its_bf16_gradients_to_the_compiled_update_unbuffered(cls, one_rank_world):
+def test_a_step_of_one_backward_hands_its_bf16_gradients_to_the_compiled_update_unbuffered(cls, chunk, one_rank_world,
+                                                                                         monkeypatch):
     """With the compiled update, a step of one backward on one data rank (the engine says so:
     single_micro_batch) keeps its bf16 gradients and the update reads them: no fp32 buffer gets
     memory, and gradients, norm, masters, moments and weights are bit for bit the buffered
     optimizer's (the buffer held the same values, cast exactly), clipping and a parameter
-    without gradient included. The first step makes AdamW's state through the buffer."""
+    without gradient included. The first step makes AdamW's state through the buffer. With
+    chunks of 2 the model's four shapes of their own go through the graph of symbolic sizes (as
+    a 1.3B model's do)."""
+    from megatron_sffn.training.compiled_update import CompiledAdamW
+    monkeypatch.setattr(CompiledAdamW, "CHUNK", chunk)
     model0, buffered, _, _ = build(clip=1e-2, cls=cls, update="compiled")
     model1, held, _, _ = build(clip=1e-2, cls=cls, update="compiled")
     held.single_micro_batch = True
