@@ -70,3 +70,21 @@ def test_one_rank_and_one_micro_batch_a_step_the_update_reads_the_bf16_gradients
     run(1, args + ["--run-dir", resumed], str(tmp_path / "resumed" / "b"))
     assert sorted(losses(whole)) == list(range(1, STEPS + 1))
     assert losses(resumed) == losses(whole)
+
+
+def test_at_tensor_parallel_2_the_bf16_route_follows_sequence_parallelism(tmp_path):
+    """TP2 on one data rank, one micro-batch a step: without sequence parallelism every gradient
+    is whole on its rank and the update reads them in bf16; with it the replicated parameters'
+    partial gradients are summed over the tensor group in the fp32 buffer, so the buffer stays
+    (the banner states the route the optimizer takes). Both runs train alike."""
+    args = COMMON + ["--global-batch-size", "4", "--tensor-parallel", "2", "--override", "optimizer.update=compiled"]
+    dirs = {}
+    for sp in ("--sequence-parallel", "--no-sequence-parallel"):
+        dirs[sp] = str(tmp_path / sp / "run")
+        out = run(2, args + [sp, "--run-dir", dirs[sp]], str(tmp_path / sp / "logs"))
+        assert "tensor 2 x pipeline 1 x data 1" in out, out
+        assert ("reading the bf16 gradients" in out) == (sp == "--no-sequence-parallel"), out
+    with_sp, without = losses(dirs["--sequence-parallel"]), losses(dirs["--no-sequence-parallel"])
+    assert sorted(with_sp) == sorted(without) == list(range(1, STEPS + 1))
+    for step in without:
+        assert with_sp[step] == pytest.approx(without[step], rel=2e-3), step
