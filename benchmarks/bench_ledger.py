@@ -20,6 +20,10 @@ host op's own time is categorised instead, and idle is the host time outside any
 Autocast's fp32 -> bf16 weight casts in the reference land in "gradient copies and casts";
 our bf16 weights are written back from the fp32 masters inside the optimizer step.
 
+During the unprofiled steps `nvidia-smi` samples the GPU's SM clock and power every 100 ms
+(where it is found): the same kernel can take longer on one side only because that side's
+denser step runs the GPU at a lower clock.
+
     python benchmarks/bench_ledger.py --configs configs/1p3b_dense.json configs/1p3b_lowrank.json \\
         --micro-batch-size 8 --out ledger.json
     python benchmarks/bench_ledger.py --smoke --out ledger.json    # CPU: tiny model, eager
@@ -119,6 +123,51 @@ def build_reference(config: str, args):
 
 # ---------------------------------------------------------------------------- one side
 
+CLOCK_QUERY = "clocks.sm,power.draw"
+
+
+def clock_summary(csv_lines) -> dict:
+    """Mean and lowest SM clock (MHz) and mean power (W) of nvidia-smi's `CLOCK_QUERY` samples
+    (csv, noheader, nounits); unreadable lines (a sensor that says [N/A]) are skipped."""
+    clocks, watts = [], []
+    for line in csv_lines:
+        try:
+            clock, power = (float(v) for v in line.split(","))
+        except ValueError:
+            continue
+        clocks.append(clock)
+        watts.append(power)
+    if not clocks:
+        return {}
+    return {"sm_clock_mhz_mean": sum(clocks) / len(clocks), "sm_clock_mhz_min": min(clocks),
+            "power_w_mean": sum(watts) / len(watts), "clock_samples": len(clocks)}
+
+
+class ClockSampler:
+    """nvidia-smi sampling the first visible GPU while the block runs; `summary` after it ({}
+    without nvidia-smi, on a CPU)."""
+
+    def __init__(self):
+        self.summary, self._proc = {}, None
+
+    def __enter__(self):
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+        try:
+            self._proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={CLOCK_QUERY}", "--format=csv,noheader,nounits",
+                                           "-lms", "100", "-i", gpu], stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self._proc = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._proc is not None:
+            self._proc.terminate()
+            out, _ = self._proc.communicate()
+            self.summary = clock_summary(out.splitlines())
+        return False
+
+
 def timed_ms(step, first: int, count: int, sync) -> float:
     """Mean ms per step over `count` steps run back to back (the device waited for at the end only)."""
     sync()
@@ -151,9 +200,10 @@ def run_side(side: str, config: str, args) -> dict:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for i in range(args.warmup):
         step(i)
-    unprofiled = timed_ms(step, args.warmup, args.timed, sync)
+    with ClockSampler() as clocks:
+        unprofiled = timed_ms(step, args.warmup, args.timed, sync)
     result = profiled(step, args.warmup + args.timed, args.steps, sync, args.top)
-    return {"side": side, "config": config, **about, "unprofiled_step_ms": unprofiled, **result}
+    return {"side": side, "config": config, **about, "unprofiled_step_ms": unprofiled, **clocks.summary, **result}
 
 
 def run_side_in_subprocess(side: str, config: str, args) -> dict:
@@ -197,6 +247,9 @@ def table(config: str, ours: dict, ref: dict, args) -> str:
                        ("step, unprofiled", "unprofiled_step_ms")):
         a, b = ours[key], ref[key]
         lines.append(f"{label:<28} {a:>9.2f} {b:>9.2f} {a - b:>+9.2f}")
+    for label, key in (("SM clock MHz, unprofiled", "sm_clock_mhz_mean"), ("power W, unprofiled", "power_w_mean")):
+        if key in ours and key in ref:
+            lines.append(f"{label:<28} {ours[key]:>9.0f} {ref[key]:>9.0f} {ours[key] - ref[key]:>+9.0f}")
     return "\n".join(lines)
 
 

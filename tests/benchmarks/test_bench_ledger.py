@@ -33,3 +33,17 @@ def test_smoke_ledger_has_both_sides_and_adds_up(early_commands):
     assert ours["ms_per_step"]["gradient copies and casts"] > 0  # the hooks' concatenate-and-copy
     for row in LEDGER_ROWS:
         assert row in proc.stdout
+
+
+def test_clock_samples_are_summarised_and_a_machine_without_nvidia_smi_records_none():
+    from bench_ledger import ClockSampler, clock_summary
+    lines = ["1980, 650.12", "1755, 699.80", "[N/A], [N/A]", ""]  # nvidia-smi's csv,noheader,nounits
+    summary = clock_summary(lines)
+    assert summary["clock_samples"] == 2 and summary["sm_clock_mhz_min"] == 1755
+    assert summary["sm_clock_mhz_mean"] == pytest.approx(1867.5) and summary["power_w_mean"] == pytest.approx(674.96)
+    assert clock_summary(["[N/A], [N/A]"]) == {}
+    import shutil
+    if shutil.which("nvidia-smi") is None:  # this CPU machine: the ledger's rows carry no clock keys
+        with ClockSampler() as sampler:
+            pass
+        assert sampler.summary == {}
