@@ -39,8 +39,9 @@ def adamw_update(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], 
                  lr: torch.Tensor, grad_scale: Optional[torch.Tensor], found_inf: torch.Tensor, *,
                  beta1: float, beta2: float, weight_decay: float, eps: float) -> None:
     """One AdamW step in place on params/exp_avgs/exp_avg_sqs, and lows[i] = params[i] in bf16.
-    grads: fp32, or bf16 (exactly the fp32 values the buffer would hold). steps: already advanced (as torch's fused kernel expects). found_inf == 1: nothing changes
-    (the bf16 weights are rewritten with the same values)."""
+    grads: fp32, or bf16 (exactly the values the fp32 buffer would hold). steps: already advanced
+    (as torch's fused kernel expects). found_inf == 1: nothing changes (the bf16 weights are
+    rewritten with the same values)."""
     keep = found_inf == 0
     for p, g, m, v, step, low in zip(params, grads, exp_avgs, exp_avg_sqs, steps, lows):
         g = g.to(p.dtype)  # a bf16 gradient (one backward, no buffer) upcast as it is loaded
