@@ -92,7 +92,7 @@ def parse_args(argv=None):
         ap.error("--emulate runs one rank of an --nproc >= 2 layout alone; not with --reference or --guided")
     if args.emulate is None and args.emulate_collectives is not None:
         ap.error("--emulate-collectives applies to an emulated rank: add --emulate")
-    args.emulate_collectives = args.emulate_collectives or "one-kernel"  # emulate_rank's default
+    args.emulate_collectives = args.emulate_collectives or emulate_rank.DEFAULT_COLLECTIVES
     if args.emulate is not None and not 0 <= args.emulate < args.nproc:
         ap.error(f"--emulate RANK must be in [0, --nproc {args.nproc}), got {args.emulate}")
     devices = visible_devices()
@@ -198,7 +198,7 @@ def summarise(config: str, mode: str, run_dir: str, args, extra=()) -> dict:
     tflops = flops / step_time / args.nproc / 1e12
     return {"config": os.path.basename(config), "mode": mode, "ffn": cfg.model.ffn.kind, "nproc": args.nproc,
             "emulated": getattr(args, "emulate", None) is not None, "emulated_rank": getattr(args, "emulate", None),
-            "emulated_collectives": (getattr(args, "emulate_collectives", "one-kernel")
+            "emulated_collectives": (getattr(args, "emulate_collectives", emulate_rank.DEFAULT_COLLECTIVES)
                                      if getattr(args, "emulate", None) is not None else None),
             "micro_batch": args.micro_batch_size, "tokens_per_step": tokens_per_step, "flops_per_step": flops,
             "timed_steps": len(timed_steps), "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,

@@ -36,6 +36,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 COLLECTIVES = ("one-kernel", "torch")  # --collectives: collectives_as_one_kernel, or the fake group's own
+DEFAULT_COLLECTIVES = COLLECTIVES[0]
 
 
 def parse_args(argv=None):
@@ -43,7 +44,7 @@ def parse_args(argv=None):
                                  usage="%(prog)s --world N [--rank R] -- SCRIPT [ARGS ...]")
     ap.add_argument("--world", type=int, required=True, help="world size of the emulated layout")
     ap.add_argument("--rank", type=int, default=0, help="which global rank this process is (default 0)")
-    ap.add_argument("--collectives", choices=COLLECTIVES, default="one-kernel",
+    ap.add_argument("--collectives", choices=COLLECTIVES, default=DEFAULT_COLLECTIVES,
                     help="one-kernel (default): each traced all-gather and reduce-scatter one kernel, as a real "
                          "NCCL call; torch: the fake group's collectives as torch makes them")
     ap.add_argument("script", help="the Python script to run as that rank (e.g. launchers/pretrain.py)")
@@ -184,7 +185,7 @@ def this_rank_does_rank_zeros_part() -> None:
     data_feed.open_training_data = lambda cfg, rank, *args, **kwargs: open_data(cfg, 0, *args, **kwargs)
 
 
-def init_fake_group(world: int, rank: int = 0, collectives: str = "one-kernel") -> None:
+def init_fake_group(world: int, rank: int = 0, collectives: str = DEFAULT_COLLECTIVES) -> None:
     """This process's default process group: `rank` of `world` on torch's fake group, its
     traced collectives "one-kernel" (collectives_as_one_kernel) or "torch" (the fake group's own)."""
     if collectives not in COLLECTIVES:
@@ -197,7 +198,7 @@ def init_fake_group(world: int, rank: int = 0, collectives: str = "one-kernel") 
         collectives_as_one_kernel()
 
 
-def join_fake_world(world: int, rank: int, collectives: str = "one-kernel") -> None:
+def join_fake_world(world: int, rank: int, collectives: str = DEFAULT_COLLECTIVES) -> None:
     """The default process group for `rank` of `world`, faked (init_fake_group); the launcher's
     init then finds it and goes on as under deepspeed/torchrun (LOCAL_RANK 0: this process's
     one device)."""

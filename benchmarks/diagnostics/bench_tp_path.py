@@ -24,7 +24,8 @@ model (each device's own full model: the per-GPU baseline).
 --emulate N: one process, the tp- modes as rank 0 of a tensor group of N on torch's fake
 process group (that rank's real shards and activations, collectives that move nothing, each
 traced collective one kernel as in tools/emulate_rank.py: the rank's own host and device
-work), the plain- modes as the full model a data-parallel rank runs. --keep-collective-autograd leaves torch's Python autograd kernels on the functional
+work), the plain- modes as the full model a data-parallel rank runs.
+--keep-collective-autograd leaves torch's Python autograd kernels on the functional
 collectives the compiled blocks call (what compile_blocks bypasses: parallel/collectives.py). Each mode runs under
 --case-timeout seconds; a mode that hangs is reported as such, with every rank's Python stacks
 dumped shortly before the timeout (where each waits), and the others still run.

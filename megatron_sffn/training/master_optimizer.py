@@ -371,15 +371,16 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if self._arrived == len(self._params):
             return
         for i, p in enumerate(self._params):
-            if self._seen[i] != self._generation and self._bf16_grads is not None:
+            if self._seen[i] == self._generation:
+                continue
+            if self._bf16_grads is not None:
                 self._bf16_grads[i] = torch.zeros_like(p)
-                self._seen[i] = self._generation
-            elif self._seen[i] != self._generation:
+            else:
                 bucket = self._buckets[self._bucket_of[id(p)]]
                 if not bucket.allocated:
                     self._allocate(bucket)
                 self._main[id(p)].zero_()
-                self._seen[i] = self._generation
+            self._seen[i] = self._generation
         self._arrived = len(self._params)
 
     @torch.no_grad()
