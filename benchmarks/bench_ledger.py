@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Where a training step's milliseconds go, megatron_sffn against the plain-PyTorch reference.
 
-The ledger: per step, milliseconds by category (GEMMs, attention, elementwise/norm,
-optimizer, gradient copies and casts, cross-entropy, other, idle) for both sides of one config.
+The ledger: per step, milliseconds by category (GEMMs, FP8 scales and casts, attention,
+elementwise/norm, optimizer, gradient copies and casts, cross-entropy, other, idle) for both
+sides of one config; `--override training.fp8.enabled=true` puts our side in FP8 (the
+reference stays bf16), and the FP8 row shows what its amax and cast kernels cost.
   ours       the TrainEngine step as bench_scaling.py builds it, with the launcher's default
              speed settings on a GPU (--mode compile: compiled blocks, CUDA graphs where
              config.resolve_speed_settings allows them on one GPU, the fused optimizer) and
@@ -44,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from profile_summary import IDLE, LEDGER_ROWS, cpu_op_segments, kernel_segments, ledger  # noqa: E402
+from profile_summary import FP8_CASTS, IDLE, LEDGER_ROWS, cpu_op_segments, kernel_segments, ledger  # noqa: E402
 
 SIDES = ("ours", "reference")
 # configs/tiny_demo.json made smaller; bf16, so that ours runs its default fused optimizer
@@ -97,7 +99,7 @@ def build_ours(config: str, args):
     engine.set_lr(cfg.optimizer.lr)
     t = cfg.training
     about = {"compile": t.compile, "cuda_graphs": t.cuda_graphs, "optimizer": cfg.optimizer.implementation,
-             "precision": t.precision, "zero_stage": cfg.parallel.zero_stage, "ffn": cfg.model.ffn.kind}
+             "precision": t.precision + (", FP8 GEMMs" if t.fp8.enabled else ""), "zero_stage": cfg.parallel.zero_stage, "ffn": cfg.model.ffn.kind}
     return (lambda i: engine.train_batch_deferred(random_batches(cfg, 1, seed=i))), about
 
 
@@ -240,7 +242,9 @@ def table(config: str, ours: dict, ref: dict, args) -> str:
             f"{s['side']} {s['kernels_with_host_op']}/{s['kernels']}" for s in (ours, ref))
     lines = [head, f"{'category':<28} {'ours ms':>9} {'ref ms':>9} {'diff ms':>9}"]
     for label in LEDGER_ROWS:
-        a, b = ours["ms_per_step"][label], ref["ms_per_step"][label]
+        a, b = ours["ms_per_step"].get(label, 0.0), ref["ms_per_step"].get(label, 0.0)
+        if label == FP8_CASTS and not (a or b):
+            continue  # a bf16 step has none
         lines.append(f"{label:<28} {a:>9.2f} {b:>9.2f} {a - b:>+9.2f}")
     lines.append("-" * 58)
     for label, key in (("busy", "busy_ms_per_step"), ("wall (profiled)", "wall_ms_per_step"),

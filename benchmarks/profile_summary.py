@@ -113,7 +113,8 @@ def summarize(kernels: Sequence[Interval], host: Sequence[Interval], steps: int,
 
 GEMM, ATTENTION, ELEMENTWISE, OPTIMIZER = "GEMMs", "attention", "elementwise/norm", "optimizer"
 COPIES, CROSS_ENTROPY, OTHER, IDLE = "gradient copies and casts", "cross-entropy", "other", "idle"
-LEDGER_ROWS = (GEMM, ATTENTION, ELEMENTWISE, OPTIMIZER, COPIES, CROSS_ENTROPY, OTHER, IDLE)
+FP8_CASTS = "FP8 scales and casts"
+LEDGER_ROWS = (GEMM, FP8_CASTS, ATTENTION, ELEMENTWISE, OPTIMIZER, COPIES, CROSS_ENTROPY, OTHER, IDLE)
 
 # the profiler range both harnesses put around clipping and the optimizer step
 OPTIMIZER_RANGE = "optimizer step"
@@ -129,7 +130,7 @@ SCOPES = (
 )
 
 # Inductor names a kernel after the aten ops it fused: triton_{poi,red,per,tem}_fused_<ops>_<n>
-INDUCTOR = re.compile(r"^triton_[a-z]+_fused_(?P<ops>.*?)(?:_\d+)?$")
+INDUCTOR = re.compile(r"^(?:triton_[a-z]+|cpp)_fused_(?P<ops>.*?)(?:_\d+)?$")  # cpp_: Inductor on a CPU
 # words of the ops that only move or convert data (a kernel made of these alone is a copy or a cast)
 COPY_WORDS = frozenset("to copy clone cat convert element type unsafe view permute transpose t expand slice "
                        "select unsqueeze squeeze reshape as strided lift fresh split with sizes".split())
@@ -164,6 +165,16 @@ def _scope(context: Tuple[str, ...]):
     return None
 
 
+def _inductor_fp8_cast(name: str) -> bool:
+    """An Inductor kernel of megatron_sffn/fp8/scaling.py's quantize: the amax of |t| (the scale),
+    or the saturating cast (a clamp, then a conversion), whatever it fused around them (a norm or
+    a GELU recomputed for the cast). Nothing else a step compiles takes the amax of an absolute
+    value or clamps before a conversion (a softmax's amax has no abs; the clip is not compiled)."""
+    m = INDUCTOR.match(name)
+    words = set(m.group("ops").split("_")) if m else set()
+    return {"abs", "amax"} <= words or {"clamp", "copy"} <= words
+
+
 def _inductor_copy(name: str) -> bool:
     """An Inductor kernel that fused nothing but copies, casts and views (autocast's casts, the
     fp32 cast of a bf16 gradient); a cast fused into arithmetic counts as the arithmetic."""
@@ -174,6 +185,8 @@ def _inductor_copy(name: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _name_hint(name: str):
+    if _inductor_fp8_cast(name):  # before the norm's hint: a norm recomputed for its cast
+        return FP8_CASTS
     for label, pattern in NAME_HINTS:
         if pattern.search(name):
             return label

@@ -3,13 +3,14 @@ count once), idle gaps are found between them, and kernels land in the right cat
 ledger's categories (bench_ledger.py) from Inductor, cuBLAS, flash-attention, foreach and ATen
 names and the ops around a launch, with overlapping kernels sharing their time."""
 import os
+import re
 import sys
 from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-from profile_summary import (ATTENTION, COPIES, CROSS_ENTROPY, ELEMENTWISE, GEMM, IDLE, LEDGER_ROWS,  # noqa: E402
+from profile_summary import (ATTENTION, COPIES, CROSS_ENTROPY, ELEMENTWISE, FP8_CASTS, GEMM, IDLE, LEDGER_ROWS,  # noqa: E402
                              OPTIMIZER, OPTIMIZER_RANGE, OTHER, busy_us, by_category, category, gaps,
                              host_ops_during, kernel_segments, ledger, ledger_category, split_time, summarize)
 
@@ -69,10 +70,35 @@ def test_busy_time_counts_overlaps_once_and_gaps_are_the_idle_stretches():
     ("_bias_gelu_bwd", ELEMENTWISE),
     ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t", ELEMENTWISE),
     ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", OTHER),
+    # FP8's scale (amax of |t|) and saturating cast, alone or fused with what they recompute
+    ("triton_red_fused_abs_amax_0", FP8_CASTS),
+    ("triton_poi_fused__to_copy_clamp_max_clamp_min_mul_reciprocal_3", FP8_CASTS),
+    ("triton_poi_fused__to_copy_add_clamp_max_clamp_min_mul_native_layer_norm_5", FP8_CASTS),
+    ("triton_red_fused__to_copy_abs_amax_gelu_view_2", FP8_CASTS),
+    ("triton_red_fused_amax_exp_sub_sum_2", ELEMENTWISE),  # a softmax's max is not a scale
     ("Memset (Device)", OTHER),
 ])
 def test_ledger_categories_of_kernel_names(name, expected):
     assert ledger_category(name) == expected
+
+
+def test_the_kernel_inductor_makes_of_an_fp8_cast_is_an_fp8_cast():
+    """The real quantize compiled (Inductor's C++ kernels here; Triton names the fused ops alike)."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from megatron_sffn.fp8.scaling import quantize
+
+    def norm_then_cast(x, w):
+        return quantize(torch.nn.functional.layer_norm(x, (x.shape[-1],), w), torch.float8_e4m3fn)
+
+    x, w = torch.randn(64, 128, dtype=torch.bfloat16), torch.ones(128, dtype=torch.bfloat16)
+    _, code = run_and_get_code(torch.compile(norm_then_cast, fullgraph=True), x, w)
+    names = set(re.findall(r"\b(cpp_fused_\w+?)\(", "".join(code)))
+    assert names and {ledger_category(n) for n in names} == {FP8_CASTS}
+    plain = set(re.findall(r"\b(cpp_fused_\w+?)\(", "".join(run_and_get_code(
+        torch.compile(lambda x, w: torch.nn.functional.layer_norm(x, (128,), w)), x, w)[1])))
+    assert plain and FP8_CASTS not in {ledger_category(n) for n in plain}
 
 
 @pytest.mark.parametrize("name, context, expected", [
@@ -114,7 +140,7 @@ def test_overlapping_segments_share_their_time_and_add_up_to_the_busy_time():
              (2000, 2500, "multi_tensor_apply_kernel", OPTIMIZER)]
     book = ledger(found, steps=1, wall_ms_per_step=3.0, source="kernels")
     assert book["ms_per_step"] == pytest.approx({GEMM: 0.75, ELEMENTWISE: 0.75, OPTIMIZER: 0.5, ATTENTION: 0,
-                                                 COPIES: 0, CROSS_ENTROPY: 0, OTHER: 0, IDLE: 1.0})
+                                                 FP8_CASTS: 0, COPIES: 0, CROSS_ENTROPY: 0, OTHER: 0, IDLE: 1.0})
     assert list(book["ms_per_step"]) == list(LEDGER_ROWS) and book["busy_ms_per_step"] == pytest.approx(2.0)
     assert book["largest"][GEMM] == [{"name": "nvjet_x", "ms_per_step": 1.0}]
 
