@@ -100,3 +100,20 @@ def test_every_benchmark_and_diagnostic_has_a_test():
                for f in os.listdir(os.path.join(ROOT, folder)) if f.endswith(".py")]
     untested = sorted(f for f in scripts if f[:-3] not in tests)
     assert not untested, f"benchmark scripts no test names: {untested}"
+
+
+def test_the_reference_suites_fp8_ledger_puts_our_side_in_fp8_and_a_wrong_name_is_refused(tmp_path):
+    """LEDGER_CONFIGS=dense_fp8: the dense ledger with training.fp8.enabled on our side only (SMOKE=1:
+    bench_ledger's tiny model on this CPU); an entry that names no config stops before any run."""
+    import json
+    bad = _run("reference", str(tmp_path / "bad"), "ledger", LEDGER_CONFIGS="dense_fp9")
+    assert bad.returncode == 2 and "'dense_fp9'" in bad.stderr and not list((tmp_path / "bad").rglob("ledger_*"))
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", RUN, "reference", str(out), "ledger"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, SMOKE="1", LEDGER_CONFIGS="dense_fp8"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((out / "ledger_dense_fp8.json").read_text())
+    assert data["args"]["override"] == ["training.fp8.enabled=true"]
+    (result,) = data["results"]
+    assert result["ours"]["precision"] == "bf16, FP8 GEMMs" and result["reference"]["precision"] == "bf16 autocast"
+    assert "FP8 GEMMs" in (out / "ledger_dense_fp8.txt").read_text()
