@@ -98,8 +98,9 @@ def build_ours(config: str, args):
     engine = TrainEngine.build(cfg, state, GuideState(active=False, seed=cfg.training.seed), guided=False)
     engine.set_lr(cfg.optimizer.lr)
     t = cfg.training
+    precision = t.precision + (", FP8 GEMMs" if t.fp8.enabled else "")
     about = {"compile": t.compile, "cuda_graphs": t.cuda_graphs, "optimizer": cfg.optimizer.implementation,
-             "precision": t.precision + (", FP8 GEMMs" if t.fp8.enabled else ""), "zero_stage": cfg.parallel.zero_stage, "ffn": cfg.model.ffn.kind}
+             "precision": precision, "zero_stage": cfg.parallel.zero_stage, "ffn": cfg.model.ffn.kind}
     return (lambda i: engine.train_batch_deferred(random_batches(cfg, 1, seed=i))), about
 
 

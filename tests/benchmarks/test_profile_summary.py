@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-from profile_summary import (ATTENTION, COPIES, CROSS_ENTROPY, ELEMENTWISE, FP8_CASTS, GEMM, IDLE, LEDGER_ROWS,  # noqa: E402
-                             OPTIMIZER, OPTIMIZER_RANGE, OTHER, busy_us, by_category, category, gaps,
+from profile_summary import (ATTENTION, COPIES, CROSS_ENTROPY, ELEMENTWISE, FP8_CASTS, GEMM, IDLE,  # noqa: E402
+                             LEDGER_ROWS, OPTIMIZER, OPTIMIZER_RANGE, OTHER, busy_us, by_category, category, gaps,
                              host_ops_during, kernel_segments, ledger, ledger_category, split_time, summarize)
 
 
