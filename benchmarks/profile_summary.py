@@ -165,21 +165,26 @@ def _scope(context: Tuple[str, ...]):
     return None
 
 
+def _fused_op_words(name: str) -> List[str]:
+    """The words of the ops an Inductor kernel's name lists ("_to_copy_add" -> to, copy, add); none
+    for any other kernel."""
+    m = INDUCTOR.match(name)
+    return [w for w in m.group("ops").split("_") if w] if m else []
+
+
 def _inductor_fp8_cast(name: str) -> bool:
     """An Inductor kernel of megatron_sffn/fp8/scaling.py's quantize: the amax of |t| (the scale),
     or the saturating cast (a clamp, then a conversion), whatever it fused around them (a norm or
     a GELU recomputed for the cast). Nothing else a step compiles takes the amax of an absolute
     value or clamps before a conversion (a softmax's amax has no abs; the clip is not compiled)."""
-    m = INDUCTOR.match(name)
-    words = set(m.group("ops").split("_")) if m else set()
+    words = set(_fused_op_words(name))
     return {"abs", "amax"} <= words or {"clamp", "copy"} <= words
 
 
 def _inductor_copy(name: str) -> bool:
     """An Inductor kernel that fused nothing but copies, casts and views (autocast's casts, the
     fp32 cast of a bf16 gradient); a cast fused into arithmetic counts as the arithmetic."""
-    m = INDUCTOR.match(name)
-    words = [w for w in m.group("ops").split("_") if w] if m else []
+    words = _fused_op_words(name)
     return bool(words) and all(w in COPY_WORDS for w in words)
 
 
