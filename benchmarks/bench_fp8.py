@@ -7,7 +7,10 @@ per micro-batch. The time is the median of CUDA-event-timed fwd+bwd calls of a
 torch.compile'd product, so the casts fuse as they do in training. A call launches its
 kernels from Python: below ~0.5 ms of GPU work (the small products, 2048 tokens) the host's
 launches set the time, and FP8's extra cast kernels count against it more than they do in a
-training step, where the host runs ahead of the GPU. The end-to-end comparison
+training step, where the host runs ahead of the GPU. So each case is also profiled
+(--profile-calls calls per side): its kernel time per call by the step ledger's rows
+(profile_summary.py: GEMMs, "FP8 scales and casts", elementwise, copies) and the idle rest,
+which splits FP8's gap into what its GEMMs save, what its casts add and what the host costs. The end-to-end comparison
 (bench_train.py --variant 'fp8:training.fp8.enabled=true') is what decides. The crossovers of
 megatron_sffn/fp8/dispatch.py (MIN_TOKENS, MIN_WIDTH) come from this table.
 
@@ -23,6 +26,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # (case, weight shape (out, in) or (blocks, q, p)) for d = 2048 (1.3B) and d = 2560 (2.7B); ffn 4d;
 # LowRank rank d/4 (the configs' R=512 at 1.3B), block-diagonal factors with 4 blocks
@@ -46,6 +50,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--cases", nargs="+", default=None, metavar="TEXT",
                     help="only the cases whose name contains one of these")
+    ap.add_argument("--profile-calls", type=int, default=5,
+                    help="calls per side under torch.profiler for the kernel split (0: none)")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, eager, 2 repeats")
     return ap.parse_args(argv)
@@ -77,8 +83,41 @@ def _timer(device):
     return measure
 
 
-def case_times(shape, tokens, recipes, device, compiled, repeats) -> dict:
-    """{"bf16": ms, recipe: ms, ...} for one weight shape at one token count, fwd+bwd."""
+# the split's rows, in print order (the other ledger rows, attention and the like, stay 0 here)
+SPLIT_ROWS = ("GEMMs", "FP8 scales and casts", "elementwise/norm", "gradient copies and casts", "other", "idle")
+
+
+def kernel_split(fn, device, calls: int) -> dict:
+    """{"busy": ms, row: ms, ...} per call of fn from `calls` calls under torch.profiler: the
+    kernels' time by ledger row (on a CPU, the host ops' own time; a compiled step's Inductor
+    kernels show by name with torch._inductor.config.cpp.enable_kernel_profile), and idle =
+    the profiled wall time less the busy time."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from profile_summary import cpu_op_segments, kernel_segments, ledger
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        wall_ms = 1000 * (time.perf_counter() - start) / calls
+    segments = kernel_segments(prof) if cuda else cpu_op_segments(prof)
+    result = ledger(segments, calls, wall_ms, source="kernels" if cuda else "host ops")
+    rows = result["ms_per_step"]
+    return {"busy": result["busy_ms_per_step"], **{row: rows.get(row, 0.0) for row in SPLIT_ROWS}}
+
+
+def case_times(shape, tokens, recipes, device, compiled, repeats, profile_calls=0) -> dict:
+    """{"bf16": ms, recipe: ms, ...} for one weight shape at one token count, fwd+bwd; with
+    profile_calls, also {"split": {side: kernel_split}}."""
     import torch
 
     from megatron_sffn.fp8.recipe import E4M3, E5M2, Fp8Recipe
@@ -87,7 +126,7 @@ def case_times(shape, tokens, recipes, device, compiled, repeats) -> dict:
     in_features = shape[1] if len(shape) == 2 else shape[0] * shape[2]
     x = torch.randn(tokens, in_features, device=device, dtype=torch.bfloat16, requires_grad=True)
     measure = _timer(device)
-    out = {}
+    out, split = {}, {}
     for name in ["bf16", *recipes]:
         w = torch.nn.Parameter((torch.randn(*shape, device=device) * 0.02).to(torch.bfloat16))
         if name != "bf16":
@@ -97,8 +136,11 @@ def case_times(shape, tokens, recipes, device, compiled, repeats) -> dict:
             y = apply_product(x, w)
             y.backward(torch.ones_like(y))
 
-        out[name] = measure(torch.compile(step) if compiled else step, repeats)
-    return out
+        fn = torch.compile(step) if compiled else step
+        out[name] = measure(fn, repeats)
+        if profile_calls:
+            split[name] = kernel_split(fn, device, profile_calls)
+    return {**out, "split": split} if profile_calls else out
 
 
 def run(args) -> list:
@@ -115,9 +157,11 @@ def run(args) -> list:
     for case, shape in shapes:
         for t in tokens:
             times = case_times(shape, t, args.recipes, device, compiled=not args.smoke,
-                               repeats=2 if args.smoke else args.repeats)
+                               repeats=2 if args.smoke else args.repeats, profile_calls=args.profile_calls)
+            split = times.pop("split", None)
             rows.append({"case": case, "shape": list(shape), "tokens": t, "ms": times,
-                         "speedup": {r: times["bf16"] / times[r] for r in args.recipes}})
+                         "speedup": {r: times["bf16"] / times[r] for r in args.recipes},
+                         **({"kernel_ms": split} if split else {})})
             torch._dynamo.reset()
     return rows
 
@@ -130,6 +174,24 @@ def print_table(rows, recipes) -> None:
     for r in rows:
         print(f"{r['case']:<24}{str(tuple(r['shape'])):>18}{r['tokens']:>8}{r['ms']['bf16']:>10.3f}"
               + "".join(f"{r['ms'][k]:>15.3f}{r['speedup'][k]:>7.2f}" for k in recipes))
+    if any("kernel_ms" in r for r in rows):
+        print_split(rows, recipes)
+
+
+def print_split(rows, recipes) -> None:
+    """Kernel ms per call by row, one line per case and side: what the GEMMs take, what FP8's
+    scales and casts add, the other kernels and the host's share (idle)."""
+    print("\nkernel ms per call (profiled; idle: the GPU waiting on the host)")
+    head = (f"{'case':<24}{'tokens':>8}{'side':>12}{'GEMMs':>9}{'casts':>9}{'other':>9}{'idle':>9}"
+            f"{'GEMMs x':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        for side, k in r.get("kernel_ms", {}).items():
+            rest = k["busy"] - k["GEMMs"] - k["FP8 scales and casts"]
+            ratio = r["kernel_ms"]["bf16"]["GEMMs"] / k["GEMMs"] if k["GEMMs"] else float("nan")
+            print(f"{r['case']:<24}{r['tokens']:>8}{side:>12}{k['GEMMs']:>9.3f}{k['FP8 scales and casts']:>9.3f}"
+                  f"{rest:>9.3f}{k['idle']:>9.3f}{ratio:>9.2f}")
 
 
 def main(argv=None) -> int:

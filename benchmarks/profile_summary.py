@@ -130,11 +130,12 @@ SCOPES = (
 )
 
 # Inductor names a kernel after the aten ops it fused: triton_{poi,red,per,tem}_fused_<ops>_<n>
-INDUCTOR = re.compile(r"^(?:triton_[a-z]+|cpp)_fused_(?P<ops>.*?)(?:_\d+)?$")  # cpp_: Inductor on a CPU
+# cpp_: Inductor on a CPU; graph_N_cpp_: the same, named so by cpp.enable_kernel_profile
+INDUCTOR = re.compile(r"^(?:graph_\d+_)?(?:triton_[a-z]+|cpp)_fused_(?P<ops>.*?)(?:_\d+)?$")
 # words of the ops that only move or convert data (a kernel made of these alone is a copy or a cast)
 COPY_WORDS = frozenset("to copy clone cat convert element type unsafe view permute transpose t expand slice "
                        "select unsqueeze squeeze reshape as strided lift fresh split with sizes".split())
-ATEN_GEMM = re.compile(r"^aten::(?:mm|addmm|bmm|baddbmm|addbmm|matmul|linear|_addmm_activation)$")
+ATEN_GEMM = re.compile(r"^aten::(?:mm|addmm|bmm|baddbmm|addbmm|matmul|linear|_addmm_activation|_scaled_mm)$")
 ATEN_COPY = re.compile(r"^aten::(?:copy_|_to_copy|cat|clone|contiguous|_foreach_copy_)$")
 # ops that allocate or describe a tensor and compute nothing: time spent in them is "other"
 ATEN_METADATA = re.compile(r"^aten::(?:empty\w*|view\w*|reshape|_reshape_alias|t|transpose|permute|expand\w*|"
@@ -209,12 +210,15 @@ def ledger_category(name: str, context: Sequence[str] = ()) -> str:
     """The ledger row of a kernel (or, on CPU, of an op's own time). context: the names of the
     op that launched it and of the ops and ranges around that one, innermost first.
 
-    GEMM, attention and NCCL kernels are recognised by name wherever they run; then an enclosing
-    scope decides (the optimizer range, the loss, gradient accumulation), because inside it
-    the kernels have generic names (an elementwise multiply in the clip, a copy in a hook);
+    An Inductor kernel of an FP8 cast, then GEMM, attention and NCCL kernels are recognised by
+    name wherever they run; then an enclosing scope decides (the optimizer range, the loss,
+    gradient accumulation), because inside it the kernels have generic names (an elementwise
+    multiply in the clip, a copy in a hook);
     then the name itself (Inductor's fused-op names, ATen's kernel and op names); then the
     innermost op that says anything. A CUDA graph's kernels have its replay as their op, which
     says nothing: their names decide."""
+    if _inductor_fp8_cast(name) and not name.startswith("triton_tem_"):
+        return FP8_CASTS  # before the GEMM names: a cast kernel's name may list the _scaled_mm it feeds
     coarse = category(name)
     if coarse in ("gemm", "attention", "nccl"):  # communication is nobody's compute: "other"
         return FROM_KERNEL_CATEGORY[coarse]

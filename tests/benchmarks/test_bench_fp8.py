@@ -28,3 +28,24 @@ def test_without_fp8_tensor_cores_it_is_one_error(early_commands):
     proc = early_commands["fp8_error"][2].result()
     assert proc.returncode == 2 and "training.fp8.enabled" in proc.stderr and "--smoke" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_kernel_split_of_a_compiled_product_puts_the_casts_in_their_own_row(monkeypatch):
+    """The split on the CPU, compiled, with Inductor's kernels named in the profile: bf16 spends
+    nothing on FP8 casts, tensorwise FP8 spends time on both its _scaled_mm GEMMs and its casts,
+    and every side's rows add up to its busy time."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from megatron_sffn.fp8.device import CPU_ENV
+    monkeypatch.setenv(CPU_ENV, "1")
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", True)
+    times = bench_fp8.case_times((64, 32), 32, ["tensorwise"], torch.device("cpu"), compiled=True, repeats=2,
+                                 profile_calls=3)
+    torch._dynamo.reset()
+    split = times["split"]
+    assert split["bf16"]["GEMMs"] > 0 and split["bf16"]["FP8 scales and casts"] == 0
+    assert split["tensorwise"]["GEMMs"] > 0 and split["tensorwise"]["FP8 scales and casts"] > 0
+    for side in split.values():
+        busy = sum(v for k, v in side.items() if k not in ("busy", "idle"))
+        assert abs(busy - side["busy"]) <= 1e-6 * max(1.0, side["busy"])

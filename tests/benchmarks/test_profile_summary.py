@@ -76,6 +76,9 @@ def test_busy_time_counts_overlaps_once_and_gaps_are_the_idle_stretches():
     ("triton_poi_fused__to_copy_add_clamp_max_clamp_min_mul_native_layer_norm_5", FP8_CASTS),
     ("triton_red_fused__to_copy_abs_amax_gelu_view_2", FP8_CASTS),
     ("triton_red_fused_amax_exp_sub_sum_2", ELEMENTWISE),  # a softmax's max is not a scale
+    # Inductor's CPU kernels under cpp.enable_kernel_profile; a cast that names the _scaled_mm it feeds
+    ("graph_0_cpp_fused__scaled_mm__to_copy_abs_amax_clamp_clone_mul_reciprocal_t_0", FP8_CASTS),
+    ("graph_1_cpp_fused_add_native_layer_norm_3", ELEMENTWISE),
     ("Memset (Device)", OTHER),
 ])
 def test_ledger_categories_of_kernel_names(name, expected):
@@ -120,6 +123,7 @@ def test_the_kernel_inductor_makes_of_an_fp8_cast_is_an_fp8_cast():
     ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", ["aten::mm", OPTIMIZER_RANGE], GEMM),
     # on a CPU the ops themselves: name first, then the op around an allocation
     ("aten::addmm", ["aten::addmm", "aten::linear"], GEMM),
+    ("aten::_scaled_mm", ["aten::_scaled_mm"], GEMM),
     ("aten::empty", ["aten::empty", "aten::addmm", "aten::linear"], GEMM),
     ("aten::_fused_adamw_", ["aten::_fused_adamw_"], OPTIMIZER),
     ("aten::native_layer_norm", ["aten::native_layer_norm", "aten::layer_norm"], ELEMENTWISE),
