@@ -210,17 +210,17 @@ def ledger_category(name: str, context: Sequence[str] = ()) -> str:
     """The ledger row of a kernel (or, on CPU, of an op's own time). context: the names of the
     op that launched it and of the ops and ranges around that one, innermost first.
 
-    An Inductor kernel of an FP8 cast, then GEMM, attention and NCCL kernels are recognised by
-    name wherever they run; then an enclosing scope decides (the optimizer range, the loss,
-    gradient accumulation), because inside it the kernels have generic names (an elementwise
-    multiply in the clip, a copy in a hook);
+    GEMM, attention and NCCL kernels are recognised by name wherever they run (not an Inductor
+    FP8 cast that names its _scaled_mm); then an enclosing scope decides (the optimizer range,
+    the loss, gradient accumulation), because inside it the kernels have generic names (an
+    elementwise multiply in the clip, a copy in a hook);
     then the name itself (Inductor's fused-op names, ATen's kernel and op names); then the
     innermost op that says anything. A CUDA graph's kernels have its replay as their op, which
     says nothing: their names decide."""
-    if _inductor_fp8_cast(name) and not name.startswith("triton_tem_"):
-        return FP8_CASTS  # before the GEMM names: a cast kernel's name may list the _scaled_mm it feeds
     coarse = category(name)
-    if coarse in ("gemm", "attention", "nccl"):  # communication is nobody's compute: "other"
+    # an Inductor cast kernel may name the _scaled_mm it feeds ("_mm_"): not a GEMM for that
+    cast_named_like_gemm = coarse == "gemm" and _inductor_fp8_cast(name) and not name.startswith("triton_tem_")
+    if coarse in ("gemm", "attention", "nccl") and not cast_named_like_gemm:  # communication: "other"
         return FROM_KERNEL_CATEGORY[coarse]
     context = tuple(context)
     candidates = itertools.chain((_scope(context), _name_hint(name)), (_name_hint(op) for op in context))
