@@ -2,6 +2,7 @@
 refuses an unknown suite (or a suite's unknown case) with one line, every suite parses as bash, and
 every script a suite runs exists (the suites cannot be run here: they need GPUs). And every script
 of benchmarks/ and benchmarks/diagnostics/ has a test."""
+import json
 import os
 import re
 import shutil
@@ -56,7 +57,7 @@ def test_a_suite_without_an_output_folder_is_refused_with_one_line():
 @pytest.mark.parametrize("suite, args", [("train", ["no_such_case"]), ("decode", ["no_such_case"]),
                                          ("tp", ["no_such_case"]), ("scale", ["no_such_case"]),
                                          ("emulated", ["no_such_case"]), ("reference", ["no_such_kind"]),
-                                         ("sweep", ["unexpected"])])
+                                         ("sweep", ["unexpected"]), ("fp8", ["no_such_case"])])
 def test_a_suites_unknown_case_is_refused_with_one_line(tmp_path, suite, args):
     proc = _run(suite, str(tmp_path / "out"), *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -117,3 +118,20 @@ def test_the_reference_suites_fp8_ledger_puts_our_side_in_fp8_and_a_wrong_name_i
     (result,) = data["results"]
     assert result["ours"]["precision"] == "bf16, FP8 GEMMs" and result["reference"]["precision"] == "bf16 autocast"
     assert "FP8 GEMMs" in (out / "ledger_dense_fp8.txt").read_text()
+
+
+def test_the_fp8_suite_splits_each_product_and_runs_the_gpu_tests(tmp_path):
+    """SMOKE=1 on the CPU: `products` writes bench_fp8's table with every case's kernel split per side,
+    `tests` runs tests/unit/test_fp8_gpu.py, whose GPU cases skip here and say so, and `speed` runs
+    the base and the FP8 variant beside the reference."""
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", RUN, "fp8", str(out), "products", "tests", "speed"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, SMOKE="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.load(open(out / "fp8_products.json"))["rows"]
+    assert rows and all(set(r["kernel_ms"]) == {"bf16", "tensorwise", "rowwise"} for r in rows)
+    assert "kernel ms per call" in proc.stdout
+    log = (out / "fp8_gpu_tests.log").read_text()
+    assert "skipped" in log and "SKIPPED" in log, log
+    speed = json.load(open(out / "reference_fp8_1p3b.json"))["results"]
+    assert {r["variant"] for r in speed} == {"base", "fp8"} and all(r["vs_reference"] for r in speed)
