@@ -10,9 +10,10 @@ launches set the time, and FP8's extra cast kernels count against it more than t
 training step, where the host runs ahead of the GPU. So each case is also profiled
 (--profile-calls calls per side): its kernel time per call by the step ledger's rows
 (profile_summary.py: GEMMs, "FP8 scales and casts", elementwise, copies) and the idle rest,
-which splits FP8's gap into what its GEMMs save, what its casts add and what the host costs. The end-to-end comparison
-(bench_train.py --variant 'fp8:training.fp8.enabled=true') is what decides. The crossovers of
-megatron_sffn/fp8/dispatch.py (MIN_TOKENS, MIN_WIDTH) come from this table.
+which splits FP8's gap into what its GEMMs save, what its casts add and what the host costs.
+The end-to-end comparison (bench_train.py --variant 'fp8:training.fp8.enabled=true') is what
+decides. The crossovers of megatron_sffn/fp8/dispatch.py (MIN_TOKENS, MIN_WIDTH) come from
+this table.
 
   python benchmarks/bench_fp8.py --out fp8.json             (GPU with FP8 tensor cores)
   python benchmarks/bench_fp8.py --smoke                    (CPU: tiny shapes, checks it runs)
@@ -175,10 +176,10 @@ def print_table(rows, recipes) -> None:
         print(f"{r['case']:<24}{str(tuple(r['shape'])):>18}{r['tokens']:>8}{r['ms']['bf16']:>10.3f}"
               + "".join(f"{r['ms'][k]:>15.3f}{r['speedup'][k]:>7.2f}" for k in recipes))
     if any("kernel_ms" in r for r in rows):
-        print_split(rows, recipes)
+        print_split(rows)
 
 
-def print_split(rows, recipes) -> None:
+def print_split(rows) -> None:
     """Kernel ms per call by row, one line per case and side: what the GEMMs take, what FP8's
     scales and casts add, the other kernels and the host's share (idle)."""
     print("\nkernel ms per call (profiled; idle: the GPU waiting on the host)")
