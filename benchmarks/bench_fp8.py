@@ -93,27 +93,16 @@ def kernel_split(fn, device, calls: int) -> dict:
     kernels' time by ledger row (on a CPU, the host ops' own time; a compiled step's Inductor
     kernels show by name with torch._inductor.config.cpp.enable_kernel_profile), and idle =
     the profiled wall time less the busy time."""
-    import time
-
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
-    from profile_summary import cpu_op_segments, kernel_segments, ledger
+    from profile_summary import profiled_ledger
 
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
-    sync()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        sync()
-        wall_ms = 1000 * (time.perf_counter() - start) / calls
-    segments = kernel_segments(prof) if cuda else cpu_op_segments(prof)
-    result = ledger(segments, calls, wall_ms, source="kernels" if cuda else "host ops")
+    result = profiled_ledger(lambda i: fn(), calls, sync, cuda)
     rows = result["ms_per_step"]
-    return {"busy": result["busy_ms_per_step"], **{row: rows.get(row, 0.0) for row in SPLIT_ROWS}}
+    return {"busy": result["busy_ms_per_step"], **{row: rows[row] for row in SPLIT_ROWS}}
 
 
 def case_times(shape, tokens, recipes, device, compiled, repeats, profile_calls=0) -> dict:

@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from profile_summary import FP8_CASTS, IDLE, LEDGER_ROWS, cpu_op_segments, kernel_segments, ledger  # noqa: E402
+from profile_summary import FP8_CASTS, IDLE, LEDGER_ROWS, profiled_ledger  # noqa: E402
 
 SIDES = ("ours", "reference")
 # configs/tiny_demo.json made smaller; bf16, so that ours runs its default fused optimizer
@@ -182,17 +182,9 @@ def timed_ms(step, first: int, count: int, sync) -> float:
 
 
 def profiled(step, first: int, count: int, sync, top: int) -> dict:
-    """The ledger of `count` steps under torch.profiler: kernels on a GPU, host ops on a CPU."""
+    """The ledger of steps first .. first + count - 1 under torch.profiler."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
-    cuda = torch.cuda.is_available()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    sync()
-    with profile(activities=activities) as prof:
-        wall_ms = timed_ms(step, first, count, sync)
-    counts = {}
-    found = kernel_segments(prof, counts) if cuda else cpu_op_segments(prof)
-    return {**ledger(found, count, wall_ms, "kernels" if cuda else "host ops", top=top), **counts}
+    return profiled_ledger(lambda i: step(first + i), count, sync, torch.cuda.is_available(), top)
 
 
 def run_side(side: str, config: str, args) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import time
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -328,3 +329,19 @@ def ledger(attributed: Sequence[Attributed], steps: int, wall_ms_per_step: float
                for label in LEDGER_ROWS if label != IDLE}
     return {"source": source, "steps": steps, "wall_ms_per_step": wall_ms_per_step, "busy_ms_per_step": busy,
             "ms_per_step": rows, "largest": largest}
+
+
+def profiled_ledger(run, count: int, sync, cuda: bool, top: int = 5) -> dict:
+    """The ledger of `count` calls run(0) .. run(count - 1) under torch.profiler: kernels on a GPU,
+    host ops on a CPU; wall = those calls back to back, the device waited for at the end only."""
+    from torch.profiler import ProfilerActivity, profile
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        started = time.perf_counter()
+        for i in range(count):
+            run(i)
+        sync()
+        wall_ms = 1000 * (time.perf_counter() - started) / count
+    counts: Dict[str, int] = {}
+    found = kernel_segments(prof, counts) if cuda else cpu_op_segments(prof)
+    return {**ledger(found, count, wall_ms, "kernels" if cuda else "host ops", top=top), **counts}

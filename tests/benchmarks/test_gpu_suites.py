@@ -106,7 +106,6 @@ def test_every_benchmark_and_diagnostic_has_a_test():
 def test_the_reference_suites_fp8_ledger_puts_our_side_in_fp8_and_a_wrong_name_is_refused(tmp_path):
     """LEDGER_CONFIGS=dense_fp8: the dense ledger with training.fp8.enabled on our side only (SMOKE=1:
     bench_ledger's tiny model on this CPU); an entry that names no config stops before any run."""
-    import json
     bad = _run("reference", str(tmp_path / "bad"), "ledger", LEDGER_CONFIGS="dense_fp9")
     assert bad.returncode == 2 and "'dense_fp9'" in bad.stderr and not list((tmp_path / "bad").rglob("ledger_*"))
     out = tmp_path / "out"
