@@ -48,25 +48,9 @@ resume_check() {  # TAG [pretrain.py args ...]
   echo "$tag" > "$run/checkpoints/latest"          # as if the run had stopped right after $tag
   launch "$@" --run-dir "$run" 2>&1 | grep -v "^\[20" | tee "$out/resumed.log"
   cp "$run/metrics.jsonl" "$out/metrics_resumed.jsonl"
-  python3 - "$out" "$tag" <<'PY'
-import json, sys
-out = sys.argv[1]
-def load(name):
-    with open(f"{out}/{name}") as f:
-        return {r["step"]: r for r in map(json.loads, filter(str.strip, f))}
-a, b = load("metrics_uninterrupted.jsonl"), load("metrics_resumed.jsonl")
-steps = sorted(set(a) & set(b))
-resumed = [s for s in steps if s > int(sys.argv[2].replace("step", ""))]
-diffs = [abs(a[s]["loss"] - b[s]["loss"]) / abs(a[s]["loss"]) for s in resumed]
-print(f"steps compared after the resume: {len(resumed)} ({resumed[0] if resumed else '-'}..{resumed[-1] if resumed else '-'})")
-print(f"max relative loss difference: {max(diffs) if diffs else float('nan'):.3e}; "
-      f"bit-identical steps: {sum(d == 0 for d in diffs)}")
-for s in resumed[:3] + resumed[-3:]:
-    print(f"  step {s}: uninterrupted {a[s]['loss']:.6f} resumed {b[s]['loss']:.6f}")
-json.dump({"steps": resumed, "max_rel_diff": max(diffs) if diffs else None,
-           "uninterrupted": {s: a[s]["loss"] for s in resumed}, "resumed": {s: b[s]["loss"] for s in resumed}},
-          open(f"{out}/resume_compare.json", "w"), indent=1)
-PY
+  # the steps after the checkpoint, the resumed curve against the uninterrupted one
+  python3 tools/compare_runs.py "$out/metrics_uninterrupted.jsonl" "$out/metrics_resumed.jsonl" \
+      --after "$((10#${tag//[!0-9]/}))" --names uninterrupted resumed --out "$out/resume_compare.json"
 }
 
 [ $# -ge 1 ] || { echo "error: suite 'train' needs a case: optimizers cuda_graphs profile profile_x4 fp8 compile_tests fp8_products resume" >&2; exit 2; }
