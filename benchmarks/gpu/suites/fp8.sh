@@ -1,10 +1,5 @@
 # FP8 against bf16 on one GPU (issue 29): its GPU tests, each product's split, the 1.3B and 2.7B steps
 # ARGS: CASE [CASE ...] of (default: tests products)
-#   quality     1.3B lowrank trained QUALITY_STEPS (500) steps on the bundled corpus in bf16, then in FP8 (same
-#               seed, same batches; global batch GBS, default 16 = 2 micro-batches of 8 x 1024 tokens), the
-#               curves compared step by step after step 50 (tools/compare_runs.py, 1% tolerance) ->
-#               OUT/fp8_quality.json, OUT/metrics_{bf16,fp8}.jsonl; with TESTS_BESIDE=1 the GPU tests run
-#               beside it (losses, not speed, are this case's measure); about 7 minutes
 #   tests       tests/unit/test_fp8_gpu.py (each kind's products and gradients against fp32, the bias in
 #               _scaled_mm's epilogue); they skip without FP8 tensor cores, -rs says so
 #   products    benchmarks/bench_fp8.py, tensorwise and rowwise at TOKENS (default 8192, a step's): each
@@ -19,8 +14,8 @@
 # SMOKE=1 runs the plumbing on a CPU (MEGATRON_SFFN_FP8_ON_CPU, tiny shapes, eager; products: its dense case).
 cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(tests products)
 for case in "${cases[@]}"; do
-  case $case in tests|products|speed|speed_2p7b|ledger|quality) ;;
-    *) echo "error: unknown case '$case' of suite 'fp8' (tests products speed speed_2p7b ledger quality)" >&2; exit 2 ;;
+  case $case in tests|products|speed|speed_2p7b|ledger) ;;
+    *) echo "error: unknown case '$case' of suite 'fp8' (tests products speed speed_2p7b ledger)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out/logs"
@@ -38,45 +33,13 @@ speed() {  # NAME CONFIG... : bf16 and FP8 of each config beside the reference
       --out "$out/reference_fp8_$name.json" > "$out/logs/speed_$name.log" 2>&1
 }
 
-gpu_tests() {
-  python3 -m pytest -q -rs -p no:cacheprovider tests/unit/test_fp8_gpu.py > "$out/fp8_gpu_tests.log" 2>&1
-}
-
-quality() {  # bf16 then FP8 from the same seed and batches; their loss curves compared
-  local runs=${QUALITY_RUNS:-/tmp/fp8_quality} args=(--config configs/1p3b_lowrank.json --data-path embedded
-      --override data.tokenizer_model=embedded
-      --train-steps "${QUALITY_STEPS:-500}" --global-batch-size "${GBS:-16}" --log-interval 50
-      --eval-interval 100000 --no-save)
-  [ "$smoke" = 1 ] && args=(--config configs/tiny_demo.json --data-path embedded --no-compile
-      --train-steps "${QUALITY_STEPS:-6}" --global-batch-size 8 --micro-batch-size 4 --log-interval 2
-      --eval-interval 100000 --no-save --override model.seq_length=64 --precision bf16
-      --override training.fp8.layers=all --override self_guided.enabled=false)
-  rm -rf "$runs"; mkdir -p "$runs"
-  local precision
-  for precision in bf16 fp8; do
-    local flag=--no-fp8; [ "$precision" = fp8 ] && flag=--fp8
-    python3 launchers/pretrain.py "${args[@]}" $flag --run-dir "$runs/$precision" > "$out/logs/quality_$precision.log" 2>&1 \
-        || { echo "quality: the $precision run failed: $out/logs/quality_$precision.log"; tail -5 "$out/logs/quality_$precision.log"; return 1; }
-    cp "$runs/$precision/metrics.jsonl" "$out/metrics_$precision.jsonl"
-  done
-  local after=50; [ "$smoke" = 1 ] && after=0
-  python3 tools/compare_runs.py "$runs/bf16" "$runs/fp8" --after "$after" --tolerance 0.01 --names bf16 fp8 \
-      --out "$out/fp8_quality.json"
-}
-
 status=0
 for case in "${cases[@]}"; do
   echo "== $case $(date +%T)"
   case $case in
     tests)
-      gpu_tests || status=1; tail -5 "$out/fp8_gpu_tests.log" ;;
-    quality)
-      beside=""
-      if [ "${TESTS_BESIDE:-0}" = 1 ]; then gpu_tests & beside=$!; fi
-      quality || status=1
-      if [ -n "$beside" ]; then
-        wait "$beside" || status=1; echo "-- GPU tests (beside):"; tail -5 "$out/fp8_gpu_tests.log"
-      fi ;;
+      python3 -m pytest -q -rs -p no:cacheprovider tests/unit/test_fp8_gpu.py 2>&1 | tee "$out/fp8_gpu_tests.log" \
+          | tail -5; [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     products)
       products=(--tokens ${TOKENS:-8192}); [ "$smoke" = 1 ] && products=(--smoke --cases dense)
       python3 benchmarks/bench_fp8.py "${products[@]}" --out "$out/fp8_products.json" 2>&1 \
