@@ -66,16 +66,29 @@ def environment(smoke: bool) -> Dict:
     return info
 
 
+def precision_text(cfg) -> str:
+    """bf16, or bf16 with FP8 GEMMs and the recipe's description (an FP8 sweep's runs)."""
+    f = cfg.training.fp8
+    if not f.enabled:
+        return cfg.training.precision
+    from megatron_sffn.fp8.recipe import recipe_from_config
+    which = "every GEMM weight" if f.layers == "all" else "the GEMMs where FP8 pays (layers auto)"
+    return f"{cfg.training.precision} with FP8 on {which} ({recipe_from_config(f).describe()})"
+
+
 def setup_text(args, plans: List[plan.RunPlan], data: Optional[Dict]) -> Dict:
     """The setup paragraph, from the effective config (overrides applied) of the first run."""
     first = next((p for p in plans if p.cfg is not None), None)
     command = " ".join(["python experiments/sweep/run_sweep.py", *args.argv])
+    # the GPU suite's FP8 set (benchmarks/gpu/suites/sweep.sh fp8) is the one that turns FP8 on
+    fp8 = "training.fp8.enabled=true" in (args.override or [])
+    suite, bundle = ("sweep \"$OUT\" fp8", "sweep_fp8_runs.tar.gz") if fp8 else ("sweep \"$OUT\"", "sweep_runs.tar.gz")
     out = {"family_name": "smoke test (tiny models, CPU)" if args.smoke else "sweep",
            "dense_steps": first.dense_steps if first else None, "command": command,
            "reproduce": [command] if args.smoke else [
                "# corpus, tokenizer, carry folder and wheels: docs/sweep.md; then, on a 4-GPU host, once per",
-               "# 10-minute call (copying its sweep_runs.tar.gz into .sweep_results/ between calls):",
-               "benchmarks/gpu/run.sh sweep \"$OUT\"", "# and here:", command],
+               f"# 10-minute call (copying its {bundle} into .sweep_results/ between calls):",
+               f"benchmarks/gpu/run.sh {suite}", "# and here:", command],
            "setup": "No run could be configured."}
     if first is None:
         return out
@@ -98,7 +111,7 @@ def setup_text(args, plans: List[plan.RunPlan], data: Optional[Dict]) -> Dict:
         f"first layer's FFN dense. Data: {corpus}. Every run: global batch {t.global_batch_size} x {m.seq_length} "
         f"= {per_step:,} tokens (micro-batch {t.micro_batch_size}), AdamW ({o.beta1}, {o.beta2}, weight decay "
         f"{o.weight_decay}), lr {o.lr:g} with {100 * o.warmup_fraction:.0f}% warmup and cosine decay to "
-        f"{o.min_lr_ratio} x lr over the run's own steps, grad clip {o.grad_clip}, {t.precision}, "
+        f"{o.min_lr_ratio} x lr over the run's own steps, grad clip {o.grad_clip}, {precision_text(cfg)}, "
         f"ZeRO-{cfg.parallel.zero_stage}, one {'process' if args.smoke else 'GPU'} per run. "
         f"Seeds {', '.join(map(str, runs.SEEDS))} for "
         f"{', '.join(runs.SEEDED)}; seed {runs.SEEDS[0]} for the rest (a seed sets the initial weights, the "

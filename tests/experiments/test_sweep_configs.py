@@ -152,3 +152,23 @@ def test_a_report_made_without_the_corpus_describes_it_from_the_runs_folder(tmp_
     assert run_sweep.load_data(args) == manifest
     with pytest.raises(SystemExit, match="no unpacked corpus"):
         run_sweep.load_data(run_sweep.parse(["--runs-dir", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "no")]))
+
+
+def test_an_fp8_sweep_s_report_says_fp8_and_how_its_suite_runs_it(tmp_path):
+    """The report of `benchmarks/gpu/run.sh sweep OUT fp8` (runs with training.fp8 on) names FP8 and its
+    recipe in the setup, and its reproduce block names the fp8 suite and its tarball; a bf16 sweep's
+    does neither."""
+    from experiments.sweep import plan, run_sweep, runs
+
+    def setup(*extra):
+        args = run_sweep.parse(["--report-only", "--runs-dir", str(tmp_path / "runs"), "--only", "dense", *extra])
+        plans = [plan.prepare(r, args.configs_dir, args.runs_dir, args.dense_tokens, args.evals, args.smoke,
+                              args.override, None, args.keep_checkpoints) for r in runs.SWEEP if r.name == "dense"]
+        return run_sweep.setup_text(args, plans, None)
+
+    fp8 = setup("--override", "training.fp8.enabled=true", "--override", "training.fp8.layers=all")
+    assert "bf16 with FP8 on every GEMM weight (tensorwise scaling, e4m3 forward, e5m2 gradients)" in fp8["setup"]
+    assert 'benchmarks/gpu/run.sh sweep "$OUT" fp8' in fp8["reproduce"] and "sweep_fp8_runs.tar.gz" in fp8["reproduce"][1]
+    bf16 = setup()
+    assert "FP8" not in bf16["setup"] and ", bf16, ZeRO-1" in bf16["setup"]
+    assert 'benchmarks/gpu/run.sh sweep "$OUT"' in bf16["reproduce"] and "sweep_runs.tar.gz" in bf16["reproduce"][1]

@@ -16,8 +16,8 @@
 # `fp8` (the only ARG): FP8's quality check instead (issue 29): the three seeds of dense and of
 # lowrank_32 with training.fp8.enabled and training.fp8.layers=all (at d512 "auto" keeps every
 # layer bf16), in runs/sweep_fp8, bundled as sweep_fp8_runs.tar.gz: their final validation
-# losses against the bf16 seeds' in docs/results.md. 6 runs: 1 call on 4 GPUs, 2 on one
-# (SWEEP_DEVICES=0).
+# losses against the bf16 seeds' in docs/results.md (this report: docs/results_fp8/). 6 runs: 1 call on 4 GPUs,
+# 1 on one H100 (SWEEP_DEVICES=0: 530 s, 2026-12-08).
 name=sweep_runs; extra=()
 case "${1:-}" in
   "") ;;
@@ -31,7 +31,7 @@ python3 experiments/sweep/run_sweep.py --carry .sweep_carry --devices ${SWEEP_DE
     --bundle "$out/$name.tar.gz" --out-dir "$out" "${extra[@]}" 2>&1 | grep -v "^\[20" | tee "$out/sweep.log"
 rc=${PIPESTATUS[0]}
 case $rc in
-  0) echo "all runs finished: here, python experiments/sweep/run_sweep.py --report-only --runs-tar .sweep_results/$name.tar.gz${extra:+ --runs-dir runs/sweep_fp8 --only ${extra[*]:1:6} --out-dir OUT}" ;;
+  0) echo "all runs finished: here, python experiments/sweep/run_sweep.py --report-only --runs-tar .sweep_results/$name.tar.gz${extra:+ ${extra[*]} --out-dir docs/results_fp8}" ;;
   3) echo "runs left: copy $name.tar.gz into .sweep_results/ and run this suite again" ;;
   *) echo "a run failed (exit code $rc): see $out/sweep.log" ;;
 esac
