@@ -27,6 +27,7 @@ from ..fp8 import products as fp8_products
 from ..fp8.products import fp8_recipe_of
 from ..parallel.mappings import TensorParallel
 from ..parallel.regions import bias_in_column_product, column_product, enter_tensor_region, leave_tensor_region
+from .ops import apply_product
 
 MODES = ("column", "row")
 
@@ -78,17 +79,34 @@ class LinearMap(nn.Module):
         self.in_features, self.out_features, self.mode, self.tp = in_features, out_features, mode, tp
 
     # -- the math, each subclass ------------------------------------------------------
+    # Every map is a first factor, the region boundary, then what follows it; a subclass names
+    # the pieces and the two halves below follow. The pieces are also what kernels/ffn.py
+    # needs to fuse bias + GELU into the products beside them (structured/linear.py).
     def region_inputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Column mode: the tensors that enter the region (x, or the bottleneck the first factor makes)."""
         raise NotImplementedError
 
-    def region_outputs(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+    def output_operands(self, tensors: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Column mode: (input, factor) of the last product, whose result is this rank's output slice."""
         raise NotImplementedError
 
-    def partials(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def input_weight(self) -> torch.Tensor:
+        """Row mode: the factor applied first to this rank's input slice."""
+        raise NotImplementedError
+
+    def partials_after_input(self, z: torch.Tensor) -> List[torch.Tensor]:
+        """Row mode: the tensors to all-reduce, given z = this rank's input times input_weight()."""
         raise NotImplementedError
 
     def combine(self, reduced: List[torch.Tensor]) -> torch.Tensor:
+        """Row mode: the full output from the reduced tensors."""
         raise NotImplementedError
+
+    def region_outputs(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        return apply_product(*self.output_operands(tensors))
+
+    def partials(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.partials_after_input(apply_product(x, self.input_weight()))
 
     def init_full(self, gen: torch.Generator, std: float, init: str, device) -> Dict[str, torch.Tensor]:
         """Full-size initial values of every parameter, drawn from `gen` (layout independent)."""

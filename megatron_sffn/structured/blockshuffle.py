@@ -40,15 +40,6 @@ class BlockShuffleMap(LinearMap):
     def region_inputs(self, x):
         return [apply_product(x, self.blocks_v)]
 
-    def region_outputs(self, tensors):
-        return apply_product(*self.output_operands(tensors))
-
-    def partials(self, x):
-        return self.partials_after_input(apply_product(x, self.input_weight()))
-
-    # split form (kernels/ffn.py fuses bias + GELU into the products next to it):
-    # region_outputs(t) = apply_product(*output_operands(t)),
-    # partials(x) = partials_after_input(apply_product(x, input_weight()))
     def output_operands(self, tensors):
         return self._local_shuffled(tensors[0]), self.blocks_u
 

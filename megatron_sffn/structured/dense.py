@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 from .base import LinearMap, sharded_parameter
-from .ops import apply_product
 
 
 class DenseMap(LinearMap):
@@ -21,15 +20,6 @@ class DenseMap(LinearMap):
     def region_inputs(self, x):
         return [x]
 
-    def region_outputs(self, tensors):
-        return apply_product(*self.output_operands(tensors))
-
-    def partials(self, x):
-        return self.partials_after_input(apply_product(x, self.input_weight()))
-
-    # split form (kernels/ffn.py fuses bias + GELU into the products next to it):
-    # region_outputs(t) = apply_product(*output_operands(t)),
-    # partials(x) = partials_after_input(apply_product(x, input_weight()))
     def output_operands(self, tensors):
         return tensors[0], self.weight
 

@@ -92,10 +92,9 @@ class ParallelLinear(nn.Module):
 
     # -- split form, for kernels that fuse the bias + activation into adjacent products --
     def splittable(self, use_guide: Optional[bool] = None) -> bool:
-        """The structure exposes its outer factor (column: last, row: first), no guide runs now,
-        and its products are bf16 (the fused Triton GEMMs take 16-bit operands only)."""
-        needed = "output_operands" if self.mode == "column" else "input_weight"
-        return (hasattr(self.structure, needed) and not self._use_guide(use_guide)
+        """No guide runs now, and the structure's products are bf16 (the fused Triton GEMMs take
+        16-bit operands only); every map exposes its outer factor (column: last, row: first)."""
+        return (not self._use_guide(use_guide)
                 and not any(fp8_recipe_of(p) is not None for p in self.structure.parameters()))
 
     def last_product_operands(self, x: torch.Tensor):
