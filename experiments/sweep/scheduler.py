@@ -62,7 +62,7 @@ def run_pool(plans: Sequence, slots: Sequence[str], start: Callable[[object, str
     """Run `plans` on `slots`; returns {name: why it was not started} for those left over.
     Interrupted (Ctrl-C, SIGTERM turned into SystemExit), it stops and records its runs first."""
     pending = longest_first(plans)
-    running: Dict[str, tuple] = {}                       # slot -> (plan, process)
+    running: Dict[int, tuple] = {}                       # slot's index -> (plan, process)
     try:
         _loop(pending, running, slots, start, on_finish, estimate, deadline, min_start_s, grace_s, poll_s, clock)
     except BaseException:
@@ -78,9 +78,9 @@ def run_pool(plans: Sequence, slots: Sequence[str], start: Callable[[object, str
 
 def _loop(pending, running, slots, start, on_finish, estimate, deadline, min_start_s, grace_s, poll_s, clock):
     while pending or running:
-        for slot, (plan, job) in list(running.items()):
+        for index, (plan, job) in list(running.items()):
             if job.poll() is not None:
-                del running[slot]
+                del running[index]
                 record = job.finish()
                 estimate.add([record])
                 on_finish(plan, record)
@@ -90,14 +90,14 @@ def _loop(pending, running, slots, start, on_finish, estimate, deadline, min_sta
             for plan, job in running.values():
                 on_finish(plan, job.finish(f"stopped at the call's deadline after {job.elapsed_s():.0f} s"))
             running.clear()
-        for slot in slots:
-            if slot in running:
+        for index, slot in enumerate(slots):  # by index: a GPU named twice is two slots on it
+            if index in running:
                 continue
             plan = pick(pending, left, estimate, min_start_s)
             if plan is None:
                 break
             pending.remove(plan)
-            running[slot] = (plan, start(plan, slot))
+            running[index] = (plan, start(plan, slot))
         if not running:
             break
         time.sleep(poll_s)

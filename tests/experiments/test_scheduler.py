@@ -106,3 +106,24 @@ scheduler.run_pool([SimpleNamespace(name="long", tokens=1)], ["s0"], start, lamb
     assert record["status"] == "stopped" and "interrupted" in record["reason"]
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_a_slot_named_twice_runs_two_at_once(tmp_path):
+    """--devices 0 0: two slots on one GPU, so two runs overlap there (the slots are told apart by
+    position, not by name), and each started run names the GPU it was given."""
+    plans = [job("a", 10), job("b", 10)]
+    started, ended = [], {}
+
+    def start(p, slot):
+        started.append((p.name, slot, time.perf_counter()))
+        return launch.RunProcess({"name": p.name, "tokens": p.tokens}, str(tmp_path / p.name),
+                                 [sys.executable, "-c", "import time; time.sleep(1.5)"], launch.child_env(smoke=True))
+
+    def finish(p, record):
+        ended[p.name] = (record, time.perf_counter())
+
+    est = scheduler.Estimator(tokens_per_s=10.0, startup_s=0.0)
+    assert scheduler.run_pool(plans, ["0", "0"], start, finish, est, poll_s=0.1) == {}
+    assert sorted((n, s) for n, s, _ in started) == [("a", "0"), ("b", "0")]
+    assert all(r["status"] == "ok" for r, _ in ended.values())
+    assert max(t for _, _, t in started) < min(t for _, t in ended.values())  # both began before either ended

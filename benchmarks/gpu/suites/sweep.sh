@@ -6,7 +6,8 @@
 # there; a run stopped at the deadline starts again from step 0.
 #   carry: .whl .sweep_carry .sweep_results          timeout: 600 s
 #   benchmarks/gpu/run.sh sweep "$OUT"
-#   SWEEP_DEVICES="0 1 2" leaves GPU 3 free for another job in the same call.
+#   SWEEP_DEVICES="0 1 2" leaves GPU 3 free for another job in the same call; a GPU named twice ("0 0")
+#   runs two at once (each slower than the plan assumes: a run past the deadline restarts next call).
 # Between calls, here:  mkdir -p .sweep_results && cp <files_at>/sweep_runs.tar.gz .sweep_results/
 # Per call: ~10 s installing wheels, ~15 s unpacking the corpus, runs until DEADLINE_MINUTES (9)
 # after that, at most 20 s stopping late runs, a few seconds for the report and the tarball:
