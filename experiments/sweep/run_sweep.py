@@ -200,8 +200,9 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", choices=list(runs.BY_NAME), help="these runs only")
     p.add_argument("--carry", default=None, help="folder from sweep_data.py pack: unpack it first")
     p.add_argument("--data-dir", default=os.path.join(ROOT, runs.DATA_DIR), help="where the corpus is (or goes)")
-    p.add_argument("--devices", nargs="+", metavar="GPU", help="one run at a time on each (CUDA_VISIBLE_DEVICES); a GPU named twice runs two at once, "
-                   "each slower than the plan's estimate, which assumes a GPU to itself")
+    p.add_argument("--devices", nargs="+", metavar="GPU",
+                   help="one run at a time on each (CUDA_VISIBLE_DEVICES); a GPU named twice runs two at once, "
+                        "each slower than the plan's estimate, which assumes a GPU to itself")
     p.add_argument("--parallel", type=int, default=1, help="runs side by side without --devices (CPU smoke)")
     p.add_argument("--deadline-minutes", type=float, default=None,
                    help="for this call, unpacking included: start a run only if it fits, stop runs at the deadline")
