@@ -68,7 +68,6 @@ def compare(a: Dict[int, float], b: Dict[int, float], after: int = 0,
               "max_rel_diff": diffs[worst], "max_rel_diff_step": worst,
               "mean_rel_diff": sum(diffs.values()) / len(steps),
               "identical_steps": sum(d == 0 for d in diffs.values()),
-              "final": {"step": steps[-1], "a": a[steps[-1]], "b": b[steps[-1]]},
               "losses": [{"step": s, "a": a[s], "b": b[s], "rel_diff": diffs[s]} for s in steps]}
     if tolerance is not None:
         result["tolerance"] = tolerance

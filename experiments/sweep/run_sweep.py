@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 from experiments.sweep import bundle, launch, plan, records, runs, scheduler, sweep_data, sweep_report  # noqa: E402
 from megatron_sffn.data.sample_index import samples_in  # noqa: E402
+from megatron_sffn.fp8.recipe import recipe_from_config  # noqa: E402
 
 # Prior for the time estimate before any run of this call has finished: one H100 ran the
 # 50M-token runs at 603-622k tokens/s with ~35 s of start-up (docs/results_50m).
@@ -71,7 +72,6 @@ def precision_text(cfg) -> str:
     f = cfg.training.fp8
     if not f.enabled:
         return cfg.training.precision
-    from megatron_sffn.fp8.recipe import recipe_from_config
     which = "every GEMM weight" if f.layers == "all" else "the GEMMs where FP8 pays (layers auto)"
     return f"{cfg.training.precision} with FP8 on {which} ({recipe_from_config(f).describe()})"
 

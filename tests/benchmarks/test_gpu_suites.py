@@ -134,4 +134,3 @@ def test_the_fp8_suite_splits_each_product_and_runs_the_gpu_tests(tmp_path):
     assert "skipped" in log and "SKIPPED" in log, log
     speed = json.load(open(out / "reference_fp8_1p3b.json"))["results"]
     assert {r["variant"] for r in speed} == {"base", "fp8"} and all(r["vs_reference"] for r in speed)
-
