@@ -124,6 +124,9 @@ class Fp8Config:
     scaling: str = "tensorwise"         # tensorwise | rowwise (one scale per row of each GEMM operand)
     grad_format: str = "auto"           # auto (tensorwise: e5m2, rowwise: e4m3) | e4m3 | e5m2
     layers: str = "auto"                # auto: FP8 where measured to pay (fp8/dispatch.py) | all: wherever shapes allow
+    # compiled blocks: backward reuses forward's FP8 casts instead of recomputing them (one byte a value
+    # more held to backward; fp8/keep_casts.py). Tensorwise only: rowwise casts along another axis there
+    keep_casts: bool = False
 
 
 @dataclass
@@ -738,6 +741,9 @@ def validate_fp8(t: "TrainingConfig") -> None:
     _require(not (f.scaling == "rowwise" and f.grad_format == "e5m2"),
              "config key 'training.fp8.grad_format' = 'e5m2' is not available with 'training.fp8.scaling' = "
              "'rowwise': cuBLAS runs rowwise-scaled FP8 products in e4m3 only; use 'e4m3' or 'auto'")
+    _require(not (f.keep_casts and f.scaling == "rowwise"),
+             "config key 'training.fp8.keep_casts' = true needs 'training.fp8.scaling' = 'tensorwise': rowwise "
+             "scaling casts each operand along another axis for backward, so forward's casts cannot be reused")
     if f.enabled:
         _require(t.precision == "bf16", "config key 'training.fp8.enabled' = true needs 'training.precision' = "
                  f"bf16, got {t.precision!r}: FP8 products take bf16 activations and give bf16 outputs")

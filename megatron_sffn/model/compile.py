@@ -34,14 +34,16 @@ RECOMPILE_LIMIT = 64
 
 
 def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: Optional[str] = None,
-                   cpp_wrapper: bool = False, blocks_per_region: int = 1) -> int:
+                   cpp_wrapper: bool = False, blocks_per_region: int = 1, keep_fp8_casts: bool = False) -> int:
     """Compile every TransformerBlock under `module`; returns how many were compiled.
     mode: torch.compile's (None = default; "reduce-overhead" replays CUDA graphs).
     cpp_wrapper: Inductor's C++ wrapper launches each graph's kernels and GEMMs (its Python
     wrapper spends ~10-25 us of host per launch: an emulated tensor-parallel rank's blocks alone
     take 0.79-0.89x the time through the C++ one, its whole training step the same).
     blocks_per_region: consecutive blocks compiled as one region (compile_block_groups), where
-    grouping_refusal finds nothing against it; otherwise each block's body is its own region."""
+    grouping_refusal finds nothing against it; otherwise each block's body is its own region.
+    keep_fp8_casts: backward reuses the forward's FP8 casts instead of making them again
+    (fp8/keep_casts.py, training.fp8.keep_casts)."""
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     if not collectives_in_graphs:
         keep_collectives_out_of_compiled_graphs()
@@ -52,7 +54,7 @@ def compile_blocks(module: nn.Module, collectives_in_graphs: bool = True, mode: 
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     if cpp_wrapper:
         compile_backward_with_forward()
-    options = compile_options(mode, cpp_wrapper)
+    options = compile_options(mode, cpp_wrapper, keep_fp8_casts)
     if blocks_per_region > 1 and grouping_refusal(module, mode) is None:
         compile_block_groups(module, options, blocks_per_region)
         return len(blocks)
@@ -104,10 +106,13 @@ def compile_backward_with_forward() -> None:
         functorch_config.force_non_lazy_backward_lowering = True
 
 
-def compile_options(mode: Optional[str], cpp_wrapper: bool) -> dict:
-    """torch.compile takes a mode or options, not both: the mode's options, plus the wrapper."""
+def compile_options(mode: Optional[str], cpp_wrapper: bool, keep_fp8_casts: bool = False) -> dict:
+    """torch.compile takes a mode or options, not both: the mode's options, plus the wrapper
+    and the FP8 casts' pass where asked."""
     from torch._inductor import list_mode_options
-    return {**list_mode_options(mode or "default"), **({"cpp_wrapper": True} if cpp_wrapper else {})}
+    from ..fp8.keep_casts import inductor_options
+    return {**list_mode_options(mode or "default"), **({"cpp_wrapper": True} if cpp_wrapper else {}),
+            **inductor_options(keep_fp8_casts)}
 
 
 def compiled_graph_count() -> int:

@@ -130,7 +130,8 @@ class TrainEngine:
             per_region = self.cfg.training.blocks_per_region
             self.compiled_blocks = compile_blocks(module, mode=mode, cpp_wrapper=self.cfg.training.cpp_wrapper,
                                                   blocks_per_region=per_region,
-                                                  collectives_in_graphs=self.cfg.training.trace_collectives)
+                                                  collectives_in_graphs=self.cfg.training.trace_collectives,
+                                                  keep_fp8_casts=self.cfg.training.fp8.enabled and self.cfg.training.fp8.keep_casts)
             self.blocks_per_region = getattr(module, "group_size", 1)  # what compile_blocks applied
             self.grouping_refused = grouping_refusal(module, mode) if self.blocks_per_region < per_region else None
         return module

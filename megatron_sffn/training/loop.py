@@ -213,8 +213,9 @@ class Trainer:
             return []
         from ..fp8.dispatch import summary
         from ..fp8.recipe import recipe_from_config
+        kept = " | forward casts kept for backward" if self.cfg.training.fp8.keep_casts else ""
         return [f"fp8        {recipe_from_config(self.cfg.training.fp8).describe()} | "
-                f"{summary(self.engine.fp8_choices)}"]
+                f"{summary(self.engine.fp8_choices)}{kept}"]
 
     def maybe_drop_guides(self) -> None:
         if self.loop.guides_dropped or not self.cfg.self_guided.enabled:

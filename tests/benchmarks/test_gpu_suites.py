@@ -121,10 +121,10 @@ def test_the_reference_suites_fp8_ledger_puts_our_side_in_fp8_and_a_wrong_name_i
 
 def test_the_fp8_suite_splits_each_product_and_runs_the_gpu_tests(tmp_path):
     """SMOKE=1 on the CPU: `products` writes bench_fp8's table with every case's kernel split per side,
-    `tests` runs tests/unit/test_fp8_gpu.py, whose GPU cases skip here and say so, and `speed` runs
-    the base and the FP8 variant beside the reference."""
+    `tests` runs tests/unit/test_fp8_gpu.py, whose GPU cases skip here and say so, `speed` runs
+    the base and the FP8 variant beside the reference, `keep_casts` FP8 with and without the kept casts."""
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", RUN, "fp8", str(out), "products", "tests", "speed"], cwd=ROOT,
+    proc = subprocess.run(["bash", RUN, "fp8", str(out), "products", "tests", "speed", "keep_casts"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, SMOKE="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.load(open(out / "fp8_products.json"))["rows"]
@@ -134,3 +134,5 @@ def test_the_fp8_suite_splits_each_product_and_runs_the_gpu_tests(tmp_path):
     assert "skipped" in log and "SKIPPED" in log, log
     speed = json.load(open(out / "reference_fp8_1p3b.json"))["results"]
     assert {r["variant"] for r in speed} == {"base", "fp8"} and all(r["vs_reference"] for r in speed)
+    kept = {r["variant"]: r["overrides"] for r in json.load(open(out / "keep_casts_fp8_1p3b.json"))["results"]}
+    assert set(kept) == {"base", "fp8", "fp8keep"} and "training.fp8.keep_casts=true" in kept["fp8keep"]

@@ -1,6 +1,6 @@
 """FP8 training through the launcher in every layout the CPU can run, with real gloo process
-groups: data (ZeRO 1), tensor (with sequence parallelism), pipeline, compiled, activation
-checkpointing, resumed, converted.
+groups: data (ZeRO 1), tensor (with sequence parallelism), pipeline, compiled (with and without
+training.fp8.keep_casts), activation checkpointing, resumed, converted.
 
 The products run through torch's CPU _scaled_mm (MEGATRON_SFFN_FP8_ON_CPU=1: same casts and
 scales as on a GPU). Self-guided lowrank (tiny_demo), every GEMM weight in FP8
@@ -35,13 +35,13 @@ FP8_TOLERANCE = 1e-2
 LAYOUTS = [
     ["--tensor-parallel", "2", "--sequence-parallel"],
     ["--pipeline-parallel", "2"],
-    ["--tensor-parallel", "2", "--sequence-parallel", "--compile"],
+    ["--tensor-parallel", "2", "--sequence-parallel", "--compile", "--override", "training.fp8.keep_casts=true"],
     ["--tensor-parallel", "2", "--fp8-scaling", "rowwise"],
     ["--override", "training.activation_checkpointing=true"],
     ["--pipeline-parallel", "2", "--compile", "--override", "training.cpp_wrapper=true", "--override",
      "training.activation_checkpointing=true"],   # the FP8 products called from Inductor's C++ wrapper
 ]
-LAYOUT_IDS = ["tp2-sp", "pp2", "tp2-sp-compiled", "tp2-rowwise", "dp2-activation-checkpointing",
+LAYOUT_IDS = ["tp2-sp", "pp2", "tp2-sp-compiled-keep-casts", "tp2-rowwise", "dp2-activation-checkpointing",
               "pp2-compiled-cpp-wrapper-checkpointed"]
 
 
@@ -126,6 +126,7 @@ def test_fp8_layout_trains_like_data_parallel_fp8(layout, baselines, launched):
     if "--compile" in layout:
         assert "torch.compile of the blocks" in out and "recompile_limit" not in out
     assert ("C++ wrapper: on" in out) == ("training.cpp_wrapper=true" in layout)
+    assert ("forward casts kept for backward" in out) == ("training.fp8.keep_casts=true" in layout)
     got = losses(run_dir)
     assert sorted(got) == sorted(fp8)
     reference = bf16 if "rowwise" in layout else fp8  # another recipe: held to FP8's distance from bf16

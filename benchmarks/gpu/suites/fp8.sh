@@ -8,14 +8,16 @@
 #   speed       1.3B lowrank and dense, compiled, micro-batch 8, bf16 then FP8 in one bench_train run
 #               beside the plain-PyTorch reference -> OUT/reference_fp8_1p3b.json
 #   speed_2p7b  the same at 2.7B, micro-batch MB (default 4) -> OUT/reference_fp8_2p7b.json
+#   keep_casts  1.3B dense and lowrank in bf16, FP8, and FP8 with training.fp8.keep_casts (backward reuses
+#               forward's casts: speed and peak memory; no reference) -> OUT/keep_casts_fp8_1p3b.json
 #   ledger      the step ledger of dense in FP8, then in bf16 (the reference suite's ledger with
 #               LEDGER_CONFIGS, default "dense_fp8 dense") -> OUT/ledger_*.json
 # A case takes one 10-minute call at most (ledger with two configs: about that; give it a call alone).
 # SMOKE=1 runs the plumbing on a CPU (MEGATRON_SFFN_FP8_ON_CPU, tiny shapes, eager; products: its dense case).
 cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(tests products)
 for case in "${cases[@]}"; do
-  case $case in tests|products|speed|speed_2p7b|ledger) ;;
-    *) echo "error: unknown case '$case' of suite 'fp8' (tests products speed speed_2p7b ledger)" >&2; exit 2 ;;
+  case $case in tests|products|speed|speed_2p7b|keep_casts|ledger) ;;
+    *) echo "error: unknown case '$case' of suite 'fp8' (tests products speed speed_2p7b keep_casts ledger)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out/logs"
@@ -29,6 +31,11 @@ speed() {  # NAME CONFIG... : bf16 and FP8 of each config beside the reference
   local name=$1; shift
   local args=(--configs "$@" --modes compile --micro-batch-size "${MB:-8}" --steps 20 --warmup 10)
   [ "$smoke" = 1 ] && args=(--configs "$@" --smoke --modes eager --steps 4 --warmup 1)
+  if [ "$name" = keep_casts ]; then  # FP8 against FP8 with the casts kept: the reference adds nothing
+    args+=(--variant "$fp8_variant" --variant "fp8keep:${fp8_variant#fp8:};training.fp8.keep_casts=true")
+    python3 benchmarks/bench_train.py "${args[@]}" --out "$out/keep_casts_fp8_1p3b.json" > "$out/logs/speed_$name.log" 2>&1
+    return
+  fi
   python3 benchmarks/bench_train.py "${args[@]}" --reference --variant "$fp8_variant" \
       --out "$out/reference_fp8_$name.json" > "$out/logs/speed_$name.log" 2>&1
 }
@@ -50,6 +57,9 @@ for case in "${cases[@]}"; do
     speed_2p7b)
       MB=${MB:-4} speed 2p7b configs/2p7b_lowrank.json configs/2p7b_dense.json || status=1
       tail -12 "$out/logs/speed_2p7b.log" ;;
+    keep_casts)
+      speed keep_casts configs/1p3b_dense.json configs/1p3b_lowrank.json || status=1
+      tail -12 "$out/logs/speed_keep_casts.log" ;;
     ledger)
       LEDGER_CONFIGS=${LEDGER_CONFIGS:-dense_fp8 dense} bash benchmarks/gpu/run.sh reference "$out" ledger || status=1 ;;
   esac
