@@ -104,19 +104,20 @@ def test_every_benchmark_and_diagnostic_has_a_test():
 
 
 def test_the_reference_suites_fp8_ledger_puts_our_side_in_fp8_and_a_wrong_name_is_refused(tmp_path):
-    """LEDGER_CONFIGS=dense_fp8: the dense ledger with training.fp8.enabled on our side only (SMOKE=1:
-    bench_ledger's tiny model on this CPU); an entry that names no config stops before any run."""
+    """LEDGER_CONFIGS=dense_fp8keep: the dense ledger with training.fp8.enabled and keep_casts on our
+    side only (SMOKE=1: bench_ledger's tiny model on this CPU; NAME_fp8 leaves keep_casts out); an
+    entry that names no config stops before any run."""
     bad = _run("reference", str(tmp_path / "bad"), "ledger", LEDGER_CONFIGS="dense_fp9")
     assert bad.returncode == 2 and "'dense_fp9'" in bad.stderr and not list((tmp_path / "bad").rglob("ledger_*"))
     out = tmp_path / "out"
     proc = subprocess.run(["bash", RUN, "reference", str(out), "ledger"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, SMOKE="1", LEDGER_CONFIGS="dense_fp8"))
+                          timeout=600, env=dict(os.environ, SMOKE="1", LEDGER_CONFIGS="dense_fp8keep"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    data = json.loads((out / "ledger_dense_fp8.json").read_text())
-    assert data["args"]["override"] == ["training.fp8.enabled=true"]
+    data = json.loads((out / "ledger_dense_fp8keep.json").read_text())
+    assert data["args"]["override"] == ["training.fp8.enabled=true", "training.fp8.keep_casts=true"]
     (result,) = data["results"]
     assert result["ours"]["precision"] == "bf16, FP8 GEMMs" and result["reference"]["precision"] == "bf16 autocast"
-    assert "FP8 GEMMs" in (out / "ledger_dense_fp8.txt").read_text()
+    assert "FP8 GEMMs" in (out / "ledger_dense_fp8keep.txt").read_text()
 
 
 def test_the_fp8_suite_splits_each_product_and_runs_the_gpu_tests(tmp_path):

@@ -11,7 +11,8 @@
 #   keep_casts  1.3B dense and lowrank in bf16, FP8, and FP8 with training.fp8.keep_casts (backward reuses
 #               forward's casts: speed and peak memory; no reference) -> OUT/keep_casts_fp8_1p3b.json
 #   ledger      the step ledger of dense in FP8, then in bf16 (the reference suite's ledger with
-#               LEDGER_CONFIGS, default "dense_fp8 dense") -> OUT/ledger_*.json
+#               LEDGER_CONFIGS, default "dense_fp8 dense"; "dense_fp8keep": FP8 keeping the casts)
+#               -> OUT/ledger_*.json
 # A case takes one 10-minute call at most (ledger with two configs: about that; give it a call alone).
 # SMOKE=1 runs the plumbing on a CPU (MEGATRON_SFFN_FP8_ON_CPU, tiny shapes, eager; products: its dense case).
 cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(tests products)

@@ -16,7 +16,8 @@
 # compiled reference, micro-batch 8, each side in its own process; one run per 1.3B config of
 # LEDGER_CONFIGS (default "dense lowrank"; "lowrank" alone where both do not fit one call), each
 # writing OUT/ledger_CONFIG.txt (the table) and OUT/ledger_CONFIG.json. CONFIG_fp8 (e.g. dense_fp8):
-# our side with training.fp8.enabled (its row "FP8 scales and casts"), the reference in bf16.
+# our side with training.fp8.enabled (its row "FP8 scales and casts"), the reference in bf16;
+# CONFIG_fp8keep the same with training.fp8.keep_casts.
 mkdir -p "$out/logs"
 smoke=(); mode=compile; [ "${SMOKE:-0}" = 1 ] && smoke=(--smoke --steps 8 --warmup 1) && mode=eager
 ledger_smoke=(); [ "${SMOKE:-0}" = 1 ] && ledger_smoke=(--smoke)
@@ -35,9 +36,11 @@ run_kind() {  # KIND GPU
   echo "$1 (GPU $2): exit $code, $(date +%T) (log $out/logs/$1.log)"
 }
 
-run_ledger() {  # CONFIG[_fp8] GPU
-  local config=${1%_fp8} fp8=()
+run_ledger() {  # CONFIG[_fp8|_fp8keep] GPU
+  local config=${1%_fp8keep} fp8=()
+  config=${config%_fp8}
   [ "$config" != "$1" ] && fp8=(--override training.fp8.enabled=true)
+  [ "${1%_fp8keep}" != "$1" ] && fp8+=(--override training.fp8.keep_casts=true)
   MEGATRON_SFFN_FP8_ON_CPU=${SMOKE:-0} CUDA_VISIBLE_DEVICES=$2 python3 benchmarks/bench_ledger.py \
       --configs "configs/1p3b_$config.json" --micro-batch-size 8 "${fp8[@]}" \
       "${ledger_smoke[@]}" --out "$out/ledger_$1.json" > "$out/ledger_$1.txt" 2> "$out/logs/ledger_$1.log"
@@ -55,8 +58,9 @@ for kind in "$@"; do
 done
 ledger_configs=${LEDGER_CONFIGS:-dense lowrank}
 for config in $ledger_configs; do
-  case ${config%_fp8} in dense|lowrank|blockdense|blockshuffle) ;;
-    *) echo "error: unknown LEDGER_CONFIGS entry '$config' (dense lowrank blockdense blockshuffle, each also as NAME_fp8)" >&2
+  base=${config%_fp8keep}
+  case ${base%_fp8} in dense|lowrank|blockdense|blockshuffle) ;;
+    *) echo "error: unknown LEDGER_CONFIGS entry '$config' (dense lowrank blockdense blockshuffle, each also as NAME_fp8 or NAME_fp8keep)" >&2
        exit 2 ;;
   esac
 done
