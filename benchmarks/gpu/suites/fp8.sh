@@ -7,7 +7,8 @@
 #               casts, other kernels and idle -> OUT/fp8_products.json
 #   speed       1.3B lowrank and dense, compiled, micro-batch 8, bf16 then FP8 in one bench_train run
 #               beside the plain-PyTorch reference -> OUT/reference_fp8_1p3b.json
-#   speed_2p7b  the same at 2.7B, micro-batch MB (default 4) -> OUT/reference_fp8_2p7b.json
+#   speed_2p7b  the same at 2.7B, micro-batch MB (default 4) -> OUT/reference_fp8_2p7b.json; both kinds
+#               take more than one call: KINDS="dense" (or "lowrank") runs one, -> ..._2p7b_dense.json
 #   keep_casts  1.3B dense and lowrank in bf16, FP8, and FP8 with training.fp8.keep_casts (backward reuses
 #               forward's casts: speed and peak memory; no reference) -> OUT/keep_casts_fp8_1p3b.json
 #   ledger      the step ledger of dense in FP8, then in bf16 (the reference suite's ledger with
@@ -56,8 +57,10 @@ for case in "${cases[@]}"; do
       speed 1p3b configs/1p3b_lowrank.json configs/1p3b_dense.json || status=1
       tail -12 "$out/logs/speed_1p3b.log" ;;
     speed_2p7b)
-      MB=${MB:-4} speed 2p7b configs/2p7b_lowrank.json configs/2p7b_dense.json || status=1
-      tail -12 "$out/logs/speed_2p7b.log" ;;
+      configs=(); for kind in ${KINDS:-lowrank dense}; do configs+=("configs/2p7b_$kind.json"); done
+      name=2p7b; [ -n "${KINDS:-}" ] && name=2p7b_${KINDS// /_}
+      MB=${MB:-4} speed "$name" "${configs[@]}" || status=1
+      tail -12 "$out/logs/speed_$name.log" ;;
     keep_casts)
       speed keep_casts configs/1p3b_dense.json configs/1p3b_lowrank.json || status=1
       tail -12 "$out/logs/speed_keep_casts.log" ;;
