@@ -10,7 +10,7 @@
 #   speed_2p7b  the same at 2.7B, micro-batch MB (default 4) -> OUT/reference_fp8_2p7b.json; both kinds
 #               take more than one call: KINDS="dense" (or "lowrank") runs one, -> ..._2p7b_dense.json
 #   keep_casts  1.3B dense in bf16, FP8, and FP8 with training.fp8.keep_casts (backward reuses forward's
-#               casts: speed and peak memory; no reference; with lowrank too it ran past 600 s)
+#               casts: speed and peak memory; no reference; dense alone fits one call)
 #               -> OUT/keep_casts_fp8_1p3b.json
 #   ledger      the step ledger of dense in FP8, then in bf16 (the reference suite's ledger with
 #               LEDGER_CONFIGS, default "dense_fp8 dense"; "dense_fp8keep": FP8 keeping the casts)

@@ -36,9 +36,13 @@ run_kind() {  # KIND GPU
   echo "$1 (GPU $2): exit $code, $(date +%T) (log $out/logs/$1.log)"
 }
 
+ledger_config() {  # NAME[_fp8|_fp8keep] -> the config's name
+  local name=${1%_fp8keep}; echo "${name%_fp8}"
+}
+
 run_ledger() {  # CONFIG[_fp8|_fp8keep] GPU
-  local config=${1%_fp8keep} fp8=()
-  config=${config%_fp8}
+  local config fp8=()
+  config=$(ledger_config "$1")
   [ "$config" != "$1" ] && fp8=(--override training.fp8.enabled=true)
   [ "${1%_fp8keep}" != "$1" ] && fp8+=(--override training.fp8.keep_casts=true)
   MEGATRON_SFFN_FP8_ON_CPU=${SMOKE:-0} CUDA_VISIBLE_DEVICES=$2 python3 benchmarks/bench_ledger.py \
@@ -58,8 +62,7 @@ for kind in "$@"; do
 done
 ledger_configs=${LEDGER_CONFIGS:-dense lowrank}
 for config in $ledger_configs; do
-  base=${config%_fp8keep}
-  case ${base%_fp8} in dense|lowrank|blockdense|blockshuffle) ;;
+  case $(ledger_config "$config") in dense|lowrank|blockdense|blockshuffle) ;;
     *) echo "error: unknown LEDGER_CONFIGS entry '$config' (dense lowrank blockdense blockshuffle, each also as NAME_fp8 or NAME_fp8keep)" >&2
        exit 2 ;;
   esac
